@@ -1,0 +1,1 @@
+"""The data path: annotation formats -> records -> video decoding + sampling + transforms -> batches."""
