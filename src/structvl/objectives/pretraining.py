@@ -1,0 +1,47 @@
+"""Model + weighted objectives as one module, so DDP/FSDP wrap a single forward that returns the loss.
+
+The shared forward encodes the batch's videos and captions once; each enabled objective receives those
+outputs (and the model, for objectives that need extra passes such as masked or cut-and-paste inputs)
+and returns a dict whose "loss" entry is weighted by the config's `objectives` dict. Objectives are
+added by writing a module and a line in `OBJECTIVES`; the trainer never changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from structvl.models.video_text import TextEmbedding, VideoEmbedding, VideoTextModel
+from structvl.objectives import OBJECTIVES
+
+
+@dataclass
+class PretrainOutputs:
+    video: VideoEmbedding
+    text: TextEmbedding
+
+
+class PretrainingModule(nn.Module):
+    def __init__(self, model: VideoTextModel, cfg):
+        super().__init__()
+        self.model = model
+        self.weights = {name: float(w) for name, w in cfg.objectives.items() if float(w) > 0}
+        self.objectives = nn.ModuleDict({name: OBJECTIVES[name](cfg, model) for name in self.weights})
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        outputs = PretrainOutputs(
+            video=self.model.encode_video(batch["video"], batch.get("frame_mask")),
+            text=self.model.encode_text(batch["input_ids"], batch["attention_mask"]),
+        )
+        total = outputs.video.embed.new_zeros(())
+        logs: dict[str, float] = {}
+        for name, objective in self.objectives.items():
+            result = objective(batch, outputs, self.model)
+            total = total + self.weights[name] * result["loss"]
+            for key, value in result.items():
+                logs[f"{name}/{key}"] = float(value.detach())
+        logs["loss"] = float(total.detach())
+        logs["temperature"] = float(1.0 / self.model.logit_scale.detach())
+        return total, logs

@@ -1,0 +1,93 @@
+"""Text<->video retrieval: embeddings computed once, ranks computed block by block.
+
+A gallery of N videos and M captions never materialises the M x N similarity matrix: queries are scored
+`block_size` at a time and only each query's rank is kept. Several captions per video are handled both
+ways (text->video: the caption's own video is the target; video->text: the best-ranked of its captions
+counts, the usual MSR-VTT convention). Ranks are 1-based; ties count against the query (a positive ranked
+equal to a negative is not "first"), so a constant model cannot score above chance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from structvl.engine.trainer import move_to
+
+RECALL_KS = (1, 5, 10)
+
+
+def ranks_blockwise(queries: torch.Tensor, gallery: torch.Tensor, positives: list[list[int]],
+                    block_size: int = 1024) -> np.ndarray:
+    """1-based rank of the best-ranked positive gallery item for every query (memory: block x N)."""
+    ranks = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), block_size):
+        stop = min(start + block_size, len(queries))
+        sims = queries[start:stop].float() @ gallery.float().t()  # (b, N): the only matrix held
+        is_pos = torch.zeros_like(sims, dtype=torch.bool)
+        for row, q in enumerate(range(start, stop)):
+            is_pos[row, positives[q]] = True
+        best_pos = sims.masked_fill(~is_pos, float("-inf")).max(dim=1).values
+        ranks[start:stop] = (1 + ((sims >= best_pos[:, None]) & ~is_pos).sum(dim=1)).numpy()
+    return ranks
+
+
+def metrics_from_ranks(ranks: np.ndarray, prefix: str) -> dict[str, float]:
+    out = {f"{prefix}/R@{k}": float(100.0 * np.mean(ranks <= k)) for k in RECALL_KS}
+    out[f"{prefix}/MdR"] = float(np.median(ranks))
+    out[f"{prefix}/MnR"] = float(np.mean(ranks))
+    return out
+
+
+def chance_metrics(num_videos: int, prefix: str = "retrieval/chance") -> dict[str, float]:
+    """Expected metrics of a random ranking over a gallery of `num_videos` (one positive per query)."""
+    out = {f"{prefix}/R@{k}": 100.0 * min(k, num_videos) / num_videos for k in RECALL_KS}
+    out[f"{prefix}/MdR"] = (num_videos + 1) / 2
+    out[f"{prefix}/MnR"] = (num_videos + 1) / 2
+    return out
+
+
+def retrieval_metrics(video_embed: torch.Tensor, text_embed: torch.Tensor, text_to_video: list[int],
+                      block_size: int = 1024, prefix: str = "retrieval") -> dict[str, float]:
+    """video_embed (N, E), text_embed (M, E) L2-normalised; text_to_video[m] = index of caption m's video."""
+    video_to_texts: list[list[int]] = [[] for _ in range(len(video_embed))]
+    for m, v in enumerate(text_to_video):
+        video_to_texts[v].append(m)
+    if any(not texts for texts in video_to_texts):
+        raise ValueError("every gallery video needs at least one caption for video->text retrieval")
+    t2v = ranks_blockwise(text_embed, video_embed, [[v] for v in text_to_video], block_size)
+    v2t = ranks_blockwise(video_embed, text_embed, video_to_texts, block_size)
+    out = {**metrics_from_ranks(t2v, f"{prefix}/t2v"), **metrics_from_ranks(v2t, f"{prefix}/v2t")}
+    out.update(chance_metrics(len(video_embed), f"{prefix}/chance"))
+    out[f"{prefix}/num_videos"] = float(len(video_embed))
+    out[f"{prefix}/num_captions"] = float(len(text_embed))
+    return out
+
+
+@torch.no_grad()
+def embed_videos(model, loader, device: torch.device, autocast_dtype=None) -> tuple[torch.Tensor, list[int]]:
+    """Video embeddings for every item the loader yields; also returns their record indices (skipped
+    corrupt videos are absent, and the caller must drop their captions)."""
+    model.eval()
+    embeds, record_ids = [], []
+    for batch in loader:
+        if batch.get("video") is None:
+            continue
+        batch = move_to(batch, device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            emb = model.encode_video(batch["video"], batch["frame_mask"]).embed
+        embeds.append(emb.float().cpu())
+        record_ids.extend(batch["record_index"].tolist())
+    return torch.cat(embeds), record_ids
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: list[str], device: torch.device, batch_size: int = 256,
+                autocast_dtype=None) -> torch.Tensor:
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tok = move_to(tokenizer(texts[start:start + batch_size]), device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out.append(model.encode_text(tok["input_ids"], tok["attention_mask"]).embed.float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
