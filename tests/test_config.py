@@ -4,7 +4,7 @@ import pytest
 
 from structvl.config import ConfigError, load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from structvl.config import CONFIG_DIR as CONFIGS
 
 
 def test_demo_config_merges_model_base_and_overrides():

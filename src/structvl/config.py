@@ -19,6 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
+# The shipped configs (the repository's `configs/` links here, so installed packages have them too).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given, or a shipped config by name: "demo", "clop.yaml", "model/tiny"."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml")):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(f"config file not found: {path} (nor among the shipped configs in {CONFIG_DIR})")
+
+
 class ConfigError(ValueError):
     """A config problem; the message names the key and, when known, the file."""
 
@@ -171,7 +186,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Build the run config: defaults <- bases <- file <- `key=value` overrides. Returns a typed object."""
     cfg = OmegaConf.structured(RunConfig)
     if path is not None:
-        cfg = _load_with_bases(Path(path), cfg)
+        cfg = _load_with_bases(resolve_config_path(path), cfg)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")

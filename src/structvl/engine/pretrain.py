@@ -82,10 +82,13 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     module = PretrainingModule(model, cfg)
     ledger = SkipLedger()
     trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger)
-    if resume and trainer.resume() and info.is_main:
-        log.info("resumed %s at step %d (epoch %d)", run_dir, trainer.step, trainer.epoch)
-    # Every rank draws its own dropout/augmentation noise from here on (after init and resume).
-    torch.manual_seed(cfg.train.seed * 1000 + info.rank + trainer.step)
+    if resume and trainer.resume():
+        # The checkpoint restored every RNG, so dropout noise continues exactly where it stopped.
+        if info.is_main:
+            log.info("resumed %s at step %d (epoch %d)", run_dir, trainer.step, trainer.epoch)
+    else:
+        # Ranks share the init above but must draw their own dropout noise from here on.
+        torch.manual_seed(cfg.train.seed * 1000 + info.rank)
     train_logs = trainer.fit()
 
     metrics: dict = {f"train/{k}": v for k, v in train_logs.items()}

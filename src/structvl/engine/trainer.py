@@ -71,7 +71,16 @@ class Trainer:
     def train_state(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": {}, "rng": ckpt.rng_state(), "world_size": self.info.world_size}
+                "scaler": {}, "rng": self._rng_states(), "world_size": self.info.world_size}
+
+    def _rng_states(self) -> list[dict]:
+        """Every rank's RNG state (rank order), so each rank resumes with its own dropout noise."""
+        state = ckpt.rng_state()
+        if not self.info.enabled:
+            return [state]
+        states = [None] * self.info.world_size
+        dist.all_gather_object(states, state)
+        return states
 
     def save(self) -> Path | None:
         state = self.train_state()
@@ -94,7 +103,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.samples_seen = state["step"], state["epoch"], state["samples_seen"]
-        ckpt.set_rng_state(state["rng"])
+        rng = state["rng"]
+        ckpt.set_rng_state(rng[self.info.rank] if len(rng) == self.info.world_size else rng[0])
         return True
 
     # ------------------------------------------------------------------ data

@@ -25,7 +25,12 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: TextEncoderConfig, vocab_size: int | None = None):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: this process never downloads
+        import transformers
         from transformers import BertConfig, BertModel
+
+        # The load report lists MiniLM's unused pooler weights on every start; it is noise here.
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
         self.cfg = cfg
         if cfg.init == "minilm":

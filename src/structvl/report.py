@@ -1,0 +1,161 @@
+"""The demo's HTML report: one self-contained file (figures inlined as PNG data URIs).
+
+Sections: the results table (mean +- std over seeds, chance beside it), the training loss curves, a
+text x video similarity heatmap for a few test clips, and retrieved examples (frames + captions).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from structvl.engine.logger import read_metrics_jsonl  # noqa: E402
+
+
+def _figure_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _image_uri(frames: np.ndarray) -> str:
+    """A horizontal strip of uint8 RGB frames (T, H, W, 3) as a PNG data URI."""
+    from PIL import Image
+
+    strip = np.concatenate(list(frames), axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def loss_curve_figure(runs: dict[str, list[Path]]) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for label, run_dirs in runs.items():
+        for i, run_dir in enumerate(run_dirs):
+            rows = read_metrics_jsonl(run_dir / "metrics.jsonl")
+            if rows:
+                ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], alpha=0.8,
+                        label=label if i == 0 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _figure_uri(fig)
+
+
+def similarity_heatmap_figure(sims: np.ndarray, captions: list[str]) -> str:
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(captions) + 1.2))
+    im = ax.imshow(sims, cmap="viridis")
+    ax.set_yticks(range(len(captions)), [c if len(c) < 60 else c[:57] + "..." for c in captions], fontsize=7)
+    ax.set_xticks(range(sims.shape[1]), [f"clip {i}" for i in range(sims.shape[1])], fontsize=7, rotation=45)
+    ax.set_xlabel("test clip (the diagonal is each caption's own clip)")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="cosine similarity")
+    return _figure_uri(fig)
+
+
+def bar_chart_figure(rows: dict[str, dict[str, tuple[float, float]]], keys: list[str], title: str,
+                     chance: float | None = None) -> str:
+    """Grouped bars: one group per metric key, one bar per recipe (row), error bars = std over seeds."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(keys) * max(1, len(rows)) / 2 + 2), 3.2))
+    width = 0.8 / max(1, len(rows))
+    x = np.arange(len(keys))
+    for i, (label, values) in enumerate(rows.items()):
+        means = [values.get(k, (np.nan, 0))[0] for k in keys]
+        stds = [values.get(k, (np.nan, 0))[1] for k in keys]
+        ax.bar(x + i * width, means, width, yerr=stds, label=label, capsize=2)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(x + width * (len(rows) - 1) / 2, [k.split("/")[-1] for k in keys], fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_uri(fig)
+
+
+def _display_frames(path: Path, num_frames: int, backend: str) -> np.ndarray:
+    from structvl.data.sampling import sample_frame_indices
+    from structvl.data.video import open_video
+
+    with open_video(path, backend) as reader:
+        idx, _ = sample_frame_indices(reader.num_frames, reader.fps, num_frames, "uniform")
+        return reader.get_frames(idx.tolist())
+
+
+@torch.no_grad()
+def examples_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 8, top_k: int = 3) -> str:
+    """Heatmap over the first test clips and, for a few captions, the top-k retrieved clips."""
+    from structvl.data.formats import read_annotations
+    from structvl.tasks.evaluate import eval_loader
+    from structvl.tasks.retrieval import embed_texts, embed_videos
+
+    records = read_annotations(cfg.data.format, data_root / cfg.eval.split)[: max(num_clips, 24)]
+    video_root = Path(cfg.data.videos) if cfg.data.videos else data_root
+    device = next(model.parameters()).device
+    video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device)
+    records = [records[i] for i in kept]
+    captions = [r.captions[0] for r in records]
+    text_embed = embed_texts(model, tokenizer, captions, device)
+    sims = (text_embed @ video_embed.t()).numpy()
+    parts = [f'<h2>Text x video similarity ({num_clips} test clips)</h2>'
+             f'<img src="{similarity_heatmap_figure(sims[:num_clips, :num_clips], captions[:num_clips])}">',
+             f"<h2>Retrieved examples (text &rarr; video, top {top_k} of {len(records)})</h2>"]
+    for q in range(min(4, len(records))):
+        order = np.argsort(-sims[q])[:top_k]
+        parts.append(f"<p class='query'>&ldquo;{html.escape(captions[q])}&rdquo;</p><div class='row'>")
+        for rank, v in enumerate(order, 1):
+            frames = _display_frames(records[v].resolve(video_root), 4, cfg.data.backend)
+            ok = "hit" if v == q else "miss"
+            parts.append(f"<figure class='{ok}'><img src='{_image_uri(frames)}'><figcaption>#{rank} "
+                         f"({sims[q, v]:.2f}) {html.escape(captions[v])}</figcaption></figure>")
+        parts.append("</div>")
+    return "\n".join(parts)
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th:first-child,td:first-child{text-align:left}.row{display:flex;gap:10px;flex-wrap:wrap}
+figure{margin:0;font-size:11px;max-width:300px}figure img{image-rendering:pixelated;width:280px}
+.hit img{outline:3px solid #2a2}.miss img{outline:3px solid #c33}.query{font-weight:600;margin-bottom:2px}
+.note{color:#555;font-size:13px}"""
+
+
+def results_table_html(rows: dict[str, dict[str, tuple[float, float]]], columns: list[str],
+                       chance: dict[str, float]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for label, values in rows.items():
+        cells = "".join(
+            f"<td>{values[c][0]:.1f} &plusmn; {values[c][1]:.1f}</td>" if c in values else "<td>&ndash;</td>"
+            for c in columns)
+        body.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    chance_cells = "".join(f"<td>{chance[c]:.1f}</td>" if c in chance else "<td></td>" for c in columns)
+    body.append(f"<tr><td><i>chance</i></td>{chance_cells}</tr>")
+    return f"<table><tr><th>recipe</th>{head}</tr>{''.join(body)}</table>"
+
+
+def write_report(path: Path, title: str, rows, columns, chance, runs: dict[str, list[Path]],
+                 examples_html: str = "", notes: str = "") -> Path:
+    retrieval_keys = [c for c in columns if c.startswith("retrieval/") and "/R@" in c]
+    factor_keys = [c for c in columns if c.startswith("hard_negative/")]
+    figures = [f'<h2>Training loss</h2><img src="{loss_curve_figure(runs)}">']
+    if retrieval_keys:
+        figures.append(f'<img src="{bar_chart_figure(rows, retrieval_keys, "zero-shot retrieval (%)")}">')
+    if factor_keys:
+        figures.append(f'<img src="{bar_chart_figure(rows, factor_keys, "hard-negative accuracy (%)", 50.0)}">')
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+           f"<p class='note'>{notes}</p><h2>Results (mean &plusmn; std over seeds)</h2>"
+           f"{results_table_html(rows, columns, chance)}{''.join(figures)}{examples_html}</body></html>")
+    path = Path(path)
+    path.write_text(doc, encoding="utf-8")
+    return path
