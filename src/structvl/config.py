@@ -243,7 +243,10 @@ def validate(cfg: RunConfig) -> None:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
+    """Write the fully resolved config; its `bases` are already merged in, so they are not repeated."""
+    resolved = OmegaConf.structured(cfg)
+    resolved.bases = []
+    Path(path).write_text(OmegaConf.to_yaml(resolved), encoding="utf-8")
 
 
 def config_to_dict(cfg: RunConfig) -> dict:
