@@ -86,3 +86,25 @@ def test_eval_command_writes_metrics(tiny_corpus, tmp_path):
     assert exit_info.value.code == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= metrics["retrieval/t2v/R@1"] <= 100 and metrics["retrieval/num_videos"] > 0
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_two_processes_train_save_and_resume(tiny_corpus, tmp_path, strategy):
+    """The same command under torchrun (gloo on CPU): trains, checkpoints, resumes, evaluates on rank 0."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "structvl", "pretrain",
+            "--config", "demo", "--out", str(run)] + TINY + [f"data.root={tiny_corpus}",
+                                                             f"train.distributed={strategy}", "train.batch_size=4",
+                                                             "train.checkpoint_every=2"]
+    first = subprocess.run(args + ["--max-steps", "2"], capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(args + ["--max-steps", "4", "--resume"], capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed" in second.stderr and "step 2" in second.stderr
+    assert (run / "checkpoints" / "step_00000004" / "model.safetensors").exists()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert "retrieval/t2v/R@1" in json.loads((run / "metrics.json").read_text())

@@ -50,20 +50,30 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _tensors_for_saving(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share storage (tied weights); clone to be safe and contiguous.
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, train_state: dict, keep: int = 2) -> Path:
-    """Write `run_dir/checkpoints/step_XXXXXX/` atomically and point `latest` at it; prune to `keep`."""
+def save_checkpoint(run_dir: Path, step: int, module_state: dict[str, torch.Tensor], train_state: dict,
+                    keep: int = 2) -> Path:
+    """Write `run_dir/checkpoints/step_XXXXXX/` atomically and point `latest` at it; prune to `keep`.
+
+    `module_state` is the PretrainingModule's full state dict: keys under "model." go to model.safetensors
+    (prefix stripped: what evaluation and fine-tuning load), the objectives' own parameters (prediction
+    heads, ...) to objectives.safetensors (what `--resume` needs besides the model).
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(model_state_for_saving(model), str(tmp / "model.safetensors"))
+    model_part = {k[len("model."):]: v for k, v in module_state.items() if k.startswith("model.")}
+    other_part = {k: v for k, v in module_state.items() if not k.startswith("model.")}
+    save_file(_tensors_for_saving(model_part), str(tmp / "model.safetensors"))
+    if other_part:
+        save_file(_tensors_for_saving(other_part), str(tmp / "objectives.safetensors"))
     torch.save(train_state, tmp / "state.pt")
     if final.exists():  # re-saving the same step (e.g. after resume): replace the old one
         shutil.rmtree(final)
@@ -90,8 +100,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_model_weights(model: torch.nn.Module, ckpt_dir: Path, strict: bool = True) -> None:
+    """Load model.safetensors into a VideoTextModel (evaluation, fine-tuning)."""
     state = load_file(str(Path(ckpt_dir) / "model.safetensors"))
     model.load_state_dict(state, strict=strict)
+
+
+def load_module_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """The PretrainingModule's full state dict back from model.safetensors + objectives.safetensors."""
+    ckpt_dir = Path(ckpt_dir)
+    state = {f"model.{k}": v for k, v in load_file(str(ckpt_dir / "model.safetensors")).items()}
+    if (ckpt_dir / "objectives.safetensors").exists():
+        state.update(load_file(str(ckpt_dir / "objectives.safetensors")))
+    return state
 
 
 def load_train_state(ckpt_dir: Path) -> dict:

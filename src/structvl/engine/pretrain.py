@@ -95,6 +95,11 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     metrics["data/skipped"] = ledger.summary()["total"]
     if evaluate and info.is_main:
         from structvl.tasks.evaluate import evaluate_model
+        if info.enabled and cfg.train.distributed == "fsdp":
+            # FSDP left each rank a shard; evaluate an unsharded copy rebuilt from the final checkpoint.
+            from structvl.engine.checkpoint import latest_checkpoint, load_model_weights
+            model = build_model(cfg.model).to(info.device)
+            load_model_weights(model, latest_checkpoint(run_dir))
         metrics.update(evaluate_model(model, cfg, tokenizer, device=info.device))
     if info.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")

@@ -68,10 +68,29 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
 
     # ------------------------------------------------------------------ state
-    def train_state(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": {}, "rng": self._rng_states(), "world_size": self.info.world_size}
+    def _is_fsdp(self) -> bool:
+        return self.info.enabled and self.cfg.train.distributed == "fsdp"
+
+    def _full_state(self) -> tuple[dict, dict]:
+        """Unsharded module and optimizer state (a collective under FSDP: every rank must call it)."""
+        if self._is_fsdp():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+            return get_state_dict(self.raw_module, self.optimizer,
+                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.raw_module.state_dict(), self.optimizer.state_dict()
+
+    def save(self) -> Path | None:
+        module_state, optim_state = self._full_state()
+        state = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
+                 "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "scaler": {},
+                 "rng": self._rng_states(), "world_size": self.info.world_size}
+        path = None
+        if self.info.is_main:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, module_state, state,
+                                        keep=self.cfg.train.keep_checkpoints)
+        if self.info.enabled:
+            dist.barrier()
+        return path
 
     def _rng_states(self) -> list[dict]:
         """Every rank's RNG state (rank order), so each rank resumes with its own dropout noise."""
@@ -82,25 +101,20 @@ class Trainer:
         dist.all_gather_object(states, state)
         return states
 
-    def save(self) -> Path | None:
-        state = self.train_state()
-        if self.info.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, self.raw_module.model, state,
-                                        keep=self.cfg.train.keep_checkpoints)
-        else:
-            path = None
-        if self.info.enabled:
-            dist.barrier()
-        return path
-
     def resume(self) -> bool:
         """Load the run's latest checkpoint if there is one; returns whether it did."""
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        ckpt.load_model_weights(self.raw_module.model, path)
+        module_state = ckpt.load_module_state(path)
         state = ckpt.load_train_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self._is_fsdp():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+            set_state_dict(self.raw_module, self.optimizer, model_state_dict=module_state,
+                           optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            self.raw_module.load_state_dict(module_state)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.samples_seen = state["step"], state["epoch"], state["samples_seen"]
         rng = state["rng"]

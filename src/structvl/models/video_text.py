@@ -47,12 +47,13 @@ class VideoTextModel(nn.Module):
         self.video_proj = projection_head(self.video_encoder.width, cfg.embed_dim, cfg.projection)
         self.text_proj = projection_head(self.text_encoder.width, cfg.embed_dim, cfg.projection)
         # Stored as log(1/tau) (CLIP's logit scale); clamped in `logit_scale` so tau >= min_temperature.
-        self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)),
+        # Shape (1,), not a scalar: FSDP cannot shard 0-d parameters.
+        self.log_inv_temperature = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.temperature)),
                                                 requires_grad=cfg.learn_temperature)
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        return self.log_inv_temperature.clamp(max=math.log(1.0 / self.cfg.min_temperature)).exp()
+        return self.log_inv_temperature.clamp(max=math.log(1.0 / self.cfg.min_temperature)).exp().squeeze(0)
 
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None,
                      patch_embeddings: torch.Tensor | None = None) -> VideoEmbedding:
