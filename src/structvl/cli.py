@@ -172,5 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from structvl.config import ConfigError
+    from structvl.data.records import AnnotationError
+
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except (AnnotationError, ConfigError, FileNotFoundError) as e:
+        # A user's file or config is wrong: say which and where, without a traceback.
+        print(f"structvl {args.command}: error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

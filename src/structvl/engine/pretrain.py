@@ -114,10 +114,7 @@ def pretrain_from_cli(args) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        raise SystemExit(f"structvl pretrain: {e}") from None
+    cfg = load_config(args.config, overrides)
     run_dir = Path(args.out or Path("runs") / cfg.name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = run_pretraining(cfg, run_dir, resume=args.resume)
