@@ -245,6 +245,10 @@ def atomic_text_writer(path: str | Path, newline: str | None = None) -> Iterator
     try:
         with open(fd, "w", encoding="utf-8", newline=newline) as f:
             yield f
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
