@@ -1,0 +1,212 @@
+"""Records -> DataLoader batches: the video-text dataset, its collator, the skip ledger and the loader.
+
+Determinism. Every random choice for item i in epoch e (caption, frames, crop) is drawn from generators
+seeded by (seed, e, i), never from process-global state, so a batch holds the same values whatever the
+number of workers and whatever order the workers finish in.
+
+Bad videos. Real datasets have missing, empty, truncated and undecodable files. A training run should
+neither die on one nor learn from a black clip standing in for it: `__getitem__` returns a small
+"skipped" marker instead, the collator drops it from the batch and passes (path, reason) along, and a
+`SkipLedger` in the main process counts the skips and logs each bad file once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from structvl.data.records import VideoRecord
+from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
+from structvl.data.transforms import VideoTransform
+from structvl.data.video import BACKENDS, VideoDecodeError, open_video
+
+log = logging.getLogger("structvl.data")
+
+CAPTION_MODES = ("random", "expand", "first")
+
+
+class VideoTextDataset(Dataset):
+    """Clips with one caption each, decoded, sampled and transformed.
+
+    caption_mode: "random" - one item per record, a caption drawn anew every epoch (the usual pre-training
+        choice); "expand" - one item per (record, caption) pair, every caption seen every epoch (e.g. the
+        MSR-VTT training protocol); "first" - one item per record with its first caption (evaluation).
+        A record without captions (QA, recognition) gives caption "".
+    sampling, num_frames, target_fps: see `structvl.data.sampling`. The record's start/end window is used.
+    transform: its `train` flag also decides whether "fps" sampling starts at a random offset.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], video_root: str | Path | None, num_frames: int = 8,
+                 sampling: str = "random_segment", target_fps: float | None = None, *,
+                 transform: VideoTransform, backend: str = "pyav", caption_mode: str = "random", seed: int = 0):
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
+        if sampling == "fps" and not target_fps:
+            raise ValueError("sampling 'fps' needs target_fps")
+        if caption_mode not in CAPTION_MODES:
+            raise ValueError(f"unknown caption_mode {caption_mode!r}; expected one of {CAPTION_MODES}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+        self.records = list(records)
+        self.video_root = None if video_root is None else Path(video_root)
+        self.num_frames, self.sampling, self.target_fps = num_frames, sampling, target_fps
+        self.transform, self.backend = transform, backend
+        self.caption_mode, self.seed = caption_mode, seed
+        # The epoch lives in shared memory: persistent loader workers hold their own copy of the dataset,
+        # and a plain attribute set in the main process would never reach them.
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        # (record index, caption index or None = decided per item) for each item.
+        self.items: list[tuple[int, int | None]] = []
+        for record_index, record in enumerate(self.records):
+            if caption_mode == "expand" and record.captions:
+                self.items.extend((record_index, c) for c in range(len(record.captions)))
+            else:
+                self.items.append((record_index, None))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new random captions / frames / crops. Call before creating the epoch's loader iterator
+        (`for batch in loader`), so that no worker has started on the epoch's items yet."""
+        self._epoch.fill_(epoch)
+
+    def _generators(self, index: int) -> tuple[np.random.Generator, np.random.Generator, torch.Generator]:
+        """Independent generators for the caption, the frames and the crop, all from (seed, epoch, index):
+        separate streams, so that e.g. changing caption_mode does not change which frames are sampled."""
+        caption_seed, frames_seed, crop_seed = np.random.SeedSequence([self.seed, self.epoch, index]).spawn(3)
+        crop_generator = torch.Generator().manual_seed(int(crop_seed.generate_state(1, np.uint64)[0] >> 1))
+        return np.random.default_rng(caption_seed), np.random.default_rng(frames_seed), crop_generator
+
+    def _caption(self, record: VideoRecord, caption_index: int | None, rng: np.random.Generator) -> str:
+        if not record.captions:
+            return ""
+        if caption_index is not None:
+            return record.captions[caption_index]
+        if self.caption_mode == "random":
+            return record.captions[int(rng.integers(len(record.captions)))]
+        return record.captions[0]
+
+    def _load_frames(self, path: Path, record: VideoRecord,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        with open_video(path, self.backend) as reader:
+            # "fps" sampling starts at a random offset only in training; evaluation starts at the window start.
+            fixed_start = self.sampling == "fps" and not self.transform.train
+            indices, valid = sample_frame_indices(
+                reader.num_frames, reader.fps, self.num_frames, self.sampling, rng=None if fixed_start else rng,
+                start_sec=record.start, end_sec=record.end, target_fps=self.target_fps)
+            return reader.get_frames(indices), valid
+
+    def __getitem__(self, index: int) -> dict:
+        record_index, caption_index = self.items[index]
+        record = self.records[record_index]
+        caption_rng, frames_rng, crop_generator = self._generators(index)
+        caption = self._caption(record, caption_index, caption_rng)
+        path = record.resolve(self.video_root)
+        try:
+            frames, valid = self._load_frames(path, record, frames_rng)
+        except VideoDecodeError as e:
+            return {"skipped": True, "path": str(path), "reason": e.reason, "index": index}
+        except OSError as e:  # unreadable file (permissions, I/O error): as unusable as a corrupt one
+            return {"skipped": True, "path": str(path), "reason": f"{type(e).__name__}: {e}", "index": index}
+        return {"video": self.transform(frames, crop_generator), "frame_mask": torch.from_numpy(valid),
+                "caption": caption, "index": index, "record_index": record_index, "video_id": record.video_id}
+
+
+class VideoTextCollator:
+    """Stacks dataset items into a batch and tokenizes the captions.
+
+    tokenizer: callable list[str] -> {"input_ids": (B, L), "attention_mask": (B, L)} (padded); its outputs
+    become top-level batch keys. Skipped items leave the batch; `batch["skipped"]` lists their
+    (path, reason). A batch whose items were all skipped has `video=None` (the trainer skips the step).
+    """
+
+    def __init__(self, tokenizer: Callable[[list[str]], dict]):
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict]) -> dict:
+        kept = [s for s in samples if not s.get("skipped")]
+        skipped = [(s["path"], s["reason"]) for s in samples if s.get("skipped")]
+        if not kept:
+            return {"video": None, "skipped": skipped}
+        captions = [s["caption"] for s in kept]
+        batch = {
+            "video": torch.stack([s["video"] for s in kept]),
+            "frame_mask": torch.stack([s["frame_mask"] for s in kept]),
+            "index": torch.tensor([s["index"] for s in kept], dtype=torch.long),
+            "record_index": torch.tensor([s["record_index"] for s in kept], dtype=torch.long),
+            "caption": captions,
+            "video_id": [s["video_id"] for s in kept],
+            "skipped": skipped,
+        }
+        batch.update(self.tokenizer(captions))
+        return batch
+
+
+class SkipLedger:
+    """Main-process record of skipped videos: counts every skip, logs each bad file once."""
+
+    def __init__(self):
+        self.total = 0
+        self.reasons: dict[str, str] = {}  # path -> reason, in first-seen order
+        self.per_reason: Counter = Counter()
+
+    def update(self, skipped: Sequence[tuple[str, str]] | None) -> None:
+        for path, reason in skipped or ():
+            self.total += 1
+            self.per_reason[reason] += 1
+            if path not in self.reasons:
+                self.reasons[path] = reason
+                log.warning("skipping video %s: %s", path, reason)
+
+    def summary(self) -> dict:
+        """total skips (a file skipped in two epochs counts twice), per-reason counts, unique paths."""
+        return {"total": self.total, "per_reason": dict(self.per_reason), "unique_paths": len(self.reasons)}
+
+    def report(self) -> str:
+        """One line for an epoch-end log."""
+        if not self.total:
+            return "no videos skipped"
+        reasons = ", ".join(f"{count} x {reason}" for reason, count in self.per_reason.most_common())
+        return f"skipped {self.total} clips from {len(self.reasons)} unreadable videos ({reasons})"
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and `random` in a loader worker from the seed torch gave it (base seed + worker id), for
+    any library code that still draws from global state; the dataset itself does not."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_dataloader(dataset: Dataset, collator: Callable, batch_size: int, shuffle: bool, num_workers: int,
+                     seed: int, drop_last: bool, sampler: Sampler | None = None,
+                     timeout: float = 0) -> DataLoader:
+    """A DataLoader with worker processes (persistent across epochs), seeded shuffling and worker seeds.
+
+    sampler: e.g. a DistributedSampler; it replaces `shuffle`. timeout: seconds to wait for one batch from
+    a worker before raising (0 = forever), a guard against a decoder stuck on a pathological file.
+    """
+    if sampler is None and shuffle:
+        # The shuffle gets a generator of its own: the loader's generator also seeds workers, once per
+        # iterator, and persistent workers create fewer iterators - sharing it would make the epoch-2 order
+        # depend on num_workers.
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collator,
+        drop_last=drop_last, generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=seed_worker if num_workers > 0 else None, persistent_workers=num_workers > 0,
+        timeout=timeout if num_workers > 0 else 0, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
