@@ -95,6 +95,7 @@ class DataConfig:
     random_resized_crop_scale: list = field(default_factory=lambda: [0.7, 1.0])
     hflip: bool = False  # off by default: flipping breaks "left"/"right" in captions
     num_workers: int = 2
+    loader_timeout: float = 600.0  # seconds a worker may take for one batch before the run errors out
     synth_clips: int = 2000  # when `root` holds no corpus and `synth` is true, generate one this big
     synth: bool = False
 

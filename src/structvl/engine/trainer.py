@@ -59,7 +59,9 @@ class Trainer:
                                                    seed=cfg.train.seed, drop_last=True)
         self.loader = build_dataloader(dataset, collator, batch_size=cfg.train.batch_size, shuffle=False,
                                        num_workers=cfg.data.num_workers, seed=cfg.train.seed, drop_last=True,
-                                       sampler=self.sampler)
+                                       sampler=self.sampler,
+                                       # a decoder stuck inside FFmpeg becomes an error, not a silent hang
+                                       timeout=cfg.data.loader_timeout if cfg.data.num_workers > 0 else 0)
         if len(self.sampler) < cfg.train.batch_size:
             raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than the "
                              f"{len(self.sampler)} training items each rank gets")
