@@ -91,3 +91,33 @@ def test_scratch_text_encoder_and_dual_model_embeddings_are_normalised():
     with torch.no_grad():
         model.log_inv_temperature.fill_(10.0)
     assert float(model.logit_scale) == pytest.approx(100.0)  # clamped at 1 / min_temperature
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    from structvl.objectives.contrastive import info_nce
+    from structvl.models.video_text import build_model
+
+    def run(checkpointing: bool):
+        torch.manual_seed(0)
+        cfg = ModelConfig(video=tiny_video_cfg(), text=TextEncoderConfig(init="scratch", width=32, depth=1, heads=2,
+                                                                           intermediate_size=64),
+                          embed_dim=16, activation_checkpointing=checkpointing)
+        model = build_model(cfg).train()
+        model.text_encoder.bert.config.hidden_dropout_prob = 0.0
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        g = torch.Generator().manual_seed(1)
+        video = torch.randn(3, 4, 3, 32, 32, generator=g)
+        ids = torch.randint(1000, 2000, (3, 6), generator=g)
+        loss = info_nce(model.encode_video(video).embed,
+                        model.encode_text(ids, torch.ones_like(ids)).embed, model.logit_scale)["loss"]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss_a, grads_a = run(False)
+    loss_b, grads_b = run(True)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
