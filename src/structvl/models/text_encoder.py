@@ -55,7 +55,11 @@ class TextEncoder(nn.Module):
         return self.bert.embeddings.word_embeddings
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
-        if enabled:
+        if not enabled:
+            return
+        if hasattr(self.bert, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            self.bert.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
             self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEncoderOutput:
