@@ -53,6 +53,18 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0 if not summary.get("failed") else 1
 
 
+def _cmd_data_shard(args: argparse.Namespace) -> int:
+    from structvl.data.formats import read_annotations
+    from structvl.data.shards import write_shards
+
+    records = read_annotations(args.format, args.annotations)
+    missing: list[dict] = []
+    shards = write_shards(records, args.videos, args.out, max_count=args.max_count, missing=missing)
+    print(json.dumps({"records": len(records), "samples": len(records) - len(missing), "shards": shards,
+                      "missing": missing}, indent=2))
+    return 0 if not missing else 1
+
+
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate the embedded structured video-text corpus",
                        description="Write the procedurally generated structured corpus: real H.264 mp4 clips, "
@@ -108,6 +120,18 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_cmd_data_prepare)
 
+    p = data.add_parser("shard", help="pack annotated videos into webdataset tar shards",
+                        description="Read an annotation file with the trainer's reader and write each record's video "
+                                    "file (mp4 member) and annotation (json member) into webdataset tar shards of at "
+                                    "most --max-count samples, for ShardedVideoTextDataset. Missing or empty videos "
+                                    "are left out and listed; exit code 1 if there were any.")
+    p.add_argument("annotations")
+    p.add_argument("--format", choices=ANNOTATION_FORMATS, required=True)
+    p.add_argument("--videos", required=True, help="root directory the annotation's video paths are relative to")
+    p.add_argument("--out", required=True, help="shard path pattern, e.g. shards/train-%%06d.tar")
+    p.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    p.set_defaults(func=_cmd_data_shard)
+
 
 # ---------------------------------------------------------------- training and evaluation
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -125,7 +149,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from structvl.demo import run_demo
 
-    return run_demo(out=args.out, quick=args.quick, data=args.data, seeds=args.seeds)
+    recipes = [r.strip() for r in args.recipes.split(",")] if args.recipes else None
+    return run_demo(out=args.out, quick=args.quick, data=args.data, seeds=args.seeds, recipes=recipes,
+                    overrides=args.overrides)
 
 
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
@@ -159,7 +185,11 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", default="data/structured", help="where the structured corpus lives (made if absent)")
     p.add_argument("--quick", action="store_true", help="same pipeline in about 2 minutes (smoke test)")
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=1, help="seeds per recipe; the table shows mean ± std")
+    p.add_argument("--recipes", default=None,
+                   help="comma-separated recipe names (default: all; see structvl.demo.RECIPES)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides for every recipe, e.g. train.max_steps=150")
     p.set_defaults(func=_cmd_demo)
 
 

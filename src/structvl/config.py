@@ -87,6 +87,7 @@ class DataConfig:
     val: Optional[str] = "val.jsonl"
     videos: Optional[str] = None  # video root; default: `root`
     shards: Optional[str] = None  # webdataset shard pattern (e.g. "shards/train-{000000..000031}.tar")
+    shuffle_buffer: int = 0  # with shards: samples mixed across shards in a buffer this big (0 = off)
     backend: str = "pyav"  # "pyav" or "decord"
     num_frames: int = 8
     sampling: str = "random_segment"  # training frame sampling: "random_segment", "uniform" or "fps"
@@ -128,6 +129,47 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu" or "cuda"
 
 
+# ----------------------------------------------------------------------------- knowledge + per-paper options
+@dataclass
+class KnowledgeConfig:
+    """The spaCy knowledge of the training captions (objects, attributes, actions, relations, noun phrases,
+    word tags). Parsed once and cached; CLOP, S-ViLM and Clover all read it from the batch."""
+    cache_dir: Optional[str] = None  # default: <data.root>/knowledge_cache
+    # Top-K labels per type kept as CLOP's label vocabulary (saved with the run as knowledge_vocab.json).
+    top_k: dict = field(default_factory=lambda: {"object": 200, "attribute": 100, "action": 100, "relation": 300})
+    min_count: int = 2  # a label must occur in this many training captions to enter the vocabulary
+
+
+@dataclass
+class ClopConfig:
+    """CLOP's knowledge regularizations (objectives `clop_skp`, `clop_kcl`); see objectives/clop.py."""
+    # SKP: multi-label knowledge prediction from the video embedding (and optionally the text embedding).
+    skp_types: list = field(default_factory=lambda: ["object", "attribute", "action", "relation"])
+    skp_from_text: bool = False  # also predict the knowledge from the caption embedding
+    skp_hidden: int = 256  # hidden width of each prediction head (0: a linear head)
+    skp_similarity_weight: float = 0.0  # weight of the video-video vs knowledge-similarity alignment term
+    # KCL (i) sampling: re-weight in-batch negatives by knowledge overlap, and/or build knowledge-sharing batches.
+    kcl_negative_weighting: bool = True
+    kcl_weight_strength: float = 1.0  # negative weight = 1 + strength * knowledge Jaccard overlap
+    kcl_batch_sampler: bool = False  # group clips sharing knowledge into the same batch (works under DDP)
+    kcl_sampler_groups: int = 4  # clips per batch drawn from one shared-knowledge group
+    # KCL (ii) construction: captions with exactly one knowledge element swapped, as extra v->t negatives.
+    kcl_construct: bool = True
+    kcl_negatives_per_caption: int = 4
+    kcl_swap_types: list = field(default_factory=lambda: ["object", "attribute", "action", "relation"])
+    kcl_negative_weight: float = 1.0  # multiplies the constructed negatives' exp-logits in the denominator
+
+
+@dataclass
+class SvilmConfig:
+    """S-ViLM's options (objectives `svilm_grounding`, `svilm_temporal`); see objectives/svilm.py."""
+
+
+@dataclass
+class CloverConfig:
+    """Clover's options (objectives `clover_*`); see objectives/clover.py."""
+
+
 # ----------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalConfig:
@@ -147,6 +189,10 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    clop: ClopConfig = field(default_factory=ClopConfig)
+    svilm: SvilmConfig = field(default_factory=SvilmConfig)
+    clover: CloverConfig = field(default_factory=CloverConfig)
     # One weight per objective; 0 turns it off. Names are the keys of structvl.objectives.OBJECTIVES.
     objectives: dict = field(default_factory=lambda: {"contrastive": 1.0})
     bases: list = field(default_factory=list)  # consumed while loading; kept for the record

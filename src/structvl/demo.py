@@ -15,10 +15,11 @@ import numpy as np
 
 from structvl.config import load_config
 
-# (row label, shipped config). Each recipe is the baseline plus its paper's objectives, same budget.
-RECIPES = [
-    ("contrastive baseline", "demo.yaml"),
-]
+# name -> (row label, shipped config). Each recipe is the baseline plus its paper's objectives, same budget.
+# `structvl demo --recipes baseline,clop` picks rows; the first listed recipe is the reference row.
+RECIPES = {
+    "baseline": ("contrastive baseline", "demo.yaml"),
+}
 
 # --quick: the same pipeline on a smaller corpus with fewer steps (a smoke test, ~2 minutes).
 QUICK_CORPUS = {"num_clips": 400, "num_untrimmed": 16}
@@ -51,7 +52,9 @@ def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[s
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Path = "data/structured",
-             seeds: int = 1, recipes: list[tuple[str, str]] | None = None) -> int:
+             seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None) -> int:
+    """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
+    recipe (e.g. `train.max_steps=150` for a shorter ablation budget)."""
     from structvl.data.synth import generate_corpus
     from structvl.data.text import Tokenizer
     from structvl.engine.pretrain import run_pretraining
@@ -70,12 +73,16 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     runs: dict[str, list[Path]] = {}
     per_recipe_seed: dict[str, list[dict]] = {}
-    for label, config in recipes or RECIPES:
+    unknown = [r for r in recipes or [] if r not in RECIPES]
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+    for name in recipes or list(RECIPES):
+        label, config = RECIPES[name]
         for seed in range(seeds):
-            run_dir = out / Path(config).stem / f"seed{seed}"
+            run_dir = out / name / f"seed{seed}"
             print(f"[2/3] pre-training '{label}' seed {seed} -> {run_dir}", flush=True)
-            overrides = [f"data.root={data}", f"train.seed={seed}"] + (QUICK_OVERRIDES if quick else [])
-            cfg = load_config(config, overrides)
+            cfg = load_config(config, [f"data.root={data}", f"train.seed={seed}"]
+                              + (QUICK_OVERRIDES if quick else []) + list(overrides or []))
             per_recipe_seed.setdefault(label, []).append(run_pretraining(cfg, run_dir))
             runs.setdefault(label, []).append(run_dir)
         rows[label] = aggregate(per_recipe_seed[label])

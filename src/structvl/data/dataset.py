@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -130,10 +130,16 @@ class VideoTextCollator:
     tokenizer: callable list[str] -> {"input_ids": (B, L), "attention_mask": (B, L)} (padded); its outputs
     become top-level batch keys. Skipped items leave the batch; `batch["skipped"]` lists their
     (path, reason). A batch whose items were all skipped has `video=None` (the trainer skips the step).
+
+    knowledge: optional caption -> CaptionKnowledge mapping (the parsed training captions). When given, the
+    batch also carries "knowledge" (one CaptionKnowledge per caption) and "token_offsets" (each token's
+    character span in its caption, from `tokenizer.encode_with_offsets`), which CLOP, S-ViLM and Clover use
+    to find knowledge elements, noun phrases and nouns/verbs among the word pieces.
     """
 
-    def __init__(self, tokenizer: Callable[[list[str]], dict]):
+    def __init__(self, tokenizer: Callable[[list[str]], dict], knowledge: Mapping | None = None):
         self.tokenizer = tokenizer
+        self.knowledge = knowledge
 
     def __call__(self, samples: list[dict]) -> dict:
         kept = [s for s in samples if not s.get("skipped")]
@@ -150,7 +156,16 @@ class VideoTextCollator:
             "video_id": [s["video_id"] for s in kept],
             "skipped": skipped,
         }
-        batch.update(self.tokenizer(captions))
+        if self.knowledge is None:
+            batch.update(self.tokenizer(captions))
+            return batch
+        missing = [c for c in captions if c not in self.knowledge]
+        if missing:
+            raise KeyError(f"caption without parsed knowledge: {missing[0]!r} (build it with `structvl knowledge`)")
+        tokens, offsets = self.tokenizer.encode_with_offsets(captions)
+        batch.update(tokens)
+        batch["knowledge"] = [self.knowledge[c] for c in captions]
+        batch["token_offsets"] = offsets
         return batch
 
 

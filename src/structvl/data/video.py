@@ -17,6 +17,7 @@ Two things make real datasets harder than the happy path:
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import Sequence
@@ -66,6 +67,17 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
+
+
+def _source(path: Path, data: bytes | None) -> str | io.BytesIO:
+    """What a decoder opens: the file at `path` (checked first), or the in-memory bytes `data` (`path` then
+    only names the video in messages)."""
+    if data is None:
+        _check_file(path)
+        return str(path)
+    if not data:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    return io.BytesIO(data)
 
 
 def _clamp(indices: Sequence[int], num_frames: int) -> np.ndarray:
@@ -119,14 +131,14 @@ class VideoReader:
 class PyAVReader(VideoReader):
     """FFmpeg through PyAV, seeking to keyframes so that a few frames cost a few GOPs, not the whole file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, data: bytes | None = None):
         import av
 
         self._av = av
         self.path = Path(path)
-        _check_file(self.path)
+        source = _source(self.path, data)
         try:
-            self._container = av.open(str(self.path), metadata_errors="ignore")
+            self._container = av.open(source, metadata_errors="ignore")
         except av.FFmpegError as e:
             raise VideoDecodeError(self.path, f"cannot open container: {e.strerror or e}") from None
         try:
@@ -250,16 +262,16 @@ class PyAVReader(VideoReader):
 class DecordReader(VideoReader):
     """decord's VideoReader: it builds a frame index when opening and seeks accurately itself."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, data: bytes | None = None):
         try:
             import decord
         except ImportError:
             raise ImportError("backend 'decord' needs the decord package: pip install decord") from None
         self._decord = decord
         self.path = Path(path)
-        _check_file(self.path)
+        self._data = data
         try:
-            self._reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
+            self._reader = decord.VideoReader(_source(self.path, data), ctx=decord.cpu(0))
         except (decord.DECORDError, RuntimeError) as e:  # decord raises both for unreadable files
             raise VideoDecodeError(self.path, f"cannot open video: {_first_line(e)}") from None
         self.num_frames = len(self._reader)
@@ -272,7 +284,7 @@ class DecordReader(VideoReader):
     # use only: the data loader never asks, and parsing the header again costs ~10% of a small clip's decode.
     @cached_property
     def _header(self) -> tuple[int, int, str]:
-        return _header_size_and_codec(self.path)
+        return _header_size_and_codec(self.path, self._data)
 
     @property
     def width(self) -> int:
@@ -320,12 +332,12 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0]
 
 
-def _header_size_and_codec(path: Path) -> tuple[int, int, str]:
+def _header_size_and_codec(path: Path, data: bytes | None = None) -> tuple[int, int, str]:
     """(width, height, codec name) from the container header, read with PyAV without decoding."""
     import av
 
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with av.open(str(path) if data is None else io.BytesIO(data), metadata_errors="ignore") as container:
             context = container.streams.video[0].codec_context
             return context.width, context.height, context.name
     except (av.FFmpegError, IndexError, AttributeError) as e:
@@ -338,6 +350,19 @@ def open_video(path: str | Path, backend: str = "pyav") -> VideoReader:
         return PyAVReader(path)
     if backend == "decord":
         return DecordReader(path)
+    raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+
+
+def open_video_bytes(data: bytes, name: str, backend: str = "pyav") -> VideoReader:
+    """Open a video held in memory (e.g. an mp4 member of a webdataset shard) with the named decoder.
+
+    `name` stands in for the path in the reader's `path` and in error messages. Raises VideoDecodeError for
+    bytes that are not a usable video.
+    """
+    if backend == "pyav":
+        return PyAVReader(name, data=bytes(data))
+    if backend == "decord":
+        return DecordReader(name, data=bytes(data))
     raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
 
 

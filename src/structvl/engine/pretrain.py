@@ -30,25 +30,72 @@ def data_root(cfg: RunConfig) -> Path:
     return Path(cfg.data.root)
 
 
-def build_train_data(cfg: RunConfig, tokenizer):
-    """The training dataset and its collator, from the annotation file the config names."""
+def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int = 1, knowledge=None):
+    """The training dataset and its collator: webdataset shards when `data.shards` is set (each rank
+    streams its own shards), else the annotation file `data.train` (map-style, exact resume)."""
     from structvl.data.dataset import VideoTextCollator, VideoTextDataset
-    from structvl.data.formats import read_annotations
     from structvl.data.transforms import VideoTransform
 
     root = data_root(cfg)
-    ann = root / cfg.data.train
-    if not ann.exists():
-        raise ConfigError(f"config key 'data.train': annotation file {ann} does not exist")
-    records = read_annotations(cfg.data.format, ann)
+    if cfg.data.shards:
+        from structvl.data.shards import ShardedVideoTextDataset
+        pattern = cfg.data.shards if Path(cfg.data.shards).is_absolute() else str(root / cfg.data.shards)
+        transform = VideoTransform(cfg.model.video.image_size, train=True,
+                                   scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
+        try:
+            dataset = ShardedVideoTextDataset(
+                pattern, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
+                target_fps=cfg.data.target_fps, transform=transform, backend=cfg.data.backend,
+                caption_mode=cfg.data.caption_mode, seed=cfg.train.seed, rank=rank, world_size=world_size,
+                shuffle_buffer=cfg.data.shuffle_buffer)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"config key 'data.shards': {e}") from e
+        return dataset, VideoTextCollator(tokenizer, knowledge)
+    records = train_records(cfg)
     if not records:
-        raise ConfigError(f"config key 'data.train': {ann} holds no usable records")
+        raise ConfigError(f"config key 'data.train': {root / cfg.data.train} holds no usable records")
     transform = VideoTransform(cfg.model.video.image_size, train=True,
                                scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
     dataset = VideoTextDataset(records, cfg.data.videos or root, num_frames=cfg.data.num_frames,
                                sampling=cfg.data.sampling, target_fps=cfg.data.target_fps, transform=transform,
                                backend=cfg.data.backend, caption_mode=cfg.data.caption_mode, seed=cfg.train.seed)
-    return dataset, VideoTextCollator(tokenizer)
+    return dataset, VideoTextCollator(tokenizer, knowledge)
+
+
+def train_records(cfg: RunConfig):
+    from structvl.data.formats import read_annotations
+
+    ann = data_root(cfg) / cfg.data.train
+    if not ann.exists():
+        raise ConfigError(f"config key 'data.train': annotation file {ann} does not exist")
+    return read_annotations(cfg.data.format, ann)
+
+
+def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: bool):
+    """Tokenizer, and - when an enabled objective needs it - the spaCy knowledge of every training caption
+    (parsed once into the on-disk cache) and the label vocabulary, saved as run_dir/knowledge_vocab.json.
+    The main rank parses and writes the cache (call it before the others: they then only read it)."""
+    from structvl.objectives.base import ObjectiveContext
+    from structvl.objectives.pretraining import needs_knowledge
+
+    if not needs_knowledge(cfg):
+        return ObjectiveContext(tokenizer=tokenizer)
+    from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, knowledge_for
+
+    # With shards, the annotation file they were written from still lists the captions to parse.
+    captions = sorted({c for record in train_records(cfg) for c in record.captions})
+    cache_dir = Path(cfg.knowledge.cache_dir or data_root(cfg) / "knowledge_cache")
+    with KnowledgeCache(cache_dir) as cache:
+        parsed = knowledge_for(captions, cache)
+    knowledge = {k.caption: k for k in parsed}
+    vocab_path = run_dir / "knowledge_vocab.json"
+    if vocab_path.exists():  # a resumed run keeps the vocabulary its heads were built for
+        vocab = KnowledgeVocab.load(vocab_path)
+    else:
+        vocab = KnowledgeVocab.build(parsed, top_k=dict(cfg.knowledge.top_k), min_count=cfg.knowledge.min_count)
+        if is_main:
+            vocab.save(vocab_path)
+    return ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge=knowledge)
 
 
 def ensure_corpus(cfg: RunConfig) -> None:
@@ -77,9 +124,15 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     seed_everything(cfg.train.seed)  # same init on every rank (DDP also broadcasts it)
 
     tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
-    dataset, collator = build_train_data(cfg, tokenizer)
+    if info.is_main:  # parses the captions into the cache; the other ranks then only read it
+        context = build_objective_context(cfg, tokenizer, run_dir, is_main=True)
+    barrier()
+    if not info.is_main:
+        context = build_objective_context(cfg, tokenizer, run_dir, is_main=False)
+    dataset, collator = build_train_data(cfg, tokenizer, info.rank, info.world_size,
+                                         knowledge=context.knowledge or None)
     model = build_model(cfg.model)
-    module = PretrainingModule(model, cfg)
+    module = PretrainingModule(model, cfg, context)
     ledger = SkipLedger()
     trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger)
     if resume and trainer.resume():

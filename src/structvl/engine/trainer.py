@@ -55,14 +55,16 @@ class Trainer:
         self.dataset = dataset
         self.optimizer = build_optimizer(self.module, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.max_steps)
-        self.sampler = ResumableDistributedSampler(len(dataset), info.world_size, info.rank, shuffle=True,
-                                                   seed=cfg.train.seed, drop_last=True)
+        # A streaming (sharded) dataset splits itself across ranks; a map-style one needs the sampler.
+        self.streaming = isinstance(dataset, torch.utils.data.IterableDataset)
+        self.sampler = None if self.streaming else ResumableDistributedSampler(
+            len(dataset), info.world_size, info.rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
         self.loader = build_dataloader(dataset, collator, batch_size=cfg.train.batch_size, shuffle=False,
                                        num_workers=cfg.data.num_workers, seed=cfg.train.seed, drop_last=True,
                                        sampler=self.sampler,
                                        # a decoder stuck inside FFmpeg becomes an error, not a silent hang
                                        timeout=cfg.data.loader_timeout if cfg.data.num_workers > 0 else 0)
-        if len(self.sampler) < cfg.train.batch_size:
+        if self.sampler is not None and len(self.sampler) < cfg.train.batch_size:
             raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than the "
                              f"{len(self.sampler)} training items each rank gets")
         self.skip_ledger = skip_ledger
@@ -126,8 +128,11 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _batches(self):
         """Endless batches from the saved data position on; epochs roll over with a new permutation."""
-        self.sampler.set_position(self.epoch, self.samples_seen)
-        self.dataset.set_epoch(self.epoch)
+        if self.streaming:
+            self.dataset.set_position(self.epoch, self.samples_seen, self.cfg.train.batch_size)
+        else:
+            self.sampler.set_position(self.epoch, self.samples_seen)
+            self.dataset.set_epoch(self.epoch)
         while True:
             for batch in self.loader:
                 self.samples_seen += self.cfg.train.batch_size
@@ -135,7 +140,8 @@ class Trainer:
             if self.skip_ledger is not None and self.info.is_main and self.skip_ledger.summary()["total"]:
                 self.logger.message(f"epoch {self.epoch}: " + self.skip_ledger.report())
             self.epoch, self.samples_seen = self.epoch + 1, 0
-            self.sampler.set_epoch(self.epoch)
+            if self.sampler is not None:
+                self.sampler.set_epoch(self.epoch)
             self.dataset.set_epoch(self.epoch)
 
     def _equal_size(self, batch: dict) -> dict | None:

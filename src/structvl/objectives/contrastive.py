@@ -47,7 +47,7 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
 class ContrastiveObjective(nn.Module):
     """The global video-text InfoNCE on the pooled, projected embeddings."""
 
-    def __init__(self, cfg, model):
+    def __init__(self, cfg, model, context):
         super().__init__()
 
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from structvl.models.video_text import TextEmbedding, VideoEmbedding, VideoTextModel
 from structvl.objectives import OBJECTIVES
+from structvl.objectives.base import ObjectiveContext
 
 
 @dataclass
@@ -23,12 +24,23 @@ class PretrainOutputs:
     text: TextEmbedding
 
 
+def enabled_objectives(cfg) -> dict[str, float]:
+    """{name: weight} of the objectives the config turns on (weight > 0)."""
+    return {name: float(w) for name, w in cfg.objectives.items() if float(w) > 0}
+
+
+def needs_knowledge(cfg) -> bool:
+    """Whether some enabled objective reads the captions' spaCy knowledge from the batch."""
+    return any(getattr(OBJECTIVES[name], "needs_knowledge", False) for name in enabled_objectives(cfg))
+
+
 class PretrainingModule(nn.Module):
-    def __init__(self, model: VideoTextModel, cfg):
+    def __init__(self, model: VideoTextModel, cfg, context: ObjectiveContext | None = None):
         super().__init__()
         self.model = model
-        self.weights = {name: float(w) for name, w in cfg.objectives.items() if float(w) > 0}
-        self.objectives = nn.ModuleDict({name: OBJECTIVES[name](cfg, model) for name in self.weights})
+        self.weights = enabled_objectives(cfg)
+        context = context or ObjectiveContext()
+        self.objectives = nn.ModuleDict({name: OBJECTIVES[name](cfg, model, context) for name in self.weights})
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = PretrainOutputs(

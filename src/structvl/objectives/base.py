@@ -1,0 +1,36 @@
+"""What every pre-training objective receives, and the protocol it follows.
+
+An objective is an `nn.Module` built as `Objective(cfg, model, context)` and called as
+`objective(batch, outputs, model) -> {"loss": scalar, ...more scalars to log}`; `PretrainingModule` weights
+its "loss" by `cfg.objectives[name]`. Class attributes an objective may set:
+
+    needs_knowledge = True   the batch must carry the captions' spaCy knowledge: `batch["knowledge"]`
+                             (one CaptionKnowledge per caption) and `batch["token_offsets"]` (each token's
+                             character span in its caption), so spans can be mapped to word pieces.
+
+Optional methods:
+
+    evaluate(model, cfg, tokenizer, device) -> dict   extra metrics on the test split (e.g. CLOP's SKP mAP),
+                                                       merged into the run's metrics.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from structvl.data.knowledge import CaptionKnowledge, KnowledgeVocab
+
+
+@dataclass
+class ObjectiveContext:
+    """Run-level resources shared by the objectives (built once in `run_pretraining`).
+
+    tokenizer: the run's `structvl.data.text.Tokenizer` (for objectives that build new text, e.g. CLOP's
+        swapped captions, or mask tokens, e.g. Clover).
+    vocab: the knowledge label vocabulary of the training captions (None when no objective needs knowledge).
+    knowledge: caption -> CaptionKnowledge for every training caption (empty when not needed).
+    """
+
+    tokenizer: object = None
+    vocab: KnowledgeVocab | None = None
+    knowledge: dict[str, CaptionKnowledge] = field(default_factory=dict)
