@@ -2,16 +2,14 @@
 single-process loss and gradients on the same global batch."""
 
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
 from structvl.objectives.contrastive import info_nce
+from two_ranks import run_on_ranks
 
 
 def test_info_nce_matches_hand_computation():
@@ -61,17 +59,9 @@ def _global_batch():
     return torch.randn(8, 6, generator=g), torch.randn(8, 5, generator=g)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, result_path: str) -> None:
+def _worker(rank: int, world: int, result_path: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     model = nn.parallel.DistributedDataParallel(_Towers())
     xv, xt = _global_batch()
     per = xv.shape[0] // world
@@ -80,28 +70,18 @@ def _worker(rank: int, world: int, port: int, result_path: str) -> None:
     loss = out["loss"].detach().clone()
     dist.all_reduce(loss)
     if rank == 0:
-        # A file, not a Queue: tensors sent through a Queue die with the process that shared them.
         torch.save((float(loss) / world, {n: p.grad.clone() for n, p in model.module.named_parameters()}),
                    result_path)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def test_two_rank_gathered_loss_equals_single_process(tmp_path):
     ref = _Towers()
     out = ref(*_global_batch())
     out["loss"].backward()
-    ctx = mp.get_context("spawn")
     result = tmp_path / "rank0.pt"
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(result))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    # Judge by the result, not the exit code: gloo occasionally aborts in process teardown under load
+    # Judged by the result, not the exit code: gloo occasionally aborts in process teardown under load
     # ("terminate called without an active exception") after the work is done and written.
-    assert result.exists(), f"rank 0 wrote no result (exit codes {[p.exitcode for p in procs]})"
+    run_on_ranks(_worker, result)
     loss, grads = torch.load(result, weights_only=True)
     assert math.isclose(loss, float(out["loss"].detach()), rel_tol=1e-5)
     for name, param in ref.named_parameters():

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+DOWNSTREAM_TASKS = ["retrieval", "mcqa", "openqa", "recognition", "localization"]  # structvl.tasks.task_config.TASKS
 ANNOTATION_FORMATS = [
     "jsonl", "msrvtt", "webvid", "msvd", "activitynet", "didemo", "kinetics", "ucf101", "hmdb51",
     "mcqa", "openqa", "nextqa", "tgifqa", "activitynetqa", "localization",
@@ -141,9 +142,19 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.task not in ("retrieval", "hard_negative"):  # the downstream tasks' frozen-encoder protocols
+        from structvl.tasks.downstream import downstream_from_cli
+
+        return downstream_from_cli(args, finetune=False)
     from structvl.tasks.evaluate import evaluate_from_cli
 
     return evaluate_from_cli(args)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from structvl.tasks.downstream import downstream_from_cli
+
+    return downstream_from_cli(args, finetune=True)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -169,14 +180,34 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a downstream task",
                        description="Evaluate a run's checkpoint; prints a table and writes metrics.json.")
-    p.add_argument("--task", choices=["retrieval", "hard_negative"], default="retrieval")
+    p.add_argument("--task", choices=["retrieval", "hard_negative", *DOWNSTREAM_TASKS[1:], "all"], default="retrieval",
+                   help="retrieval / hard_negative: zero-shot; mcqa, openqa, recognition, localization (or all of "
+                        "--config's suite): the frozen-encoder protocol of --config")
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
     p.add_argument("--data", required=True, help="structured-corpus directory or annotation file")
     p.add_argument("--format", choices=ANNOTATION_FORMATS, default=None,
                    help="annotation format when --data is a file (default: the corpus's test split)")
     p.add_argument("--videos", default=None, help="video root for --data annotation files")
     p.add_argument("--out", default=None, help="metrics.json path (default: beside the checkpoint)")
+    p.add_argument("--config", default="finetune/structured",
+                   help="downstream protocol file (configs/finetune/*.yaml) for the downstream tasks")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="protocol overrides, e.g. openqa.epochs=5")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a downstream task and evaluate it",
+                       description="Run a downstream task's fine-tuning protocol from a pre-trained run: "
+                                   "retrieval (contrastive fine-tuning, R@K/MdR/MnR both ways), mcqa / openqa "
+                                   "(a trained scorer, through the fusion encoder when the model has one), "
+                                   "recognition (full fine-tuning, multi-view top-1/top-5), localization (head on "
+                                   "frozen sliding-window features, mAP@tIoU). Metrics are merged into the run's "
+                                   "metrics.json and OUT/metrics.json.")
+    p.add_argument("--task", choices=[*DOWNSTREAM_TASKS, "all"], required=True)
+    p.add_argument("--checkpoint", required=True, help="pre-trained run directory or checkpoint directory")
+    p.add_argument("--config", default="finetune/structured", help="protocol file (configs/finetune/*.yaml)")
+    p.add_argument("--data", default=None, help="dataset root (default: the protocol file's `root`)")
+    p.add_argument("--out", default=None, help="directory for the fine-tuned runs (default: RUN/finetune)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="protocol overrides, e.g. retrieval.steps=50")
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("demo", help="the main job: synth corpus -> pre-train -> evaluate -> HTML report",
                        description="Generate the structured corpus if absent, pre-train the contrastive baseline for "

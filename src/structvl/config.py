@@ -52,6 +52,12 @@ class VideoEncoderConfig:
     attention: str = "joint"  # "joint" space-time attention or "divided" (time then space, TimeSformer)
     drop_path: float = 0.0
     init_checkpoint: Optional[str] = None  # local image-ViT weights (timm naming) to inflate over time
+    # S-ViLM group tokens (models/grouping.py). 0 = no groups: the encoder is exactly the plain one.
+    num_group_tokens: int = 0
+    group_layers: list = field(default_factory=list)  # blocks (0-based) followed by a grouping block; [] = last
+    group_gumbel_tau: float = 1.0  # softmax temperature of the patch -> group assignment
+    group_hard: bool = True  # one-hot assignment with the straight-through estimator
+    group_gumbel_noise: bool = True  # Gumbel noise on the assignment logits while training
 
 
 @dataclass
@@ -67,9 +73,20 @@ class TextEncoderConfig:
 
 
 @dataclass
+class FusionConfig:
+    """Clover's single-stream cross-modal transformer (models/fusion.py). layers = 0: no fusion encoder, and
+    the model is exactly the dual encoder."""
+    layers: int = 0  # Clover: 3
+    init_from_text: bool = True  # copy the text encoder's first `layers` layers (Clover: BERT's first 3)
+    learned_cls: bool = True  # a learned [CLS] between the video and the text tokens
+    video_pool: int = 1  # average-pool the video patch grid by this factor per side before fusion (cost)
+
+
+@dataclass
 class ModelConfig:
     video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     embed_dim: int = 256
     projection: str = "mlp"  # "mlp" or "linear" heads into the shared space
     temperature: float = 0.05
@@ -162,12 +179,47 @@ class ClopConfig:
 
 @dataclass
 class SvilmConfig:
-    """S-ViLM's options (objectives `svilm_grounding`, `svilm_temporal`); see objectives/svilm.py."""
+    """S-ViLM's options (objectives `svilm_grounding`, `svilm_temporal`); see objectives/svilm.py.
+    The loss weights alpha (grounding) and beta (temporal) are the objectives' weights in `objectives:`.
+    Needs `model.video.num_group_tokens > 0` for grounding."""
+    # Spatial grounding: noun phrase vs. a clip's groups, score = max over groups, InfoNCE over the batch.
+    phrase_encoding: str = "span"  # "span": mean of the caption's token states over the phrase; "alone"
+    max_phrases: int = 4  # noun phrases used per caption (the first ones); pads the all-gather
+    grounding_temperature: float = 0.07
+    grounding_symmetric: bool = True  # also clip -> phrase (each clip picks its phrases among the batch's)
+    # Temporal grouping: cut-and-paste another clip's frames into an interval, classify each time step.
+    temporal_temperature: float = 0.1
+    cut_min_steps: int = 1  # pasted interval length in encoder time steps (tubelets)
+    cut_max_steps: int = 0  # 0: all time steps but one
+    detach_centroids: bool = False  # stop the gradient through the scene centroids
+    temporal_contrastive: str = "uncut"  # "uncut": captions meet their uncut clip only (the shared InfoNCE);
+    # "a_part": also an InfoNCE between the cut clip's A part (pooled patch states) and A's caption
+    # Evaluation (tasks/grounding.py)
+    eval_clips: int = 0  # test clips for grounding / scene-change metrics; 0 = all
 
 
 @dataclass
 class CloverConfig:
-    """Clover's options (objectives `clover_*`); see objectives/clover.py."""
+    """Clover's options (objectives `clover_align`, `clover_rank`, `clover_mlm`); see objectives/clover.py.
+    Needs `model.fusion.layers > 0` for alignment and MLM. The similarity scale is the model's
+    (cosine / model.temperature); Clover fixes tau = 0.05 (`model.learn_temperature: false` in clover.yaml)."""
+    # Text masking: "semantic" = whole nouns/proper nouns and verb phrases (spaCy), "random" = random tokens.
+    text_masking: str = "semantic"
+    text_mask_ratio: float = 0.3  # semantic: share of the candidate words/phrases masked (at least one)
+    random_mask_prob: float = 0.15  # random: each token's chance to be masked (at least one per caption)
+    mask_replace_prob: float = 0.8  # of the masked tokens: -> [MASK]
+    mask_random_prob: float = 0.1  # -> a random token (the rest stay unchanged)
+    # Video masking: BEiT block masking on the patch grid, the same cells at every time step (tubes).
+    video_mask_ratio: float = 0.2  # share of the grid's cells masked (Clover: 10 of 7x7)
+    video_mask_min_block: int = 4  # smallest block, in cells (BEiT's min_num_patches)
+    video_mask_min_aspect: float = 0.3  # block aspect ratio in [min_aspect, 1/min_aspect]
+    # Losses
+    rank_margin: float = 5.0  # on the scaled logits (5 = 0.25 in cosine at tau = 0.05)
+    focal_gamma: float = 2.0  # MLM softmax focal loss; 0 = cross-entropy
+    # Which fused embedding joins which anchor's pool: "spec" (video anchor: f_vm = fuse(masked V, T); text
+    # anchor: f_tm) or "code" (the released code's wiring: video anchor: f_tm = fuse(V, masked T); text: f_vm).
+    fused_pool: str = "spec"
+    eval_max_captions: int = 0  # clover_mlm evaluation: test captions used (0 = all)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -234,16 +286,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = OmegaConf.structured(RunConfig)
     if path is not None:
         cfg = _load_with_bases(resolve_config_path(path), cfg)
+    # `objectives` is an open dict: a new key names an objective, checked by validate().
+    run: RunConfig = OmegaConf.to_object(apply_overrides(cfg, overrides, open_prefixes=("objectives.",)))
+    validate(run)
+    return run
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str] | None, open_prefixes: tuple = ()) -> DictConfig:
+    """Merge dotted `key=value` command-line overrides; a key the config does not have is an error (except
+    under `open_prefixes`), and so is a value of the wrong type."""
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key = item.split("=", 1)[0]
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not key.startswith("objectives."):
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not key.startswith(open_prefixes):
             raise ConfigError(f"command line: unknown config key '{key}'")
         cfg = _merge_checked(cfg, OmegaConf.from_dotlist([item]), "command line")
-    run: RunConfig = OmegaConf.to_object(cfg)
-    validate(run)
-    return run
+    return cfg
 
 
 _CHOICES = {
@@ -258,6 +317,10 @@ _CHOICES = {
     "train.distributed": ("ddp", "fsdp"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.sampling": ("random_segment", "uniform", "fps"),
+    "clover.text_masking": ("semantic", "random"),
+    "clover.fused_pool": ("spec", "code"),
+    "svilm.phrase_encoding": ("span", "alone"),
+    "svilm.temporal_contrastive": ("uncut", "a_part"),
 }
 
 
@@ -285,6 +348,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVES)}")
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(f"config key 'objectives.{name}': weight must be a number >= 0, got {weight!r}")
+    if cfg.objectives.get("contrastive", 0) > 0 and cfg.objectives.get("clop_kcl", 0) > 0:
+        raise ConfigError("config key 'objectives.clop_kcl': CLOP's KCL is itself the video-text InfoNCE (with "
+                          "knowledge-guided negatives); set objectives.contrastive to 0 when it is on")
     if not any(w > 0 for w in cfg.objectives.values()):
         raise ConfigError("config key 'objectives': every objective has weight 0; nothing to train")
 

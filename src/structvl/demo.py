@@ -19,6 +19,27 @@ from structvl.config import load_config
 # `structvl demo --recipes baseline,clop` picks rows; the first listed recipe is the reference row.
 RECIPES = {
     "baseline": ("contrastive baseline", "demo.yaml"),
+    "clop": ("+ CLOP (SKP + KCL)", "clop.yaml"),
+    "svilm": ("+ S-ViLM", "svilm.yaml"),
+    "clover": ("+ Clover", "clover.yaml"),
+    "all": ("+ CLOP + S-ViLM + Clover", "all.yaml"),
+}
+
+# Single-switch ablations, run only when named (`--recipes baseline,clop_skp,...`): (label, config, overrides).
+ABLATIONS = {
+    "clop_skp": ("+ CLOP SKP only", "demo.yaml", ["objectives.clop_skp=1"]),
+    "clop_kcl_sampling": ("+ CLOP KCL sampling only", "clop.yaml",
+                          ["objectives.clop_skp=0", "clop.kcl_construct=false"]),
+    "clop_kcl_construct": ("+ CLOP KCL construction only", "clop.yaml",
+                           ["objectives.clop_skp=0", "clop.kcl_negative_weighting=false",
+                            "clop.kcl_batch_sampler=false"]),
+    "clover_random": ("+ Clover, random-token masking", "clover.yaml", ["clover.text_masking=random"]),
+    "clover_norank": ("+ Clover, no ranking loss", "clover.yaml", ["objectives.clover_rank=0"]),
+    # The fusion encoder trained by MLM beside the plain InfoNCE, without Clover's alignment and ranking: the
+    # reference for what the alignment adds to the fusion encoder (clover_mlm/* metrics).
+    "clover_mlm_only": ("+ fusion MLM only", "clover.yaml",
+                        ["objectives.contrastive=1", "objectives.clover_align=0", "objectives.clover_rank=0",
+                         "model.learn_temperature=true"]),
 }
 
 # --quick: the same pipeline on a smaller corpus with fewer steps (a smoke test, ~2 minutes).
@@ -29,7 +50,78 @@ FULL_CORPUS = {"num_clips": 2000, "num_untrimmed": 200}
 
 TABLE_COLUMNS = ["retrieval/t2v/R@1", "retrieval/t2v/R@5", "retrieval/t2v/R@10", "retrieval/t2v/MdR",
                  "retrieval/v2t/R@1", "retrieval/v2t/R@5", "hard_negative/overall", "hard_negative/shape",
-                 "hard_negative/colour", "hard_negative/size", "hard_negative/action", "hard_negative/relation"]
+                 "hard_negative/colour", "hard_negative/size", "hard_negative/action", "hard_negative/relation",
+                 "mcqa/accuracy", "openqa/accuracy", "recognition/linear/top1", "localization/mAP@0.5",
+                 "localization/mAP_avg",
+                 # What each paper's objective trains, measured on every recipe where it can be:
+                 "clop/skp_mAP",  # CLOP: knowledge prediction on the test captions (SKP heads only)
+                 "grounding/pointing", "grounding/pointing_best_patch",  # S-ViLM: chosen group vs best patch
+                 "temporal/scene_change_acc",  # S-ViLM: cut-and-paste frames split by 2-means
+                 "clover_mlm/accuracy"]  # Clover: masked noun/verb filled in through the fusion encoder
+
+# The downstream columns: the frozen-encoder suite of this protocol file on the corpus's test split after each
+# pre-training run (zero-shot MC-QA, open-QA head, linear-probe recognition, localization head), each column
+# read against the reference key beside it (chance; the majority answer for open QA).
+DOWNSTREAM_CONFIG = "finetune/structured_demo"
+DOWNSTREAM_REFERENCE = {"mcqa/accuracy": "mcqa/chance", "openqa/accuracy": "openqa/majority_accuracy",
+                        "recognition/linear/top1": "recognition/chance/top1",
+                        "localization/mAP@0.5": "localization/chance/mAP@0.5",
+                        "localization/mAP_avg": "localization/chance/mAP_avg",
+                        "clop/skp_mAP": "clop/skp_mAP_chance",  # a scorer that ignores the video
+                        "grounding/pointing": "grounding/pointing_chance",  # a uniformly random patch
+                        "grounding/pointing_best_patch": "grounding/pointing_chance",
+                        "temporal/scene_change_acc": "temporal/scene_change_chance"}  # random frame labels
+
+
+def downstream_metrics(run_dir: Path, data: Path, pretrain_metrics: dict) -> dict[str, float]:
+    """Run the downstream suite (DOWNSTREAM_CONFIG) on a finished run, and S-ViLM's grounding / scene-change
+    evaluation where pre-training did not already (it works for any model, so the baseline is measured on the
+    same footing: its best patch, its per-frame features); merged into the run's metrics.json."""
+    from structvl.data.text import Tokenizer
+    from structvl.tasks.downstream import pick_device, run_suite
+    from structvl.tasks.evaluate import load_run_model
+    from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
+    from structvl.tasks.task_config import load_task_config
+
+    start = time.perf_counter()
+    model, cfg, _ = load_run_model(run_dir)
+    device = pick_device(cfg)
+    model = model.to(device)
+    metrics = run_suite(model, cfg, load_task_config(DOWNSTREAM_CONFIG), data, device=device)
+    tokenizer = Tokenizer(cfg.model.text.max_length)
+    if "grounding/pointing_best_patch" not in pretrain_metrics:
+        metrics.update(evaluate_grounding(model, cfg, tokenizer, device, data))
+    if "temporal/scene_change_acc" not in pretrain_metrics:
+        metrics.update(evaluate_scene_change(model, cfg, tokenizer, device, data))
+    print(f"      downstream suite ({DOWNSTREAM_CONFIG}): {time.perf_counter() - start:.0f} s", flush=True)
+    write_json_merged(Path(run_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def write_json_merged(path: Path, metrics: dict) -> None:
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    path.write_text(json.dumps({**saved, **metrics}, indent=2), encoding="utf-8")
+
+
+def finished_run_metrics(cfg, run_dir: Path) -> dict | None:
+    """The metrics of a run this demo finished before (pre-training + downstream) with the same resolved config,
+    else None: an interrupted demo resumes where it stopped, and the full table can be assembled from recipes
+    run in separate invocations (same --out). A changed config or an unfinished run is trained again."""
+    from omegaconf import OmegaConf
+
+    from structvl.config import save_config
+
+    metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
+    if not (metrics_path.exists() and config_path.exists()):
+        return None
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if not metrics.pop("demo/finished", None):
+        return None
+    probe = run_dir / ".config.check.yaml"
+    save_config(cfg, probe)
+    same = OmegaConf.load(probe) == OmegaConf.load(config_path)
+    probe.unlink()
+    return metrics if same else None
 
 
 def aggregate(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
@@ -41,7 +133,10 @@ def aggregate(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
 
 def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[str, float]) -> str:
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
-    short = [c.replace("retrieval/", "").replace("hard_negative/", "hn/") for c in columns]
+    short = [c.replace("retrieval/", "").replace("hard_negative/", "hn/").replace("/accuracy", "/acc")
+             .replace("recognition/linear/", "rec/").replace("localization/", "tal/").replace("grounding/", "gr/")
+             .replace("pointing_best_patch", "best_patch").replace("temporal/scene_change_acc", "scene_chg")
+             .replace("clover_mlm/", "mlm/") for c in columns]
     width = max(len(label) for label in list(rows) + ["chance"]) + 2
     lines = ["".join([f"{'recipe':<{width}}"] + [f"{s:>14}" for s in short])]
     for label, values in rows.items():
@@ -58,7 +153,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     from structvl.data.synth import generate_corpus
     from structvl.data.text import Tokenizer
     from structvl.engine.pretrain import run_pretraining
-    from structvl.report import examples_section, write_report
+    from structvl.report import examples_section, grounding_section, write_report
     from structvl.tasks.evaluate import load_run_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -73,17 +168,26 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     runs: dict[str, list[Path]] = {}
     per_recipe_seed: dict[str, list[dict]] = {}
-    unknown = [r for r in recipes or [] if r not in RECIPES]
+    known = {**RECIPES, **ABLATIONS}
+    unknown = [r for r in recipes or [] if r not in known]
     if unknown:
-        raise ValueError(f"unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+        raise ValueError(f"unknown recipe(s) {unknown}; known: {list(known)}")
     for name in recipes or list(RECIPES):
-        label, config = RECIPES[name]
+        label, config, *recipe_overrides = known[name]
+        recipe_overrides = recipe_overrides[0] if recipe_overrides else []
         for seed in range(seeds):
             run_dir = out / name / f"seed{seed}"
             print(f"[2/3] pre-training '{label}' seed {seed} -> {run_dir}", flush=True)
             cfg = load_config(config, [f"data.root={data}", f"train.seed={seed}"]
-                              + (QUICK_OVERRIDES if quick else []) + list(overrides or []))
-            per_recipe_seed.setdefault(label, []).append(run_pretraining(cfg, run_dir))
+                              + (QUICK_OVERRIDES if quick else []) + recipe_overrides + list(overrides or []))
+            metrics = finished_run_metrics(cfg, run_dir)
+            if metrics is None:
+                metrics = run_pretraining(cfg, run_dir)
+                metrics.update(downstream_metrics(run_dir, data, metrics))
+                write_json_merged(run_dir / "metrics.json", {"demo/finished": 1.0})
+            else:
+                print("      finished before with this exact config: its metrics are reused", flush=True)
+            per_recipe_seed.setdefault(label, []).append(metrics)
             runs.setdefault(label, []).append(run_dir)
         rows[label] = aggregate(per_recipe_seed[label])
 
@@ -91,6 +195,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     chance = {k.replace("/chance/", "/t2v/"): v for k, v in first.items() if k.startswith("retrieval/chance/")}
     chance.update({k.replace("/chance/", "/v2t/"): v for k, v in first.items() if k.startswith("retrieval/chance/")})
     chance.update({c: 50.0 for c in TABLE_COLUMNS if c.startswith("hard_negative/")})
+    references = {k: v for per_seed in per_recipe_seed.values() for k, v in per_seed[0].items()}  # any recipe's
+    chance.update({c: references[ref] for c, ref in DOWNSTREAM_REFERENCE.items() if ref in references})
 
     print("[3/3] evaluation (zero-shot, test split)", flush=True)
     table = format_table(rows, chance)
@@ -106,9 +212,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
 
     model, cfg, _ = load_run_model(runs[baseline_label][0])
     examples = examples_section(model, cfg, Tokenizer(cfg.model.text.max_length), data)
+    for run_dirs in runs.values():  # S-ViLM recipes: the groups their noun phrases pick
+        group_model, group_cfg, _ = load_run_model(run_dirs[0])
+        if group_cfg.model.video.num_group_tokens:
+            examples += grounding_section(group_model, group_cfg, Tokenizer(group_cfg.model.text.max_length), data)
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
     notes = (f"Corpus: {data} ({corpus['num_clips']} clips). Seeds: {seeds}. Chance for retrieval is a random "
-             f"ranking of the {int(first.get('retrieval/num_videos', 0))} test videos; for hard negatives 50%.")
+             f"ranking of the {int(first.get('retrieval/num_videos', 0))} test videos; for hard negatives 50%. "
+             f"Downstream ({DOWNSTREAM_CONFIG}, frozen encoder): MC-QA chance is one of five captions, open QA's "
+             f"reference is the most frequent training answer, localization's a random detector.")
     report = write_report(out / "report.html", "structvl demo: pre-training on the structured corpus", rows,
                           columns, chance, runs, examples, notes)
     print(f"report: {report}\nmetrics: {out / 'metrics.json'}\ntotal time: {summary['demo/seconds']:.0f} s")

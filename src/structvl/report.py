@@ -1,7 +1,8 @@
 """The demo's HTML report: one self-contained file (figures inlined as PNG data URIs).
 
 Sections: the results table (mean +- std over seeds, chance beside it), the training loss curves, a
-text x video similarity heatmap for a few test clips, and retrieved examples (frames + captions).
+text x video similarity heatmap for a few test clips, retrieved examples (frames + captions) and, for a model
+with S-ViLM group tokens, each noun phrase's chosen group overlaid on the frames.
 """
 
 from __future__ import annotations
@@ -118,6 +119,49 @@ def examples_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 8,
             parts.append(f"<figure class='{ok}'><img src='{_image_uri(frames)}'><figcaption>#{rank} "
                          f"({sims[q, v]:.2f}) {html.escape(captions[v])}</figcaption></figure>")
         parts.append("</div>")
+    return "\n".join(parts)
+
+
+@torch.no_grad()
+def grounding_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 3) -> str:
+    """S-ViLM: for a few test clips, each noun phrase with the patches of the group it picks tinted on the
+    frames (one frame per encoder time step), and the phrase's object box outlined in white."""
+    from structvl.data.formats import read_annotations
+    from structvl.tasks.grounding import boxes_to_input, clip_groundings
+
+    records = [r for r in read_annotations(cfg.data.format, data_root / cfg.eval.split)[:32]
+               if r.meta.get("phrases") and r.meta.get("objects")][:num_clips]
+    if not records or not cfg.model.video.num_group_tokens:
+        return ""
+    video_root = Path(cfg.data.videos) if cfg.data.videos else data_root
+    v = cfg.model.video
+    grid, tub = v.image_size // v.patch_size, v.tubelet_size
+    device = next(model.parameters()).device
+    parts = ["<h2>Grounding: the group each noun phrase picks (S-ViLM)</h2>"]
+    for clip in clip_groundings(model, cfg, tokenizer, records, video_root, device):
+        rec = clip["record"]
+        frames = _display_frames(rec.resolve(video_root), cfg.eval.num_frames, cfg.data.backend)[::tub]
+        steps = min(len(frames), clip["assignment"].shape[0])
+        phrases = clip["phrases"]
+        fig, axes = plt.subplots(len(phrases), steps, figsize=(1.3 * steps, 1.45 * len(phrases)), squeeze=False)
+        for p, phrase in enumerate(phrases):
+            group = int(clip["group_sim"][p].argmax())
+            obj = rec.meta["objects"][phrase["object"]]
+            for t in range(steps):
+                ax = axes[p, t]
+                ax.imshow(frames[t], extent=(0, v.image_size, v.image_size, 0))
+                owned = (clip["assignment"][t] == group).view(grid, grid).float().numpy()
+                ax.imshow(np.ma.masked_where(owned == 0, owned), cmap="autumn", alpha=0.55, vmin=0, vmax=1,
+                          extent=(0, v.image_size, v.image_size, 0))
+                frame = clip["frame_indices"][t * tub]
+                x0, y0, x1, y1 = boxes_to_input(np.array(obj["boxes"][frame]), frames.shape[1], v.image_size)
+                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", lw=1))
+                ax.set_xticks([])
+                ax.set_yticks([])
+            label = rec.captions[0][phrase["start"]:phrase["end"]]
+            axes[p, 0].set_ylabel(f"{label}\n(group {group})", fontsize=7, rotation=0, ha="right", va="center")
+        parts.append(f"<p class='query'>&ldquo;{html.escape(rec.captions[0])}&rdquo;</p>"
+                     f"<img src='{_figure_uri(fig)}'>")
     return "\n".join(parts)
 
 

@@ -83,7 +83,8 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
     from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, knowledge_for
 
     # With shards, the annotation file they were written from still lists the captions to parse.
-    captions = sorted({c for record in train_records(cfg) for c in record.captions})
+    records = train_records(cfg)
+    captions = sorted({c for record in records for c in record.captions})
     cache_dir = Path(cfg.knowledge.cache_dir or data_root(cfg) / "knowledge_cache")
     with KnowledgeCache(cache_dir) as cache:
         parsed = knowledge_for(captions, cache)
@@ -95,7 +96,17 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
         vocab = KnowledgeVocab.build(parsed, top_k=dict(cfg.knowledge.top_k), min_count=cfg.knowledge.min_count)
         if is_main:
             vocab.save(vocab_path)
-    return ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge=knowledge)
+    context = ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge=knowledge,
+                               videos_captions=[list(r.captions) for r in records])
+    # Objectives may precompute from the parsed corpus once (e.g. CLOP's validated swapped captions).
+    from structvl.objectives import OBJECTIVES
+    from structvl.objectives.pretraining import enabled_objectives
+    with KnowledgeCache(cache_dir) as cache:
+        for name in enabled_objectives(cfg):
+            prepare = getattr(OBJECTIVES[name], "prepare_context", None)
+            if prepare is not None:
+                prepare(cfg, context, cache)
+    return context
 
 
 def ensure_corpus(cfg: RunConfig) -> None:
@@ -134,7 +145,11 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     model = build_model(cfg.model)
     module = PretrainingModule(model, cfg, context)
     ledger = SkipLedger()
-    trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger)
+    sampler = None
+    if cfg.objectives.get("clop_kcl", 0) > 0 and cfg.clop.kcl_batch_sampler and not cfg.data.shards:
+        from structvl.objectives.clop import build_knowledge_sampler
+        sampler = build_knowledge_sampler(cfg, dataset, context, info.world_size, info.rank)
+    trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger, sampler=sampler)
     if resume and trainer.resume():
         # The checkpoint restored every RNG, so dropout noise continues exactly where it stopped.
         if info.is_main:
@@ -154,6 +169,11 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
             model = build_model(cfg.model).to(info.device)
             load_model_weights(model, latest_checkpoint(run_dir))
         metrics.update(evaluate_model(model, cfg, tokenizer, device=info.device))
+        if not (info.enabled and cfg.train.distributed == "fsdp"):  # FSDP heads are sharded across ranks
+            # Objectives may measure what they train (CLOP's SKP mAP, S-ViLM's grounding, Clover's MLM).
+            for objective in module.objectives.values():
+                if hasattr(objective, "evaluate"):
+                    metrics.update(objective.evaluate(model, cfg, tokenizer, info.device))
     if info.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     barrier()

@@ -46,7 +46,7 @@ def wrap_distributed(module: nn.Module, cfg: RunConfig, info: DistInfo) -> nn.Mo
 
 class Trainer:
     def __init__(self, cfg: RunConfig, module: nn.Module, dataset, collator, run_dir: Path, info: DistInfo,
-                 skip_ledger=None):
+                 skip_ledger=None, sampler=None):
         from structvl.data.dataset import build_dataloader
 
         self.cfg, self.info, self.run_dir = cfg, info, Path(run_dir)
@@ -57,7 +57,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.max_steps)
         # A streaming (sharded) dataset splits itself across ranks; a map-style one needs the sampler.
         self.streaming = isinstance(dataset, torch.utils.data.IterableDataset)
-        self.sampler = None if self.streaming else ResumableDistributedSampler(
+        # `sampler`: a ResumableDistributedSampler subclass that orders the epoch differently (CLOP's
+        # knowledge-grouped batches); by default a seeded random permutation.
+        self.sampler = None if self.streaming else sampler or ResumableDistributedSampler(
             len(dataset), info.world_size, info.rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
         self.loader = build_dataloader(dataset, collator, batch_size=cfg.train.batch_size, shuffle=False,
                                        num_workers=cfg.data.num_workers, seed=cfg.train.seed, drop_last=True,

@@ -109,6 +109,10 @@ class VideoEncoderOutput:
     pooled: torch.Tensor  # (B, D) final [CLS] state
     tokens: torch.Tensor  # (B, T', N, D) final patch states
     frame_mask: torch.Tensor  # (B, T') True where the tubelet holds a real frame
+    # S-ViLM groups (only when model.video.num_group_tokens > 0; see models/grouping.py):
+    groups: torch.Tensor | None = None  # (B, G, D) group features
+    group_assignment: torch.Tensor | None = None  # (B, T', N) long: each patch's group (-1: padded time step)
+    group_probs: torch.Tensor | None = None  # (B, G, T', N) soft assignment p(group | patch)
 
     def per_time_features(self) -> torch.Tensor:
         """(B, T', D) mean of each time step's patch states (per-time-step features for temporal objectives)."""
@@ -138,6 +142,14 @@ class VideoEncoder(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.time_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if cfg.num_group_tokens:  # built last, so a model without groups initialises exactly as before
+            from structvl.models.grouping import GroupingBlock
+            self.group_layers = sorted({i % cfg.depth for i in (cfg.group_layers or [cfg.depth - 1])})
+            self.group_token = nn.Parameter(torch.zeros(1, cfg.num_group_tokens, cfg.width))
+            nn.init.trunc_normal_(self.group_token, std=0.02)
+            self.grouping = nn.ModuleList(
+                GroupingBlock(cfg.width, cfg.heads, cfg.group_gumbel_tau, cfg.group_hard, cfg.group_gumbel_noise)
+                for _ in self.group_layers)
         if cfg.init_checkpoint:
             load_image_vit(self, cfg.init_checkpoint)
 
@@ -158,14 +170,28 @@ class VideoEncoder(nn.Module):
             token_mask = torch.cat([tube_mask.new_ones(b, 1), tube_mask.repeat_interleave(n, 1)], dim=1)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x.reshape(b, t * n, d)], dim=1)
-        for block in self.blocks:
+        groups = assign = probs = None
+        if self.cfg.num_group_tokens:
+            groups = self.group_token.expand(b, -1, -1)
+            patch_mask = None if token_mask is None else token_mask[:, 1:]
+        for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, t, token_mask, use_reentrant=False)
             else:
                 x = block(x, t, token_mask)
+            if self.cfg.num_group_tokens and i in self.group_layers:  # groups read this block's patch states
+                groups, assign, probs = self.grouping[self.group_layers.index(i)](groups, x[:, 1:], patch_mask)
         x = self.norm(x)
-        return VideoEncoderOutput(pooled=x[:, 0], tokens=x[:, 1:].reshape(b, t, n, d),
-                                  frame_mask=tube_mask if tube_mask is not None else x.new_ones(b, t, dtype=torch.bool))
+        out = VideoEncoderOutput(pooled=x[:, 0], tokens=x[:, 1:].reshape(b, t, n, d),
+                                 frame_mask=tube_mask if tube_mask is not None else x.new_ones(b, t, dtype=torch.bool))
+        if groups is not None:
+            out.groups = groups
+            assignment = assign.detach().argmax(1)
+            if patch_mask is not None:  # padded time steps belong to no group
+                assignment = assignment.masked_fill(~patch_mask, -1)
+            out.group_assignment = assignment.view(b, t, n)
+            out.group_probs = probs.view(b, -1, t, n)
+        return out
 
     def _tube_mask(self, frame_mask: torch.Tensor | None, b: int, device) -> torch.Tensor | None:
         """A tubelet is valid when any of its frames is."""

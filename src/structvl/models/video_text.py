@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from structvl.config import ModelConfig
+from structvl.models.fusion import FusionEncoder, FusionOutput
 from structvl.models.text_encoder import TextEncoder, TextEncoderOutput
 from structvl.models.video_encoder import VideoEncoder, VideoEncoderOutput
 
@@ -50,6 +51,11 @@ class VideoTextModel(nn.Module):
         # Shape (1,), not a scalar: FSDP cannot shard 0-d parameters.
         self.log_inv_temperature = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.temperature)),
                                                 requires_grad=cfg.learn_temperature)
+        if cfg.video.num_group_tokens:  # S-ViLM: the groups' own head into the shared space
+            self.group_proj = projection_head(self.video_encoder.width, cfg.embed_dim, cfg.projection)
+        # Clover's cross-modal fusion encoder (+ MLM head); None when model.fusion.layers == 0. Built after
+        # everything else, so a model without it initialises exactly as the plain dual encoder.
+        self.fusion = FusionEncoder(cfg.fusion, self.video_encoder, self.text_encoder) if cfg.fusion.layers else None
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -60,9 +66,24 @@ class VideoTextModel(nn.Module):
         out = self.video_encoder(video, frame_mask, patch_embeddings)
         return VideoEmbedding(F.normalize(self.video_proj(out.pooled), dim=-1), out)
 
+    def embed_groups(self, out: VideoEncoderOutput) -> torch.Tensor:
+        """(B, G, E) L2-normalised group embeddings of an encoder output (needs model.video.num_group_tokens)."""
+        return F.normalize(self.group_proj(out.groups), dim=-1)
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEmbedding:
         out = self.text_encoder(input_ids, attention_mask)
         return TextEmbedding(F.normalize(self.text_proj(out.pooled), dim=-1), out)
+
+    def fuse(self, video: VideoEncoderOutput, text: TextEncoderOutput) -> FusionOutput:
+        """Video and text encoder outputs through the fusion encoder: `.cls` (B, D_fusion) is the fused vector
+        (QA heads, Clover's fused embeddings), `.text_states` (B, L, D_fusion) the fused token states."""
+        if self.fusion is None:
+            raise RuntimeError("this model has no fusion encoder: set model.fusion.layers > 0")
+        return self.fusion(video, text)
+
+    def mlm_logits(self, fused_text_states: torch.Tensor) -> torch.Tensor:
+        """(..., D_fusion) fused text states -> (..., vocab) logits; the decoder is the text word-embedding table."""
+        return self.fusion.mlm_head(fused_text_states, self.text_encoder.word_embeddings.weight)
 
 
 def build_model(cfg: ModelConfig) -> VideoTextModel:

@@ -10,6 +10,10 @@ its "loss" by `cfg.objectives[name]`. Class attributes an objective may set:
 
 Optional methods:
 
+    prepare_context(cfg, context, cache)   classmethod, run once before training on the main rank first (then
+                                           on the others, which find the knowledge cache filled): precompute
+                                           from the parsed corpus and store it in `context.extras`.
+
     evaluate(model, cfg, tokenizer, device) -> dict   extra metrics on the test split (e.g. CLOP's SKP mAP),
                                                        merged into the run's metrics.json.
 """
@@ -29,8 +33,11 @@ class ObjectiveContext:
         swapped captions, or mask tokens, e.g. Clover).
     vocab: the knowledge label vocabulary of the training captions (None when no objective needs knowledge).
     knowledge: caption -> CaptionKnowledge for every training caption (empty when not needed).
+    videos_captions: the captions of each training video (paraphrases of one another, where there are several).
     """
 
     tokenizer: object = None
     vocab: KnowledgeVocab | None = None
     knowledge: dict[str, CaptionKnowledge] = field(default_factory=dict)
+    videos_captions: list[list[str]] = field(default_factory=list)  # each training video's captions
+    extras: dict = field(default_factory=dict)  # what objectives' prepare_context computed, by their own keys

@@ -16,7 +16,9 @@ from structvl.engine.distributed import all_gather_with_grad, rank
 
 def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
              extra_text_negatives: torch.Tensor | None = None,
-             video_negative_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+             video_negative_weights: torch.Tensor | None = None,
+             extra_negative_mask: torch.Tensor | None = None,
+             extra_negative_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Symmetric InfoNCE between L2-normalised local embeddings `video` and `text` (B, E), rows paired.
 
     extra_text_negatives: optional (B, K, E) per-video extra caption negatives (e.g. CLOP's constructed hard
@@ -38,6 +40,10 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
         logits_v2t = logits_v2t + torch.log(w.clamp(min=1e-6))
     if extra_text_negatives is not None:
         extra = logit_scale * torch.einsum("be,bke->bk", video, extra_text_negatives)
+        if extra_negative_weight != 1.0:
+            extra = extra + torch.log(torch.tensor(extra_negative_weight, device=extra.device))
+        if extra_negative_mask is not None:
+            extra = extra.masked_fill(~extra_negative_mask, float("-inf"))
         logits_v2t = torch.cat([logits_v2t, extra], dim=1)
     v2t = F.cross_entropy(logits_v2t.float(), targets)
     t2v = F.cross_entropy(logits_t2v.float(), targets)

@@ -1,0 +1,124 @@
+"""Clover's fusion encoder: a single-stream cross-modal transformer over video and text token states.
+
+Input sequence (as in Clover's released `CrossModalTransformerFromPretrained`):
+
+    [ video tokens (T' x N')             ; learned [CLS] ; text token states (L) ]
+      = Linear(video patch states)          (optional)     = the text encoder's last hidden states
+        + spatial + temporal position embeddings
+        + token-type embedding 0, LayerNorm                 + token-type embedding 1
+
+The layers are BERT layers with the text encoder's own sizes, by default copies of its first `layers` layers
+(Clover initialises its 3 fusion layers from BERT-base's first 3), so text states enter a network that
+already reads them. The fused vector is the output at the text [CLS] position (`FusionOutput.cls`); the
+output text states feed the MLM head and, downstream, the QA heads (`VideoTextModel.fuse`).
+
+The MLM head is BERT's (dense -> GELU -> LayerNorm -> vocabulary) with the decoder tied to the text encoder's
+word embeddings (passed in at call time, so the weight has exactly one owner in the state dict).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from structvl.config import FusionConfig
+
+
+@dataclass
+class FusionOutput:
+    cls: torch.Tensor  # (B, D_fusion) output at the text [CLS] position: the fused vector
+    text_states: torch.Tensor  # (B, L, D_fusion) output text states (MLM, QA heads)
+    video_states: torch.Tensor  # (B, T' * N', D_fusion) output video token states
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head; the decoder matrix is the (tied) word-embedding table given to forward."""
+
+    def __init__(self, width: int, vocab_size: int, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(F.gelu(self.dense(states))), word_embeddings, self.bias)
+
+
+class FusionEncoder(nn.Module):
+    def __init__(self, cfg: FusionConfig, video_encoder: nn.Module, text_encoder: nn.Module):
+        super().__init__()
+        from transformers.models.bert.modeling_bert import BertLayer
+
+        bert_config = copy.deepcopy(text_encoder.bert.config)
+        bert_config._attn_implementation = "sdpa"  # the boolean attention mask below is SDPA's format
+        self.cfg = cfg
+        self.width = bert_config.hidden_size
+        if video_encoder.grid % cfg.video_pool:
+            from structvl.config import ConfigError
+            raise ConfigError(f"config key 'model.fusion.video_pool': {cfg.video_pool} does not divide the "
+                              f"video patch grid {video_encoder.grid}")
+        self.pool = cfg.video_pool
+        grid = video_encoder.grid // cfg.video_pool
+        eps = bert_config.layer_norm_eps
+        self.video_in = nn.Linear(video_encoder.width, self.width)
+        # Names end in pos_embed / time_embed / cls_token / token_type_embeddings: the optimizer's no-decay list.
+        self.space_pos_embed = nn.Parameter(0.02 * torch.randn(1, 1, grid * grid, self.width))
+        self.time_embed = nn.Parameter(0.02 * torch.randn(1, video_encoder.time, 1, self.width))
+        self.token_type_embeddings = nn.Embedding(2, self.width)  # 0 = video, 1 = text
+        nn.init.normal_(self.token_type_embeddings.weight, std=0.02)
+        self.video_norm = nn.LayerNorm(self.width, eps=eps)  # Clover (after VIOLET): LayerNorm on video tokens
+        self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, self.width)) if cfg.learned_cls else None
+        source = text_encoder.bert.encoder.layer
+        layers = []
+        for i in range(cfg.layers):
+            if cfg.init_from_text and i < len(source):
+                layers.append(copy.deepcopy(source[i]))
+            else:  # fresh layers beyond the text encoder's depth (or init_from_text: false), BERT's init
+                layer = BertLayer(bert_config, layer_idx=i)
+                layer.apply(_bert_init)
+                layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+        self.mlm_head = MLMHead(self.width, bert_config.vocab_size, eps)
+
+    def forward(self, video, text) -> FusionOutput:
+        """video: a VideoEncoderOutput (tokens (B, T', N, Dv), frame_mask (B, T')); text: a TextEncoderOutput
+        (tokens (B, L, Dt), attention_mask (B, L))."""
+        v = video.tokens
+        b, t, n, d = v.shape
+        if self.pool > 1:
+            g = int(round(n ** 0.5))
+            v = F.avg_pool2d(v.reshape(b * t, g, g, d).permute(0, 3, 1, 2), self.pool)
+            v = v.flatten(2).transpose(1, 2).reshape(b, t, -1, d)
+            n = v.shape[2]
+        v = self.video_in(v) + self.space_pos_embed + self.time_embed[:, :t] + self.token_type_embeddings.weight[0]
+        v = self.video_norm(v).reshape(b, t * n, self.width)
+        x_text = text.tokens + self.token_type_embeddings.weight[1]
+        parts, masks = [v], [video.frame_mask.to(v.device).bool().repeat_interleave(n, dim=1)]
+        if self.cls_token is not None:
+            parts.append(self.cls_token.expand(b, -1, -1).to(v.dtype))
+            masks.append(masks[0].new_ones(b, 1))
+        parts.append(x_text.to(v.dtype))
+        masks.append(text.attention_mask.bool())
+        x = torch.cat(parts, dim=1)
+        attend = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, S) True = may be attended to
+        for layer in self.layers:
+            out = layer(x, attention_mask=attend)
+            x = out[0] if isinstance(out, tuple) else out
+        length = text.tokens.shape[1]
+        text_states = x[:, -length:]
+        return FusionOutput(cls=text_states[:, 0], text_states=text_states, video_states=x[:, :t * n])
+
+
+def _bert_init(module: nn.Module) -> None:
+    """BERT's initialisation (normal 0.02, zero bias, unit LayerNorm), for layers not copied from the text encoder."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,481 @@
+"""CLOP: video-language pre-training with knowledge regularizations (Li et al.).
+
+CLOP's abstract names two regularizations built from *structural knowledge*, the objects, attributes,
+actions and relations a caption states (parsed with spaCy in structvl.data.knowledge):
+
+* SKP, Structural Knowledge Prediction (`clop_skp`): "pull together the latent representations of similar
+  videos". Heads predict the caption's knowledge from the video embedding (multi-label BCE, one head per
+  type; optionally from the text embedding too). An optional term aligns the batch's video-video cosine
+  similarities with the knowledge similarity (Jaccard) of their captions.
+* KCL, knowledge-guided sampling for contrastive learning (`clop_kcl`): "push apart cross-modal hard
+  negatives". It *is* the video-text InfoNCE (so recipes set `contrastive: 0` when they turn it on), with
+  (i) knowledge-guided sampling: in-batch negatives re-weighted by how much knowledge they share with the
+      positive (`kcl_negative_weighting`), and/or batches built from clips that share knowledge
+      (`KnowledgeGroupedSampler`, `kcl_batch_sampler`);
+  (ii) knowledge-guided construction: captions with exactly one knowledge element swapped for another of
+      the same type, added to the video->text denominator (`kcl_construct`).
+
+The paper's full text was not available to us: everything past the abstract is a reconstruction (see
+../shared/spec/methods.md, "CLOP"), and every choice is an option of `ClopConfig` in structvl/config.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from structvl.data.knowledge import CaptionKnowledge, KnowledgeVocab, knowledge_for
+from structvl.engine.distributed import all_gather_with_grad
+from structvl.engine.sampler import ResumableDistributedSampler
+from structvl.objectives.contrastive import info_nce
+
+
+# ----------------------------------------------------------------------------- knowledge similarity
+def multi_hot(knowledges: list[CaptionKnowledge], vocab: KnowledgeVocab, types: list[str]) -> torch.Tensor:
+    """(B, sum of vocabulary sizes) 0/1 matrix of each caption's in-vocabulary knowledge labels."""
+    targets = vocab.encode_batch(knowledges)
+    return torch.cat([targets[kind] for kind in types], dim=1)
+
+
+def jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise Jaccard overlap (A, B) of the label sets in multi-hot rows; 0 where both sets are empty."""
+    inter = a @ b.t()
+    union = a.sum(1, keepdim=True) + b.sum(1) - inter
+    return inter / union.clamp(min=1.0)
+
+
+# ----------------------------------------------------------------------------- SKP
+class KnowledgePredictionObjective(nn.Module):
+    """Predict the caption's knowledge labels from the shared-space video embedding (multi-label BCE).
+
+    Predicting from the *shared* embedding (the one retrieval uses) is what makes videos with the same
+    knowledge move together there; a head on a deeper feature would leave the retrieval space untouched.
+    """
+
+    needs_knowledge = True
+
+    def __init__(self, cfg, model, context):
+        super().__init__()
+        if context.vocab is None:
+            raise ValueError("clop_skp needs the knowledge vocabulary (built by run_pretraining)")
+        self.vocab, self.types = context.vocab, [t for t in cfg.clop.skp_types if context.vocab.size(t) > 0]
+        self.from_text, self.similarity_weight = cfg.clop.skp_from_text, cfg.clop.skp_similarity_weight
+        dim, hidden = cfg.model.embed_dim, cfg.clop.skp_hidden
+        self.heads = nn.ModuleDict({
+            kind: (nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, self.vocab.size(kind)))
+                   if hidden > 0 else nn.Linear(dim, self.vocab.size(kind)))
+            for kind in self.types})
+
+    def predict(self, embed: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {kind: head(embed) for kind, head in self.heads.items()}
+
+    def bce(self, embed: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.predict(embed)
+        return sum(F.binary_cross_entropy_with_logits(logits[k].float(), targets[k]) for k in self.types) / len(self.types)
+
+    def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
+        device = outputs.video.embed.device
+        targets = {k: v.to(device) for k, v in self.vocab.encode_batch(batch["knowledge"]).items()}
+        out = {"video_bce": self.bce(outputs.video.embed, targets)}
+        loss = out["video_bce"]
+        if self.from_text:
+            out["text_bce"] = self.bce(outputs.text.embed, targets)
+            loss = loss + out["text_bce"]
+        if self.similarity_weight > 0:
+            # Video-video cosine similarity should follow the captions' knowledge overlap (off-diagonal pairs).
+            labels = multi_hot(batch["knowledge"], self.vocab, self.types).to(device)
+            all_video = all_gather_with_grad(outputs.video.embed)
+            all_labels = torch.cat(_gather_no_grad(labels))
+            sim = outputs.video.embed @ all_video.t()
+            knowledge_sim = jaccard(labels, all_labels)
+            off_diagonal = (torch.eye(len(labels), all_video.shape[0], device=device,
+                                      dtype=torch.bool).roll(_rank() * len(labels), dims=1) == 0)
+            out["similarity"] = F.mse_loss(sim[off_diagonal].float(), knowledge_sim[off_diagonal])
+            loss = loss + self.similarity_weight * out["similarity"]
+        out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model, cfg, tokenizer, device) -> dict[str, float]:
+        """SKP mAP on the test split: average precision of each in-vocabulary label that occurs in the test
+        captions, ranking the test videos by the predicted probability; chance = a random ranking."""
+        from pathlib import Path
+
+        from structvl.data.formats import read_annotations
+        from structvl.data.knowledge import KnowledgeCache
+        from structvl.tasks.evaluate import eval_loader
+        from structvl.tasks.retrieval import embed_videos
+
+        root = Path(cfg.data.root)
+        records = read_annotations(cfg.data.format, root / cfg.eval.split)
+        autocast = torch.bfloat16 if cfg.train.precision == "bf16" else None
+        video_root = Path(cfg.data.videos) if cfg.data.videos else root
+        was_training = self.training
+        self.eval()
+        video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device, autocast)
+        with KnowledgeCache(Path(cfg.knowledge.cache_dir or root / "knowledge_cache")) as cache:
+            # a test video's knowledge: the labels of all of its captions
+            per_caption = knowledge_for([c for i in kept for c in records[i].captions], cache)
+        per_video, position = [], 0
+        for i in kept:
+            n = len(records[i].captions)
+            merged = self.vocab.encode_batch(per_caption[position:position + n])
+            per_video.append({k: v.amax(0) for k, v in merged.items()})
+            position += n
+        scores = self.predict(video_embed.to(device).float())
+        self.train(was_training)
+        metrics, all_ap, all_chance = {}, [], []
+        for kind in self.types:
+            target = torch.stack([v[kind] for v in per_video])
+            ap, chance = average_precision(scores[kind].float().cpu(), target)
+            metrics[f"clop/skp_mAP/{kind}"] = 100.0 * float(np.mean(ap)) if ap else float("nan")
+            all_ap += ap
+            all_chance += chance
+        metrics["clop/skp_mAP"] = 100.0 * float(np.mean(all_ap)) if all_ap else float("nan")
+        metrics["clop/skp_mAP_chance"] = 100.0 * float(np.mean(all_chance)) if all_chance else float("nan")
+        return metrics
+
+
+def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per column (label) with at least one positive: AP of ranking rows by score (mean of the precision at
+    each positive's rank), and the label's prevalence (the expected AP of a random ranking, for chance)."""
+    aps, prevalences = [], []
+    for j in range(targets.shape[1]):
+        positives = targets[:, j] > 0
+        if not positives.any():
+            continue
+        order = torch.argsort(scores[:, j], descending=True, stable=True)
+        hits = positives[order].float()
+        precision_at_hit = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
+        aps.append(float((precision_at_hit * hits).sum() / hits.sum()))
+        prevalences.append(float(hits.mean()))
+    return aps, prevalences
+
+
+# ----------------------------------------------------------------------------- KCL (ii): construction
+def _tag_class(tag: str) -> str:
+    """Proper-noun tags are spaCy's frequent misreading of shape nouns ("cross"): match them as common nouns."""
+    return {"NNP": "NN", "NNPS": "NNS"}.get(tag, tag)
+
+
+def _span_tag(knowledge: CaptionKnowledge, start: int) -> str:
+    word = next((w for w in knowledge.words if w["start"] == start), None)
+    return _tag_class(word["tag"]) if word else ""
+
+
+def _label(element: dict) -> str:
+    """The swappable part of an element: relations swap their predicate, keeping subject and object."""
+    return element["label"].split("|")[1] if element["type"] == "relation" else element["label"]
+
+
+def surface_forms(knowledges: list[CaptionKnowledge]) -> dict[tuple[str, str, str], list[str]]:
+    """(type, label, tag of the first word) -> the caption texts that express it, most frequent first.
+
+    Replacements are taken from how the corpus itself words each element ("slides to the left of", "is
+    spinning"), in the same inflection as the text they replace, so swapped captions stay grammatical
+    without an inflection grammar."""
+    counts: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
+    for k in knowledges:
+        for element in k.element_spans:
+            if len(element["spans"]) != 1:
+                continue
+            start, end = element["spans"][0]
+            counts[(element["type"], _label(element), _span_tag(k, start))][k.caption[start:end]] += 1
+    return {key: [text for text, _ in c.most_common()] for key, c in counts.items()}
+
+
+def paraphrase_pairs(videos_captions: list[list[str]], knowledge: dict[str, CaptionKnowledge],
+                     min_videos: int = 5, ratio: float = 5.0) -> set[tuple[str, str, str]]:
+    """(type, a, b) label pairs the corpus uses as *paraphrases* of each other ("big"/"large",
+    "disk"/"circle"): swapping one for the other would make a false negative.
+
+    Evidence from videos with several captions (MSR-VTT has 20): a and b alternate when one caption of a
+    video says a, another says b, and no caption of it says both. Pairs that alternate in at least
+    `min_videos` videos and `ratio` times more often than they appear together in one caption are taken
+    as paraphrases. A corpus with one caption per video gives no evidence and no pairs.
+    """
+    together, alternate = Counter(), Counter()
+    for captions in videos_captions:
+        sets = [{(t, label) for t, labels in knowledge[c].labels().items() for label in labels}
+                for c in captions if c in knowledge]
+        if len(sets) < 2:
+            continue
+        in_one = set().union(*[{(a, b) for a in s for b in s if a != b and a[0] == b[0]} for s in sets])
+        union = set().union(*sets)
+        for a in union:
+            for b in union:
+                if a < b and a[0] == b[0]:
+                    if (a, b) in in_one:
+                        together[(a, b)] += 1
+                    else:
+                        alternate[(a, b)] += 1
+    pairs = set()
+    for (a, b), n in alternate.items():
+        if n >= min_videos and n >= ratio * together[(a, b)]:
+            pairs.update({(a[0], a[1], b[1]), (a[0], b[1], a[1])})
+    return pairs
+
+
+def co_modifiers(knowledges: list[CaptionKnowledge]) -> set[tuple[str, str]]:
+    """Attribute pairs seen modifying the same noun somewhere in the corpus ("big" + "blue"). An attribute
+    swap that puts two never-combined modifiers on one noun ("big little disk") is rejected."""
+    pairs = set()
+    for k in knowledges:
+        by_noun = defaultdict(set)
+        for e in k.element_spans:
+            if e["type"] == "attribute":
+                by_noun[tuple(e["noun_span"])].add(e["label"])
+        for labels in by_noun.values():
+            pairs.update((a, b) for a in labels for b in labels if a != b)
+    return pairs
+
+
+def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict[str, list[str]],
+                  types: list[str], per_type: int, rng: random.Random,
+                  paraphrases: set = frozenset(), combinable: set | None = None) -> list[tuple[str, str, str, str]]:
+    """Candidate hard negatives: (caption, type, old label, new label), each with one element's text
+    replaced by a surface form of another label of the same type and inflection. Unvalidated."""
+    out = []
+    by_type = defaultdict(list)
+    for element in knowledge.element_spans:
+        if element["type"] in types and len(element["spans"]) == 1:
+            by_type[element["type"]].append(element)
+    for kind, elements in by_type.items():
+        for _ in range(per_type):
+            element = rng.choice(elements)
+            start, end = element["spans"][0]
+            tag, old = _span_tag(knowledge, start), _label(element)
+            others = set()
+            if kind == "attribute":  # the other modifiers of the same noun
+                others = {e["label"] for e in knowledge.element_spans if e["type"] == "attribute"
+                          and e["noun_span"] == element["noun_span"] and e is not element}
+            choices = [label for label in labels_by_type[kind] if label != old and (kind, label, tag) in forms
+                       and (kind, old, label) not in paraphrases
+                       and (combinable is None or all((label, o) in combinable for o in others))]
+            if not choices:
+                continue
+            new = rng.choice(choices)
+            text = forms[(kind, new, tag)][0]
+            caption = knowledge.caption[:start] + text + knowledge.caption[end:]
+            if caption != knowledge.caption:
+                out.append((caption, kind, old, new))
+    return out
+
+
+def knowledge_elements(k: CaptionKnowledge) -> dict[str, set[str]]:
+    """A caption's knowledge as sets per type, attributes bound to their noun ("red|circle"): "a red star and
+    a blue circle" -> "a red star and a red circle" changes an element even though "red" was there."""
+    elements = {kind: set(labels) for kind, labels in k.labels().items()}
+    elements["attribute"] = {f"{attribute}|{noun}" for attribute, noun in k.attributes}
+    return elements
+
+
+def differs_in_one_element(source: CaptionKnowledge, swapped: CaptionKnowledge, kind: str, old: str,
+                           new: str) -> bool:
+    """Whether the parse of a swapped caption states the source's knowledge with exactly `old` -> `new` of
+    type `kind` (an object swap may rename that object inside attributes and relations; nothing else may
+    change)."""
+    a, b = knowledge_elements(source), knowledge_elements(swapped)
+
+    def renamed(element: str, t: str) -> str:
+        parts = element.split("|")
+        if kind == "object":  # the object's attributes and relations follow it
+            parts = [new if (p == old and (t == "relation" and i != 1 or t == "attribute" and i == 1)) else p
+                     for i, p in enumerate(parts)]
+        elif kind == "relation" and t == "relation":
+            parts[1] = new if parts[1] == old else parts[1]
+        elif kind == "attribute" and t == "attribute":
+            parts[0] = new if parts[0] == old else parts[0]
+        elif kind == "action" and t == "action":
+            parts = [new] if element == old else parts
+        elif kind == "action" and t == "relation" and (parts[1] + " ").startswith(old + " "):
+            parts[1] = new + parts[1][len(old):]  # "slide left of" -> "move left of"
+        return "|".join(parts)
+
+    for t in a:
+        added, removed = b[t] - a[t], a[t] - b[t]
+        if t == kind and t == "object":
+            if added != {new} or not removed <= {old}:
+                return False
+        elif t == kind or (kind == "object" and t in ("attribute", "relation")) or (
+                kind == "action" and t == "relation"):
+            # each changed element is a renamed source element, and the swapped type changed exactly once
+            if not added <= {renamed(e, t) for e in a[t]} or len(b[t]) != len(a[t]):
+                return False
+            if t == kind and len(added) != 1:
+                return False
+        elif added or removed:
+            return False
+    return True
+
+
+def build_swapped_negatives(knowledges: list[CaptionKnowledge], vocab: KnowledgeVocab, cache, types: list[str],
+                            per_type: int, seed: int = 0,
+                            videos_captions: list[list[str]] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """caption -> [(swapped caption, type)], every one parsed with spaCy and kept only when it differs from
+    its source in exactly one knowledge element (see `differs_in_one_element`). Replacements that the
+    corpus treats as paraphrases (`paraphrase_pairs`, from videos with several captions) or modifiers never
+    combined (`co_modifiers`) are not proposed. Run once per corpus: the parses land in the knowledge cache."""
+    forms = surface_forms(knowledges)
+    by_caption = {k.caption: k for k in knowledges}
+    paraphrases = paraphrase_pairs(videos_captions or [], by_caption)
+    combinable = co_modifiers(knowledges)
+    labels_by_type = {kind: [_label({"type": kind, "label": label}) for label in vocab.labels(kind)]
+                      for kind in types}
+    labels_by_type = {kind: list(dict.fromkeys(labels)) for kind, labels in labels_by_type.items()}
+    rng = random.Random(seed)
+    proposals = {k.caption: propose_swaps(k, forms, labels_by_type, types, per_type, rng, paraphrases, combinable)
+                 for k in knowledges}
+    parsed = knowledge_for([c for props in proposals.values() for c, *_ in props], cache)
+    parsed_by_caption = {k.caption: k for k in parsed}
+    source = {k.caption: k for k in knowledges}
+    negatives: dict[str, list[tuple[str, str]]] = {}
+    for caption, props in proposals.items():
+        kept = list(dict.fromkeys((c, kind) for c, kind, old, new in props
+                                  if differs_in_one_element(source[caption], parsed_by_caption[c], kind, old, new)))
+        negatives[caption] = kept
+    return negatives
+
+
+# ----------------------------------------------------------------------------- KCL objective
+class KnowledgeContrastiveObjective(nn.Module):
+    """The video-text InfoNCE with knowledge-guided negatives (replaces `contrastive` in a recipe).
+
+    v->t denominator of video i: the global batch's captions, each negative j weighted by
+    1 + kcl_weight_strength * Jaccard(knowledge_i, knowledge_j) (sampling, re-weighting form), plus up to
+    kcl_negatives_per_caption swapped captions of its own caption (construction), weighted by
+    kcl_negative_weight. The swapped captions go through the text encoder with gradients, so the text
+    side too learns that "rotates" is not "bounces".
+    """
+
+    needs_knowledge = True
+
+    def __init__(self, cfg, model, context):
+        super().__init__()
+        self.cfg, self.vocab, self.tokenizer = cfg.clop, context.vocab, context.tokenizer
+        self.negatives = context.extras.get("clop_swapped_negatives", {})
+        if cfg.clop.kcl_construct and not self.negatives:
+            raise ValueError("clop_kcl with kcl_construct needs the swapped captions from prepare_context")
+
+    @classmethod
+    def prepare_context(cls, cfg, context, cache) -> None:
+        if cfg.clop.kcl_construct:
+            context.extras["clop_swapped_negatives"] = build_swapped_negatives(
+                list(context.knowledge.values()), context.vocab, cache, list(cfg.clop.kcl_swap_types),
+                per_type=max(2, cfg.clop.kcl_negatives_per_caption // 2), seed=cfg.train.seed,
+                videos_captions=context.videos_captions)
+
+    def _weights(self, batch: dict, device) -> torch.Tensor:
+        labels = multi_hot(batch["knowledge"], self.vocab, list(self.cfg.skp_types)).to(device)
+        all_labels = torch.cat(_gather_no_grad(labels))
+        return 1.0 + self.cfg.kcl_weight_strength * jaccard(labels, all_labels)
+
+    def _constructed(self, batch: dict, model, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(B, K, E) embeddings of each caption's swapped negatives, and the (B, K) mask of real ones."""
+        k = self.cfg.kcl_negatives_per_caption
+        # Python's `random` is in every checkpoint's RNG state, so a resumed run draws the same negatives.
+        picked = [random.sample(self.negatives.get(c, []), min(k, len(self.negatives.get(c, []))))
+                  for c in batch["caption"]]
+        texts = [text for row in picked for text, _ in row]
+        if not texts:
+            return None
+        tokens = self.tokenizer(texts)
+        embed = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).embed
+        out = embed.new_zeros(len(picked), k, embed.shape[1])
+        mask = torch.zeros(len(picked), k, dtype=torch.bool, device=device)
+        position = 0
+        for i, row in enumerate(picked):
+            out[i, :len(row)] = embed[position:position + len(row)]
+            mask[i, :len(row)] = True
+            position += len(row)
+        return out, mask
+
+    def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
+        video, text = outputs.video.embed, outputs.text.embed
+        weights = self._weights(batch, video.device) if self.cfg.kcl_negative_weighting else None
+        extra = self._constructed(batch, model, video.device) if self.cfg.kcl_construct else None
+        out = info_nce(video, text, model.logit_scale, video_negative_weights=weights,
+                       extra_text_negatives=None if extra is None else extra[0],
+                       extra_negative_mask=None if extra is None else extra[1],
+                       extra_negative_weight=self.cfg.kcl_negative_weight)
+        if extra is not None:
+            with torch.no_grad():  # how often the true caption already beats its swapped twins
+                true_score = (video * text).sum(-1, keepdim=True)
+                swapped_score = torch.einsum("be,bke->bk", video, extra[0])
+                wins = (true_score > swapped_score) & extra[1]
+                out["swap_accuracy"] = wins.sum() / extra[1].sum().clamp(min=1)
+        return out
+
+
+# ----------------------------------------------------------------------------- KCL (i): batch sampler
+class KnowledgeGroupedSampler(ResumableDistributedSampler):
+    """Epochs in which clips that share knowledge meet in the same global batch, as each other's negatives.
+
+    Each epoch: a seeded permutation; walking it, every not-yet-used clip anchors a group, filled with the
+    `group_size - 1` unused clips of highest knowledge overlap among `pool` random unused candidates.
+    Groups are laid end to end; rank r takes every world-th index (as DistributedSampler), so a group's
+    clips are spread over the ranks of the same step: with negatives gathered from all ranks they still
+    meet. Every clip is used once per epoch; `set_position` resumes mid-epoch like the parent class.
+    """
+
+    def __init__(self, item_labels: np.ndarray, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 group_size: int = 4, pool: int = 64):
+        super().__init__(len(item_labels), num_replicas, rank, shuffle=True, seed=seed, drop_last=True)
+        self.labels = item_labels.astype(np.float32)
+        self.group_size, self.pool = group_size, pool
+
+    def indices(self) -> list[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_items)
+        used = np.zeros(self.num_items, dtype=bool)
+        sizes = self.labels.sum(1)
+        grouped: list[int] = []
+        for anchor in order:
+            if used[anchor]:
+                continue
+            used[anchor] = True
+            grouped.append(int(anchor))
+            free = np.flatnonzero(~used)
+            if len(free) == 0:
+                break
+            candidates = rng.choice(free, size=min(self.pool, len(free)), replace=False)
+            inter = self.labels[candidates] @ self.labels[anchor]
+            overlap = inter / np.maximum(sizes[candidates] + sizes[anchor] - inter, 1.0)
+            chosen = candidates[np.argsort(-overlap, kind="stable")[: self.group_size - 1]]
+            used[chosen] = True
+            grouped.extend(int(i) for i in chosen)
+        total = self.per_rank * self.num_replicas
+        return grouped[:total][self.rank:total:self.num_replicas]
+
+
+def build_knowledge_sampler(cfg, dataset, context, world_size: int, rank: int) -> KnowledgeGroupedSampler:
+    """The KCL sampler for a map-style VideoTextDataset: a clip's labels are the union over its captions."""
+    types = list(cfg.clop.skp_types)
+    rows = []
+    for record_index, _ in dataset.items:
+        captions = dataset.records[record_index].captions
+        knowledges = [context.knowledge[c] for c in captions if c in context.knowledge]
+        rows.append(multi_hot(knowledges, context.vocab, types).amax(0) if knowledges else
+                    torch.zeros(sum(context.vocab.size(t) for t in types)))
+    return KnowledgeGroupedSampler(torch.stack(rows).numpy(), world_size, rank, seed=cfg.train.seed,
+                                   group_size=cfg.clop.kcl_sampler_groups)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _rank() -> int:
+    from structvl.engine.distributed import rank
+    return rank()
+
+
+def _gather_no_grad(x: torch.Tensor) -> list[torch.Tensor]:
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return [x]
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return parts

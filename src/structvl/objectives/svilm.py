@@ -1,0 +1,248 @@
+"""S-ViLM's two structure objectives: inter-clip spatial grounding and intra-clip temporal grouping.
+
+[reconstruction] The abstract (seed 001) names the two objectives; how they work comes from secondary
+sources of medium confidence (../shared/spec/methods.md, "S-ViLM"). Every choice below is a config key
+(`svilm:` section, `SvilmConfig`); the weights alpha and beta are `objectives.svilm_grounding` and
+`objectives.svilm_temporal`, so L = L_contrast + alpha L_g + beta L_t.
+
+`svilm_grounding` (L_g). Each caption's noun phrases (spaCy noun chunks from the batch's knowledge, at most
+`max_phrases`) are embedded by the text encoder - the mean of the caption's token states over the phrase's
+word pieces ("span") or the phrase encoded on its own ("alone") - and projected into the shared space. The
+score of phrase n against clip j is the best match among j's groups, s(n, j) = max_g cos(n, z_jg) / tau.
+InfoNCE over the clips of the all-gathered batch, positive = the phrase's own clip: the other clips' groups
+are the negatives ("inter-clip"). With `grounding_symmetric`, also clip -> phrase: each clip must score
+each of its own phrases above every other caption's phrases.
+
+`svilm_temporal` (L_t). Cut-and-paste: every clip A of the batch gets a random contiguous interval of time
+steps replaced by the same time steps of another clip B of the batch; the mask says which steps are A.
+The cut clips go through the video encoder once more; per-time-step features (mean patch state of each
+step) are L2-normalised, the A-centroid and B-centroid are the normalised means of each part, and every
+step is classified to its own part's centroid (cross-entropy over the two cosines / tau). The captions
+meet their *uncut* clip in the shared contrastive loss; `temporal_contrastive: a_part` also contrasts the
+cut clip's A part with A's caption. Intervals are whole encoder time steps (tubelets), so no tubelet mixes
+two clips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from structvl.config import ConfigError
+from structvl.data.text import char_span_to_token_span
+from structvl.engine.distributed import all_gather_no_grad, all_gather_with_grad, rank
+from structvl.objectives.contrastive import info_nce
+
+
+# ----------------------------------------------------------------------------- phrases
+def embed_phrases(model, spans: list[list[tuple[int, int]]], max_phrases: int, mode: str, *,
+                  token_states: torch.Tensor | None = None, offsets: list | None = None,
+                  captions: list[str] | None = None, tokenizer=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noun-phrase embeddings (B, P, E), L2-normalised, and their validity mask (B, P), P = max_phrases.
+
+    spans: per caption, the phrases' character spans (start, end) in the caption (the first `max_phrases`
+        are used). mode "span": mean of `token_states` (B, L, D), the caption's text-encoder states, over the
+        word pieces `offsets` maps each span onto (a span truncated away is invalid); mode "alone": each
+        phrase text (`captions[b][start:end]`) encoded on its own with `tokenizer`.
+    """
+    b, p = len(spans), max_phrases
+    mask = torch.zeros(b, p, dtype=torch.bool)
+    if mode == "span":
+        weights = token_states.new_zeros(b, p, token_states.shape[1])
+        for i, caption_spans in enumerate(spans):
+            for j, (start, end) in enumerate(caption_spans[:p]):
+                tokens = char_span_to_token_span(offsets[i], start, end)
+                if tokens is not None:
+                    weights[i, j, tokens[0]:tokens[1]] = 1.0 / (tokens[1] - tokens[0])
+                    mask[i, j] = True
+        pooled = torch.einsum("bpl,bld->bpd", weights, token_states)
+        embed = F.normalize(model.text_proj(pooled), dim=-1)
+    elif mode == "alone":
+        texts, where = [], []
+        for i, caption_spans in enumerate(spans):
+            for j, (start, end) in enumerate(caption_spans[:p]):
+                texts.append(captions[i][start:end])
+                where.append((i, j))
+                mask[i, j] = True
+        device = next(model.parameters()).device
+        embed = torch.zeros(b, p, model.cfg.embed_dim, device=device)
+        if texts:
+            tok = tokenizer(texts)
+            phrase_embed = model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)).embed
+            rows, cols = zip(*where)
+            index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+            embed = embed.to(phrase_embed.dtype).index_put(index, phrase_embed)
+    else:
+        raise ValueError(f"unknown phrase encoding {mode!r}; expected 'span' or 'alone'")
+    return embed, mask.to(embed.device)
+
+
+# ----------------------------------------------------------------------------- spatial grounding
+def grounding_loss(phrases: torch.Tensor, phrase_mask: torch.Tensor, groups: torch.Tensor, temperature: float,
+                   symmetric: bool = True) -> dict[str, torch.Tensor]:
+    """InfoNCE of noun phrases against clips scored by their best group.
+
+    phrases (B, P, E) and groups (B, G, E): L2-normalised, row i of both from clip/caption i; phrase_mask
+    (B, P). phrase -> clip: s(n, j) = max_g n . z_jg / temperature over the all-gathered clips j, target =
+    the phrase's own clip. clip -> phrase (symmetric): for each own phrase n of clip i, -log of
+    exp s(n, i) / (exp s(n, i) + sum over the other captions' phrases m of exp s(m, i)); the clip's other
+    own phrases are left out of the denominator (they are positives too). Losses are means over phrases.
+    """
+    b, p = phrase_mask.shape
+    zero = groups.sum() * 0.0  # keeps the graph (and DDP's parameter bookkeeping) when nothing is valid
+    if not bool(phrase_mask.any()):
+        return {"loss": zero, "p2v": zero.detach(), "accuracy": zero.detach()}
+    all_groups = all_gather_with_grad(groups)
+    own = torch.arange(b, device=groups.device) + rank() * b
+    scores = torch.einsum("bpe,cge->bpcg", phrases, all_groups).amax(-1).float() / temperature  # (B, P, B_all)
+    targets = own[:, None].expand(b, p)[phrase_mask]
+    p2v = F.cross_entropy(scores[phrase_mask], targets)
+    out = {"loss": p2v, "p2v": p2v.detach(),
+           "accuracy": (scores[phrase_mask].argmax(-1) == targets).float().mean().detach()}
+    if symmetric:
+        all_phrases = all_gather_with_grad(phrases)  # (B_all, P, E)
+        all_mask = all_gather_no_grad(phrase_mask)
+        rev = torch.einsum("cpe,bge->bcpg", all_phrases, groups).amax(-1).float() / temperature  # (B, B_all, P)
+        is_own = (torch.arange(all_mask.shape[0], device=groups.device)[None, :] == own[:, None])  # (B, B_all)
+        negatives = rev.masked_fill(~all_mask[None] | is_own[:, :, None], float("-inf")).flatten(1)
+        log_neg = torch.logsumexp(negatives, dim=1)  # (B,); -inf when there is no other phrase
+        positives = rev[torch.arange(b), own]  # (B, P): clip i against its own phrases
+        v2p = (torch.logaddexp(positives, log_neg[:, None]) - positives)[phrase_mask].mean()
+        out["v2p"] = v2p.detach()
+        out["loss"] = 0.5 * (p2v + v2p)
+    return out
+
+
+def noun_phrase_spans(knowledge) -> list[list[tuple[int, int]]]:
+    """Per caption, the character spans of its spaCy noun phrases (CaptionKnowledge.noun_phrases)."""
+    return [[(np_["start"], np_["end"]) for np_ in k.noun_phrases] for k in knowledge]
+
+
+class SpatialGroundingObjective(nn.Module):
+    """L_g: noun phrases vs. the batch's clips, each clip scored by its best-matching group."""
+
+    needs_knowledge = True
+
+    def __init__(self, cfg, model, context):
+        super().__init__()
+        if not model.cfg.video.num_group_tokens:
+            raise ConfigError("config key 'objectives.svilm_grounding': needs group tokens; set "
+                              "model.video.num_group_tokens (e.g. 32)")
+        self.cfg = cfg.svilm
+        self.tokenizer = context.tokenizer
+
+    def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
+        phrases, mask = embed_phrases(
+            model, noun_phrase_spans(batch["knowledge"]), self.cfg.max_phrases, self.cfg.phrase_encoding,
+            token_states=outputs.text.encoder.tokens, offsets=batch["token_offsets"], captions=batch["caption"],
+            tokenizer=self.tokenizer)
+        groups = model.embed_groups(outputs.video.encoder)
+        out = grounding_loss(phrases, mask, groups, self.cfg.grounding_temperature, self.cfg.grounding_symmetric)
+        out["phrases_per_caption"] = mask.float().sum(1).mean()
+        return out
+
+    def evaluate(self, model, cfg, tokenizer, device) -> dict[str, float]:
+        from structvl.tasks.grounding import evaluate_grounding
+        return evaluate_grounding(model, cfg, tokenizer, device)
+
+
+# ----------------------------------------------------------------------------- temporal grouping
+@dataclass
+class CutAndPaste:
+    video: torch.Tensor  # (B, T, C, H, W) clip A with an interval of clip B's frames
+    frame_mask: torch.Tensor | None  # (B, T) validity of the frames now in place
+    is_a: torch.Tensor  # (B, T') True where the time step shows the clip itself (A)
+    partner: torch.Tensor  # (B,) batch index of clip B
+    source: torch.Tensor  # (B, T) batch index of the clip each frame came from
+
+
+def cut_and_paste(video: torch.Tensor, time_steps: int, min_steps: int = 1, max_steps: int = 0,
+                  frame_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                  partner: torch.Tensor | None = None) -> CutAndPaste:
+    """Replace a random contiguous interval of each clip's time steps with the same steps of another clip.
+
+    time_steps: the encoder's time steps T' (frames T must be a multiple: a step is a tubelet). The interval
+    length is drawn from [min_steps, max_steps] (max_steps 0: T' - 1), capped so that A keeps at least one
+    step; the partner of clip i is a random other clip of the batch (never i itself) unless `partner` (B,)
+    names it. Needs a batch of >= 2.
+    """
+    b, t = video.shape[:2]
+    if b < 2:
+        raise ValueError("cut-and-paste needs at least two clips in the batch")
+    tubelet = t // time_steps
+    hi = min(max_steps or time_steps - 1, time_steps - 1)
+    lo = max(1, min(min_steps, hi))
+    cpu = dict(generator=generator)
+    drawn = (torch.arange(b) + torch.randint(1, b, (b,), **cpu)) % b
+    partner = drawn if partner is None else partner.cpu()
+    if bool((partner == torch.arange(b)).any()):
+        raise ValueError("cut-and-paste: a clip cannot be its own partner")
+    lengths = torch.randint(lo, hi + 1, (b,), **cpu)
+    starts = (torch.rand(b, **cpu) * (time_steps - lengths + 1)).long()
+    steps = torch.arange(time_steps)
+    is_a = ~((steps >= starts[:, None]) & (steps < (starts + lengths)[:, None]))
+    frame_is_a = is_a.repeat_interleave(tubelet, dim=1)
+    source = torch.where(frame_is_a, torch.arange(b)[:, None], partner[:, None])
+    dev = video.device
+    partner, is_a, frame_is_a, source = partner.to(dev), is_a.to(dev), frame_is_a.to(dev), source.to(dev)
+    cut = torch.where(frame_is_a[:, :, None, None, None], video, video[partner])
+    mask = None if frame_mask is None else torch.where(frame_is_a, frame_mask, frame_mask[partner])
+    return CutAndPaste(cut, mask, is_a, partner, source)
+
+
+def temporal_grouping_loss(features: torch.Tensor, is_a: torch.Tensor, valid: torch.Tensor | None,
+                           temperature: float, detach_centroids: bool = False) -> dict[str, torch.Tensor]:
+    """Classify each time step to its own scene's centroid.
+
+    features (B, T', D) per-time-step features; is_a (B, T') which part each step belongs to; valid (B, T')
+    real time steps. c_A, c_B = normalised means of the normalised features of each part; logits =
+    [f . c_A, f . c_B] / temperature; label 0 for A, 1 for B; mean cross-entropy over valid steps.
+    """
+    valid = torch.ones_like(is_a) if valid is None else valid
+    f = F.normalize(features.float(), dim=-1)
+
+    def centroid(part: torch.Tensor) -> torch.Tensor:
+        w = (part & valid).float()[..., None]
+        c = F.normalize((f * w).sum(1) / w.sum(1).clamp(min=1.0), dim=-1)
+        return c.detach() if detach_centroids else c
+
+    c_a, c_b = centroid(is_a), centroid(~is_a)
+    logits = torch.stack([(f * c_a[:, None]).sum(-1), (f * c_b[:, None]).sum(-1)], dim=-1) / temperature
+    labels = (~is_a).long()
+    loss = F.cross_entropy(logits[valid], labels[valid])
+    accuracy = (logits.argmax(-1) == labels)[valid].float().mean()
+    return {"loss": loss, "accuracy": accuracy.detach()}
+
+
+class TemporalGroupingObjective(nn.Module):
+    """L_t: cut-and-paste clips, then per-time-step features must tell the two scenes apart."""
+
+    def __init__(self, cfg, model, context):
+        super().__init__()
+        self.cfg = cfg.svilm
+
+    def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
+        video = batch["video"]
+        if video.shape[0] < 2:  # no partner clip to paste from
+            zero = outputs.video.embed.sum() * 0.0
+            return {"loss": zero, "accuracy": zero.detach()}
+        cut = cut_and_paste(video, model.video_encoder.time, self.cfg.cut_min_steps, self.cfg.cut_max_steps,
+                            batch.get("frame_mask"))
+        enc = model.video_encoder(cut.video, cut.frame_mask)
+        per_time = enc.per_time_features()
+        out = temporal_grouping_loss(per_time, cut.is_a, enc.frame_mask, self.cfg.temporal_temperature,
+                                     self.cfg.detach_centroids)
+        if self.cfg.temporal_contrastive == "a_part":
+            w = (cut.is_a & enc.frame_mask).to(per_time.dtype)[..., None]
+            a_part = F.normalize(model.video_proj((per_time * w).sum(1) / w.sum(1).clamp(min=1.0)), dim=-1)
+            nce = info_nce(a_part, outputs.text.embed, model.logit_scale)["loss"]
+            out["a_part_nce"] = nce.detach()
+            out["loss"] = out["loss"] + nce
+        return out
+
+    def evaluate(self, model, cfg, tokenizer, device) -> dict[str, float]:
+        from structvl.tasks.grounding import evaluate_scene_change
+        return evaluate_scene_change(model, cfg, tokenizer, device)

@@ -1,0 +1,179 @@
+"""CLOP: knowledge similarity, SKP, swapped-caption hard negatives, the knowledge-grouped sampler, and a
+tiny end-to-end run whose loss falls."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from structvl.config import ConfigError, load_config
+from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, extract_knowledge, knowledge_for
+from structvl.objectives.clop import (
+    KnowledgeGroupedSampler, KnowledgePredictionObjective, average_precision, build_swapped_negatives,
+    differs_in_one_element, jaccard, knowledge_elements, paraphrase_pairs,
+)
+from structvl.objectives.contrastive import info_nce
+
+CAPTIONS = [
+    "a small red circle moves to the left",
+    "a big blue square is rotating",
+    "a small green triangle is bouncing",
+    "a big red star is rotating while a small blue circle moves to the left",
+    "a large yellow square is bouncing",
+    "a small blue triangle moves to the left",
+    "a big green star is bouncing",
+    "a small yellow circle is rotating",
+]
+
+
+@pytest.fixture(scope="module")
+def parsed():
+    return extract_knowledge(CAPTIONS)
+
+
+def test_jaccard_matches_set_overlap():
+    a = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    b = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    expected = torch.tensor([[1 / 3, 1.0], [0.0, 0.0]])  # {0,1} vs {0,2}: 1/3; empty sets: 0
+    torch.testing.assert_close(jaccard(a, b), expected)
+
+
+def test_average_precision_hand_case():
+    scores = torch.tensor([[0.9], [0.8], [0.7], [0.1]])
+    targets = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    ap, prevalence = average_precision(scores, targets)
+    assert ap == [pytest.approx((1 / 1 + 2 / 3) / 2)] and prevalence == [0.5]
+    # a label without positives is left out rather than counted as 0
+    assert average_precision(scores, torch.zeros(4, 1)) == ([], [])
+
+
+def test_weighted_and_constructed_negatives_match_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(2, 4, generator=g), dim=1)
+    t = F.normalize(torch.randn(2, 4, generator=g), dim=1)
+    extra = F.normalize(torch.randn(2, 2, 4, generator=g), dim=2)
+    mask = torch.tensor([[True, False], [True, True]])
+    weights = torch.tensor([[9.0, 3.0], [2.0, 9.0]])  # diagonal (positive) is forced to 1
+    out = info_nce(v, t, torch.tensor(5.0), extra_text_negatives=extra, video_negative_weights=weights,
+                   extra_negative_mask=mask, extra_negative_weight=0.5)
+    losses = []
+    for i in range(2):
+        pos = torch.exp(5 * v[i] @ t[i])
+        neg = sum(weights[i, j] * torch.exp(5 * v[i] @ t[j]) for j in range(2) if j != i)
+        neg = neg + sum(0.5 * torch.exp(5 * v[i] @ extra[i, k]) for k in range(2) if mask[i, k])
+        losses.append(-torch.log(pos / (pos + neg)))
+    assert float(out["v2t"]) == pytest.approx(float(sum(losses) / 2), rel=1e-5)
+
+
+def test_skp_loss_is_the_mean_bce_over_types(parsed):
+    cfg = load_config("clop", ["model.embed_dim=8", "clop.skp_hidden=0"])
+    vocab = KnowledgeVocab.build(parsed, top_k=10)
+    from structvl.objectives.base import ObjectiveContext
+    objective = KnowledgePredictionObjective(cfg, None, ObjectiveContext(vocab=vocab))
+    embed = F.normalize(torch.randn(3, 8), dim=1)
+    targets = vocab.encode_batch(parsed[:3])
+    objective.requires_grad_(False)
+    logits = {k: embed @ objective.heads[k].weight.t() + objective.heads[k].bias for k in objective.types}
+    expected = sum(F.binary_cross_entropy_with_logits(logits[k], targets[k]) for k in objective.types) / len(objective.types)
+    assert float(objective.bce(embed, targets)) == pytest.approx(float(expected), rel=1e-5)
+    assert set(objective.types) == {"object", "attribute", "action"} | ({"relation"} if vocab.size("relation") else set())
+
+
+def _changed_span(a: str, b: str) -> tuple[str, str]:
+    """The differing middle of two strings (common prefix and suffix removed)."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    j = 0
+    while j < min(len(a), len(b)) - i and a[-1 - j] == b[-1 - j]:
+        j += 1
+    return a[i:len(a) - j], b[i:len(b) - j]
+
+
+def test_swapped_captions_change_exactly_one_element(parsed, tmp_path):
+    vocab = KnowledgeVocab.build(parsed, top_k=20)
+    with KnowledgeCache(tmp_path / "cache") as cache:
+        negatives = build_swapped_negatives(parsed, vocab, cache, ["object", "attribute", "action"], per_type=2)
+    produced = [(src, neg, kind) for src, rows in negatives.items() for neg, kind in rows]
+    assert {kind for *_, kind in produced} == {"object", "attribute", "action"}
+    reparsed = {k.caption: k for k in extract_knowledge([neg for _, neg, _ in produced])}
+    source = {k.caption: k for k in parsed}
+    for src, neg, kind in produced:
+        old_text, new_text = _changed_span(src, neg)
+        assert old_text and new_text and len(old_text.split()) <= 3, (src, neg)  # one contiguous span replaced
+        a, b = knowledge_elements(source[src]), knowledge_elements(reparsed[neg])
+        changed = {t for t in a if a[t] != b[t] and t != "relation"}
+        # an object swap also renames that object's attributes ("red|circle" -> "red|star")
+        assert changed == {kind} or (kind == "object" and changed == {"object", "attribute"}), (src, neg, a, b)
+        assert len(b[kind] - a[kind]) == 1 and len(a[kind] - b[kind]) <= 1, (src, neg)
+
+
+def test_differs_in_one_element_rejects_two_changes(parsed):
+    src = parsed[0]  # "a small red circle moves to the left"
+    one, two = extract_knowledge(["a small blue circle moves to the left", "a big blue circle moves to the left"])
+    assert differs_in_one_element(src, one, "attribute", "red", "blue")
+    assert not differs_in_one_element(src, two, "attribute", "red", "blue")
+    assert not differs_in_one_element(src, src, "attribute", "red", "blue")  # nothing changed
+
+
+def test_paraphrase_pairs_need_alternation_across_captions_of_one_video():
+    videos = [[f"a big {c} circle spins", f"a large {c} circle spins"] for c in
+              ("red", "blue", "green", "cyan", "white", "black")]
+    videos += [["a big red square and a small blue star spin"]]
+    caps = [c for v in videos for c in v]
+    knowledge = {k.caption: k for k in extract_knowledge(caps)}
+    pairs = paraphrase_pairs(videos, knowledge)
+    assert ("attribute", "big", "large") in pairs and ("attribute", "large", "big") in pairs
+    assert ("attribute", "big", "small") not in pairs and not any(p[0] == "object" for p in pairs)
+
+
+def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_ranks():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((64, 12)) < 0.2).astype(np.float32)
+    ranks = [KnowledgeGroupedSampler(labels, num_replicas=2, rank=r, seed=3, group_size=4) for r in range(2)]
+    per_rank = [s.indices() for s in ranks]
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(64))
+    # the global order interleaves ranks; consecutive groups of 4 in it are what meet in a batch
+    global_order = [per_rank[i % 2][i // 2] for i in range(64)]
+
+    def mean_overlap(order):
+        lab = torch.from_numpy(labels)
+        sims = [jaccard(lab[order[i:i + 4]], lab[order[i:i + 4]]) for i in range(0, 64, 4)]
+        return float(np.mean([(s.sum() - s.diagonal().sum()) / 12 for s in sims]))
+
+    random_order = list(rng.permutation(64))
+    assert mean_overlap(global_order) > mean_overlap(random_order) + 0.05
+    # a new epoch reorders; resume mid-epoch continues the same order
+    ranks[0].set_epoch(1)
+    epoch1 = ranks[0].indices()
+    assert epoch1 != per_rank[0] and len(epoch1) == 32
+    ranks[0].set_position(1, 5)
+    assert list(ranks[0]) == epoch1[5:]
+
+
+def test_contrastive_and_kcl_together_is_a_config_error():
+    with pytest.raises(ConfigError, match="clop_kcl"):
+        load_config("clop", ["objectives.contrastive=1"])
+
+
+def test_clop_run_trains_saves_vocab_and_reports_skp_map(tmp_path):
+    from test_engine import TINY  # the tiny model every engine test uses
+    from structvl.data.synth import generate_corpus
+    from structvl.engine.pretrain import run_pretraining
+
+    root = tmp_path / "corpus"
+    generate_corpus(root, num_clips=40, num_untrimmed=3, size=32, num_frames=8, seed=3, workers=1, progress=False)
+    cfg = load_config("clop", TINY + [f"data.root={root}", "train.max_steps=25", "train.checkpoint_every=0",
+                                      "knowledge.min_count=1", "clop.kcl_sampler_groups=2"])
+    metrics = run_pretraining(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["loss"] for r in rows[-3:]) < sum(r["loss"] for r in rows[:3]) - 0.2
+    assert "clop_kcl/swap_accuracy" in rows[-1] and "clop_skp/video_bce" in rows[-1]
+    vocab = KnowledgeVocab.load(tmp_path / "run" / "knowledge_vocab.json")
+    assert vocab.size("object") > 3 and vocab.size("action") > 3
+    assert 0 <= metrics["clop/skp_mAP"] <= 100 and metrics["clop/skp_mAP_chance"] > 0

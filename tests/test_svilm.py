@@ -1,0 +1,207 @@
+"""S-ViLM: group tokens, cut-and-paste, the two losses against hand-computed cases, and a tiny training run."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from structvl.config import ConfigError, VideoEncoderConfig, load_config
+from structvl.models.grouping import GroupingBlock
+from structvl.models.video_encoder import VideoEncoder
+from structvl.objectives.svilm import cut_and_paste, embed_phrases, grounding_loss, temporal_grouping_loss
+from structvl.tasks.grounding import group_peak, permutation_accuracy, random_label_chance, two_means
+
+from test_engine import TINY, tiny_corpus  # noqa: F401  (the module-scoped corpus fixture)
+
+
+# ----------------------------------------------------------------------------- groups
+def test_grouping_block_assigns_every_patch_to_exactly_one_group():
+    torch.manual_seed(0)
+    block = GroupingBlock(dim=16, heads=2, noise=True).train()
+    groups, patches = torch.randn(2, 5, 16), torch.randn(2, 12, 16, requires_grad=True)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 8:] = False  # a padded time step
+    out, assign, soft = block(groups, patches, mask)
+    assert out.shape == (2, 5, 16) and assign.shape == soft.shape == (2, 5, 12)
+    hard = assign.detach()
+    assert torch.all((hard.round() == hard) | (hard.abs() < 1e-6))  # one-hot values only
+    torch.testing.assert_close(hard.sum(1)[0], torch.ones(12))  # every real patch: exactly one group
+    torch.testing.assert_close(hard.sum(1)[1], mask[1].float())  # padded patches: none
+    torch.testing.assert_close(soft.detach().sum(1)[0], torch.ones(12))
+    # Straight-through: the hard assignment still passes gradient back to the patches' keys.
+    (out.sum() + (assign * torch.randn_like(assign)).sum()).backward()
+    assert patches.grad is not None and patches.grad.abs().sum() > 0
+
+
+def _encoder_cfg(**kw):
+    return VideoEncoderConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, width=32, depth=2,
+                              heads=2, **kw)
+
+
+def test_encoder_returns_groups_and_leaves_the_plain_path_unchanged():
+    torch.manual_seed(0)
+    plain = VideoEncoder(_encoder_cfg()).eval()
+    torch.manual_seed(0)
+    grouped = VideoEncoder(_encoder_cfg(num_group_tokens=6, group_layers=[0, -1])).eval()
+    assert grouped.group_layers == [0, 1] and len(grouped.grouping) == 2
+    video = torch.randn(3, 4, 3, 32, 32)
+    a, b = plain(video), grouped(video)
+    # Groups are built last and never feed back into the tokens: same init, same outputs bit for bit.
+    assert torch.equal(a.pooled, b.pooled) and torch.equal(a.tokens, b.tokens)
+    assert a.groups is None and a.group_assignment is None
+    assert b.groups.shape == (3, 6, 32)
+    assert b.group_assignment.shape == (3, 2, 16) and b.group_probs.shape == (3, 6, 2, 16)
+    assert int(b.group_assignment.min()) >= 0 and int(b.group_assignment.max()) < 6
+    torch.testing.assert_close(b.group_probs.sum(1), torch.ones(3, 2, 16))
+    assert torch.equal(b.group_assignment, b.group_probs.argmax(1))  # no noise in eval: hard = argmax of soft
+    # A padded time step belongs to no group.
+    frame_mask = torch.tensor([[True, True, False, False]] * 3)
+    assert torch.all(grouped(video, frame_mask).group_assignment[:, 1] == -1)
+
+
+# ----------------------------------------------------------------------------- cut-and-paste
+def test_cut_and_paste_masks_and_frame_provenance():
+    b, t, steps = 5, 8, 4
+    # Frame f of clip i is filled with the value 100 * i + f, so every output frame says where it came from.
+    video = (100 * torch.arange(b)[:, None] + torch.arange(t)[None]).float()[:, :, None, None, None]
+    video = video.expand(b, t, 3, 2, 2).contiguous()
+    frame_mask = torch.ones(b, t, dtype=torch.bool)
+    frame_mask[2, -1] = False
+    for seed in range(20):
+        cut = cut_and_paste(video, steps, frame_mask=frame_mask, generator=torch.Generator().manual_seed(seed))
+        value = cut.video[:, :, 0, 0, 0]
+        torch.testing.assert_close(value, (100 * cut.source + torch.arange(t)).float())  # same time position
+        assert torch.all(cut.partner != torch.arange(b))
+        frame_is_a = cut.is_a.repeat_interleave(2, dim=1)
+        assert torch.equal(cut.source == torch.arange(b)[:, None], frame_is_a)
+        assert torch.equal(cut.source[~frame_is_a], cut.partner[:, None].expand(b, t)[~frame_is_a])
+        for i in range(b):
+            pasted = (~cut.is_a[i]).nonzero().flatten()
+            assert 1 <= len(pasted) <= steps - 1  # both scenes present
+            assert torch.equal(pasted, torch.arange(int(pasted[0]), int(pasted[-1]) + 1))  # contiguous
+            assert torch.equal(cut.frame_mask[i], frame_mask[cut.source[i], torch.arange(t)])
+    fixed = cut_and_paste(video, steps, min_steps=2, max_steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.all((~fixed.is_a).sum(1) == 2)
+    chosen = cut_and_paste(video, steps, partner=torch.tensor([4, 0, 1, 2, 3]))
+    assert chosen.partner.tolist() == [4, 0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        cut_and_paste(video[:1], steps)
+    with pytest.raises(ValueError, match="own partner"):
+        cut_and_paste(video, steps, partner=torch.tensor([0, 0, 1, 2, 3]))
+
+
+# ----------------------------------------------------------------------------- losses
+def test_temporal_grouping_loss_hand_computed():
+    f = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]])
+    is_a = torch.tensor([[True, True, False]])
+    c_a = torch.tensor([0.8, 0.4]) / math.hypot(0.8, 0.4)  # normalised mean of the two A steps
+    c_b = torch.tensor([0.0, 1.0])
+    tau = 0.5
+    expected = 0.0
+    for step, label in ((0, 0), (1, 0), (2, 1)):
+        logits = torch.stack([f[0, step] @ c_a, f[0, step] @ c_b]) / tau
+        expected += float(torch.logsumexp(logits, 0) - logits[label]) / 3
+    out = temporal_grouping_loss(3.0 * f, is_a, None, tau)  # feature scale must not matter
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert out["accuracy"].item() == 1.0
+    # An invalid step takes no part, neither as a sample nor in its centroid.
+    f2 = torch.cat([f, torch.tensor([[[-1.0, 0.0]]])], 1)
+    valid = torch.tensor([[True, True, True, False]])
+    out2 = temporal_grouping_loss(f2, torch.tensor([[True, True, False, True]]), valid, tau)
+    assert out2["loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_grounding_loss_hand_computed():
+    tau = 0.5
+    groups = torch.tensor([[[1.0, 0.0], [0.0, 1.0]],  # clip 0
+                           [[0.6, 0.8], [-1.0, 0.0]]])  # clip 1
+    phrases = torch.tensor([[[1.0, 0.0], [5.0, 5.0]],  # caption 0: phrase a + a padded slot
+                            [[0.8, -0.6], [0.6, 0.8]]])  # caption 1: phrases b and c
+    mask = torch.tensor([[True, False], [True, True]])
+    # s(n, j) = max over j's groups of the dot product (clip 1's second group is never the max).
+    s = {("a", 0): 1.0, ("a", 1): 0.6, ("b", 0): 0.8, ("b", 1): 0.0, ("c", 0): 0.8, ("c", 1): 1.0}
+    def nll(pos, others):
+        return math.log(sum(math.exp(x / tau) for x in [pos, *others])) - pos / tau
+    p2v = (nll(s["a", 0], [s["a", 1]]) + nll(s["b", 1], [s["b", 0]]) + nll(s["c", 1], [s["c", 0]])) / 3
+    # clip -> phrase: own phrase vs the other captions' phrases (the clip's other own phrases left out).
+    v2p = (nll(s["a", 0], [s["b", 0], s["c", 0]]) + nll(s["b", 1], [s["a", 1]]) + nll(s["c", 1], [s["a", 1]])) / 3
+    one_way = grounding_loss(phrases, mask, groups, tau, symmetric=False)
+    assert one_way["loss"].item() == pytest.approx(p2v, rel=1e-5)
+    both = grounding_loss(phrases, mask, groups, tau, symmetric=True)
+    assert both["v2p"].item() == pytest.approx(v2p, rel=1e-5)
+    assert both["loss"].item() == pytest.approx(0.5 * (p2v + v2p), rel=1e-5)
+    # The max over groups: a group that is never any phrase's best match gets no gradient.
+    g = groups.clone().requires_grad_(True)
+    grounding_loss(phrases, mask, g, tau, symmetric=False)["loss"].backward()
+    assert torch.all(g.grad[1, 1] == 0) and g.grad[0, 0].abs().sum() > 0
+    none = grounding_loss(phrases, torch.zeros_like(mask), groups, tau)
+    assert none["loss"].item() == 0.0
+
+
+def test_span_phrase_embedding_pools_the_phrase_tokens():
+    model = SimpleNamespace(text_proj=nn.Identity())
+    states = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [4.0, 0.0], [0.0, 3.0], [0.0, 0.0]]])
+    # "[CLS] a red box [SEP]" -> offsets per token; the phrase "red box" spans characters 2..9.
+    offsets = [[(0, 0), (0, 1), (2, 5), (6, 9), (0, 0)]]
+    embed, mask = embed_phrases(model, [[(2, 9), (20, 25)]], 3, "span", token_states=states, offsets=offsets)
+    assert mask.tolist() == [[True, False, False]]  # second span lies outside the (truncated) caption
+    torch.testing.assert_close(embed[0, 0], torch.nn.functional.normalize(torch.tensor([2.0, 1.5]), dim=0))
+
+
+def test_alone_phrase_embedding_encodes_the_phrase_text(tiny_corpus):  # noqa: F811
+    from structvl.data.text import Tokenizer
+    from structvl.models.video_text import build_model
+
+    model = build_model(load_config("svilm", TINY + [f"data.root={tiny_corpus}"]).model).eval()
+    tokenizer = Tokenizer(24)
+    captions = ["a red circle and a blue square", "the big star"]
+    embed, mask = embed_phrases(model, [[(0, 12), (17, 30)], [(0, 12)]], 3, "alone", captions=captions,
+                                tokenizer=tokenizer)
+    assert mask.tolist() == [[True, True, False], [True, False, False]]
+    torch.testing.assert_close(embed[0, 1], model.encode_text(**tokenizer(["a blue square"])).embed[0])
+    assert embed[1, 1].abs().sum() == 0
+
+
+# ----------------------------------------------------------------------------- evaluation helpers
+def test_scene_change_helpers():
+    features = torch.tensor([[1.0, 0.1], [0.9, 0.0], [0.0, 1.0], [0.1, 0.9]])
+    labels = two_means(features)
+    assert permutation_accuracy(labels, torch.tensor([1, 1, 0, 0])) == 1.0
+    assert permutation_accuracy(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1])) == 0.75
+    assert random_label_chance(4) == pytest.approx(11 / 16)
+    assignment = torch.tensor([[0, 1, 1, 0]])
+    probs = torch.tensor([[[0.9, 0.45, 0.4, 0.2]], [[0.1, 0.55, 0.6, 0.8]]])
+    assert group_peak(assignment, probs, 1, 0) == 2  # among the patches group 1 owns
+    assert group_peak(torch.zeros(1, 4, dtype=torch.long), probs, 1, 0) == 3  # owns none: the soft peak
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_grounding_needs_group_tokens(tiny_corpus):  # noqa: F811
+    from structvl.models.video_text import build_model
+    from structvl.objectives.svilm import SpatialGroundingObjective
+
+    cfg = load_config("svilm", TINY + [f"data.root={tiny_corpus}", "model.video.num_group_tokens=0"])
+    with pytest.raises(ConfigError, match="num_group_tokens"):
+        SpatialGroundingObjective(cfg, build_model(cfg.model), None)
+
+
+def test_few_steps_lower_both_svilm_losses(tiny_corpus, tmp_path):  # noqa: F811
+    from structvl.engine.pretrain import run_pretraining
+
+    cfg = load_config("svilm", TINY + [f"data.root={tiny_corpus}", "train.max_steps=24", "train.checkpoint_every=0",
+                                       "model.video.num_group_tokens=8", "model.video.group_layers=[0]",
+                                       "svilm.eval_clips=6", "train.precision=fp32"])
+    metrics = run_pretraining(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("svilm_grounding/loss", "svilm_temporal/loss"):
+        first = sum(r[key] for r in rows[:4]) / 4
+        last = sum(r[key] for r in rows[-4:]) / 4
+        assert last < first, (key, first, last)
+    for key in ("grounding/pointing", "grounding/pointing_random", "grounding/pointing_best_patch",
+                "temporal/scene_change_acc", "retrieval/t2v/R@1"):
+        assert key in metrics
