@@ -15,7 +15,7 @@ from structvl.config import ConfigError, load_config
 from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, extract_knowledge, knowledge_for
 from structvl.objectives.clop import (
     KnowledgeGroupedSampler, KnowledgePredictionObjective, average_precision, build_swapped_negatives,
-    differs_in_one_element, jaccard, knowledge_elements, paraphrase_pairs,
+    described_objects, differs_in_one_element, jaccard, knowledge_elements, paraphrase_pairs,
 )
 from structvl.objectives.contrastive import info_nce
 
@@ -130,6 +130,32 @@ def test_paraphrase_pairs_need_alternation_across_captions_of_one_video():
     pairs = paraphrase_pairs(videos, knowledge)
     assert ("attribute", "big", "large") in pairs and ("attribute", "large", "big") in pairs
     assert ("attribute", "big", "small") not in pairs and not any(p[0] == "object" for p in pairs)
+
+
+def test_paraphrases_are_found_when_two_objects_use_both_words_in_one_caption():
+    # Two large objects: one caption says "a big square and a large circle", the other swaps the words.
+    # Unbound labels "big" and "large" are then always used together; bound to their noun they alternate.
+    videos = [[f"a big {c} square and a large {d} circle spin", f"a large {c} square and a big {d} circle spin"]
+              for c, d in [("red", "blue"), ("blue", "green"), ("green", "cyan"), ("cyan", "white"),
+                           ("white", "black"), ("black", "red")]]
+    knowledge = {k.caption: k for k in extract_knowledge([c for v in videos for c in v])}
+    assert ("attribute", "big", "large") in paraphrase_pairs(videos, knowledge)
+
+
+def test_swaps_leave_undescribed_nouns_alone(parsed, tmp_path):
+    # "video" is never described by an attribute: not swapped, and never put in place of a shape.
+    captions = CAPTIONS + ["in this video a small red circle moves to the left",
+                           "in this video a big blue square is rotating"]
+    knowledges = extract_knowledge(captions)
+    assert "video" not in described_objects(knowledges) and "circle" in described_objects(knowledges)
+    vocab = KnowledgeVocab.build(knowledges, top_k={"object": 20, "attribute": 20, "action": 20, "relation": 20},
+                                 min_count=1)
+    with KnowledgeCache(tmp_path / "cache") as cache:
+        negatives = build_swapped_negatives(knowledges, vocab, cache, ["object"], per_type=6)
+    swapped = [n for kind_negatives in negatives.values() for n, _ in kind_negatives]
+    assert swapped and all("video" in n for n in swapped if n.startswith("in this"))
+    assert not any("this video" not in n and n.startswith("in this") for n in swapped)
+    assert not any("video" in n for c, ns in negatives.items() if "video" not in c for n, _ in ns)
 
 
 def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_ranks():

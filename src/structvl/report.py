@@ -76,7 +76,8 @@ def bar_chart_figure(rows: dict[str, dict[str, tuple[float, float]]], keys: list
         ax.bar(x + i * width, means, width, yerr=stds, label=label, capsize=2)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_xticks(x + width * (len(rows) - 1) / 2, [k.split("/")[-1] for k in keys], fontsize=8)
+    names = [k.split("/")[-1] if k.startswith("hard_negative/") else "/".join(k.split("/")[-2:]) for k in keys]
+    ax.set_xticks(x + width * (len(rows) - 1) / 2, names, fontsize=7, rotation=20 if len(keys) > 6 else 0)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
@@ -196,6 +197,9 @@ def write_report(path: Path, title: str, rows, columns, chance, runs: dict[str, 
         figures.append(f'<img src="{bar_chart_figure(rows, retrieval_keys, "zero-shot retrieval (%)")}">')
     if factor_keys:
         figures.append(f'<img src="{bar_chart_figure(rows, factor_keys, "hard-negative accuracy (%)", 50.0)}">')
+    other_keys = [c for c in columns if not c.startswith(("retrieval/", "hard_negative/"))]
+    if other_keys:  # downstream tasks and each paper's own measure (each read against its chance in the table)
+        figures.append(f'<img src="{bar_chart_figure(rows, other_keys, "downstream and structure metrics (%)")}">')
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
            f"<p class='note'>{notes}</p><h2>Results (mean &plusmn; std over seeds)</h2>"

@@ -195,30 +195,46 @@ def paraphrase_pairs(videos_captions: list[list[str]], knowledge: dict[str, Capt
     "disk"/"circle"): swapping one for the other would make a false negative.
 
     Evidence from videos with several captions (MSR-VTT has 20): a and b alternate when one caption of a
-    video says a, another says b, and no caption of it says both. Pairs that alternate in at least
+    video says a, another says b, and no caption of it says both. Attributes are compared on the same noun
+    ("big|square" vs "large|square"): a caption of two objects may well say "a big square and a large
+    circle", so unbound attribute labels would look used together. Pairs that alternate in at least
     `min_videos` videos and `ratio` times more often than they appear together in one caption are taken
     as paraphrases. A corpus with one caption per video gives no evidence and no pairs.
     """
+    def items(k: CaptionKnowledge) -> set[tuple[str, str, str]]:  # (type, label, what it must share to compare)
+        out = set()
+        for kind, elements in knowledge_elements(k).items():
+            for element in elements:
+                label, _, noun = element.partition("|") if kind == "attribute" else (element, "", "")
+                out.add((kind, label, noun))
+        return out
+
+    def comparable(a, b) -> bool:
+        return a[0] == b[0] and a[2] == b[2] and a[1] < b[1]
+
     together, alternate = Counter(), Counter()
     for captions in videos_captions:
-        sets = [{(t, label) for t, labels in knowledge[c].labels().items() for label in labels}
-                for c in captions if c in knowledge]
+        sets = [items(knowledge[c]) for c in captions if c in knowledge]
         if len(sets) < 2:
             continue
-        in_one = set().union(*[{(a, b) for a in s for b in s if a != b and a[0] == b[0]} for s in sets])
+        in_one = set().union(*[{(a[0], a[1], b[1]) for a in s for b in s if comparable(a, b)} for s in sets])
         union = set().union(*sets)
-        for a in union:
-            for b in union:
-                if a < b and a[0] == b[0]:
-                    if (a, b) in in_one:
-                        together[(a, b)] += 1
-                    else:
-                        alternate[(a, b)] += 1
+        for pair in {(a[0], a[1], b[1]) for a in union for b in union if comparable(a, b)}:
+            (together if pair in in_one else alternate)[pair] += 1
     pairs = set()
-    for (a, b), n in alternate.items():
-        if n >= min_videos and n >= ratio * together[(a, b)]:
-            pairs.update({(a[0], a[1], b[1]), (a[0], b[1], a[1])})
+    for (kind, a, b), n in alternate.items():
+        if n >= min_videos and n >= ratio * together[(kind, a, b)]:
+            pairs.update({(kind, a, b), (kind, b, a)})
     return pairs
+
+
+def described_objects(knowledges: list[CaptionKnowledge], min_count: int = 2) -> set[str]:
+    """Object labels the corpus describes with an attribute in at least `min_count` captions ("a red
+    circle", "a black background"): things that can be swapped for one another. Nouns never described
+    ("in this video", "staying in place") are parts of the phrasing, not of the scene; swapping them makes
+    nonsense ("staying in circle") rather than a hard negative."""
+    counts = Counter(noun for k in knowledges for noun in {noun for _, noun in k.attributes})
+    return {noun for noun, n in counts.items() if n >= min_count}
 
 
 def co_modifiers(knowledges: list[CaptionKnowledge]) -> set[tuple[str, str]]:
@@ -237,13 +253,17 @@ def co_modifiers(knowledges: list[CaptionKnowledge]) -> set[tuple[str, str]]:
 
 def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict[str, list[str]],
                   types: list[str], per_type: int, rng: random.Random,
-                  paraphrases: set = frozenset(), combinable: set | None = None) -> list[tuple[str, str, str, str]]:
+                  paraphrases: set = frozenset(), combinable: set | None = None,
+                  swappable_objects: set | None = None) -> list[tuple[str, str, str, str]]:
     """Candidate hard negatives: (caption, type, old label, new label), each with one element's text
-    replaced by a surface form of another label of the same type and inflection. Unvalidated."""
+    replaced by a surface form of another label of the same type and inflection; objects only among
+    `swappable_objects` (all when None). Unvalidated."""
     out = []
     by_type = defaultdict(list)
     for element in knowledge.element_spans:
-        if element["type"] in types and len(element["spans"]) == 1:
+        if element["type"] in types and len(element["spans"]) == 1 and not (
+                element["type"] == "object" and swappable_objects is not None
+                and element["label"] not in swappable_objects):
             by_type[element["type"]].append(element)
     for kind, elements in by_type.items():
         for _ in range(per_type):
@@ -256,6 +276,7 @@ def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict
                           and e["noun_span"] == element["noun_span"] and e is not element}
             choices = [label for label in labels_by_type[kind] if label != old and (kind, label, tag) in forms
                        and (kind, old, label) not in paraphrases
+                       and (kind != "object" or swappable_objects is None or label in swappable_objects)
                        and (combinable is None or all((label, o) in combinable for o in others))]
             if not choices:
                 continue
@@ -319,18 +340,20 @@ def build_swapped_negatives(knowledges: list[CaptionKnowledge], vocab: Knowledge
                             videos_captions: list[list[str]] | None = None) -> dict[str, list[tuple[str, str]]]:
     """caption -> [(swapped caption, type)], every one parsed with spaCy and kept only when it differs from
     its source in exactly one knowledge element (see `differs_in_one_element`). Replacements that the
-    corpus treats as paraphrases (`paraphrase_pairs`, from videos with several captions) or modifiers never
-    combined (`co_modifiers`) are not proposed. Run once per corpus: the parses land in the knowledge cache."""
+    corpus treats as paraphrases (`paraphrase_pairs`, from videos with several captions), modifiers never
+    combined (`co_modifiers`) and nouns the corpus never describes (`described_objects`) are not proposed.
+    Run once per corpus: the parses land in the knowledge cache."""
     forms = surface_forms(knowledges)
     by_caption = {k.caption: k for k in knowledges}
     paraphrases = paraphrase_pairs(videos_captions or [], by_caption)
     combinable = co_modifiers(knowledges)
+    swappable_objects = described_objects(knowledges)
     labels_by_type = {kind: [_label({"type": kind, "label": label}) for label in vocab.labels(kind)]
                       for kind in types}
     labels_by_type = {kind: list(dict.fromkeys(labels)) for kind, labels in labels_by_type.items()}
     rng = random.Random(seed)
-    proposals = {k.caption: propose_swaps(k, forms, labels_by_type, types, per_type, rng, paraphrases, combinable)
-                 for k in knowledges}
+    proposals = {k.caption: propose_swaps(k, forms, labels_by_type, types, per_type, rng, paraphrases, combinable,
+                                          swappable_objects) for k in knowledges}
     parsed = knowledge_for([c for props in proposals.values() for c, *_ in props], cache)
     parsed_by_caption = {k.caption: k for k in parsed}
     source = {k.caption: k for k in knowledges}

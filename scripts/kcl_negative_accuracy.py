@@ -1,0 +1,51 @@
+"""Diagnostic: how often does a run's video embedding prefer its caption over CLOP's constructed negatives
+(one knowledge element swapped), per element type, on training clips (what KCL trains on) and test clips?
+
+    python scripts/kcl_negative_accuracy.py CORPUS_DIR VOCAB_JSON RUN_DIR [RUN_DIR ...]
+
+e.g. CORPUS_DIR = the demo's structured corpus, VOCAB_JSON = a CLOP run's knowledge_vocab.json, RUN_DIRs = the
+baseline's and CLOP's runs: if even the training clips' negatives are not told apart, KCL is limited by what
+the video tower can see, not by overfitting its negatives.
+"""
+
+import collections
+import sys
+from pathlib import Path
+
+import torch
+
+from structvl.data.formats import read_annotations
+from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, knowledge_for
+from structvl.data.text import Tokenizer
+from structvl.objectives.clop import build_swapped_negatives
+from structvl.tasks.evaluate import eval_loader, load_run_model
+
+root = Path(sys.argv[1])
+vocab = KnowledgeVocab.load(sys.argv[2])
+splits = {"train": read_annotations("jsonl", root / "train.jsonl")[:240],
+          "test": read_annotations("jsonl", root / "eval/retrieval_test.jsonl")[:200]}
+with KnowledgeCache(root / "knowledge_cache") as cache:
+    negs = {}
+    for split, recs in splits.items():
+        ks = knowledge_for([r.captions[0] for r in recs], cache)
+        negs[split] = build_swapped_negatives(ks, vocab, cache, ["object", "attribute", "action", "relation"], 4)
+for run in sys.argv[3:]:
+    model, cfg, _ = load_run_model(run)
+    model.eval()
+    tok = Tokenizer(cfg.model.text.max_length)
+    for split, recs in splits.items():
+        hits = collections.defaultdict(list)
+        with torch.no_grad():
+            for batch in eval_loader(recs, cfg, root, tok):
+                v = model.encode_video(batch["video"], batch["frame_mask"]).embed
+                for i, cap in enumerate(batch["caption"]):
+                    items = negs[split].get(cap, [])
+                    if not items:
+                        continue
+                    t = model.encode_text(**{k: x for k, x in tok([cap] + [n for n, _ in items]).items()
+                                             if k in ("input_ids", "attention_mask")}).embed
+                    s = t @ v[i]
+                    for j, (_, kind) in enumerate(items):
+                        hits[kind].append(float(s[0] > s[j + 1]))
+        print(run, split, {k: round(100 * sum(h) / len(h), 1) for k, h in sorted(hits.items())},
+              "all", round(100 * sum(sum(h) for h in hits.values()) / sum(len(h) for h in hits.values()), 1), flush=True)
