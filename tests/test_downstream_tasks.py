@@ -249,6 +249,11 @@ def test_cli_eval_and_finetune_merge_flat_keys(corpus, run_cfg, tmp_path):
     assert exit_info.value.code == 0
     saved = json.loads((run / "metrics.json").read_text())
     assert "localization/mAP@0.5" in saved and "localization/mAP_avg" in saved
+    # MSRVTT-MC style: no training file, so `finetune` scores zero-shot (the dataset's protocol), not an error.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--task", "mcqa", "--checkpoint", str(run), "--data", str(corpus)])
+    assert exit_info.value.code == 0
+    assert json.loads((run / "metrics.json").read_text())["mcqa/zeroshot_accuracy"] >= 0
 
 
 def test_demo_downstream_columns(corpus, run_cfg, tmp_path):

@@ -42,7 +42,7 @@ ABLATIONS = {
                          "model.learn_temperature=true"]),
 }
 
-# --quick: the same pipeline on a smaller corpus with fewer steps (a smoke test, ~2 minutes).
+# --quick: the same pipeline on a smaller corpus with fewer steps (a smoke test).
 QUICK_CORPUS = {"num_clips": 400, "num_untrimmed": 16}
 QUICK_OVERRIDES = ["train.max_steps=60", "train.checkpoint_every=0", "optim.warmup_steps=10",
                    "train.batch_size=24"]

@@ -104,7 +104,11 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
         return run_finetune_retrieval(model, run_cfg, task, root, out_dir, device=device, seed=seed)
     if name in ("mcqa", "openqa"):
         from structvl.tasks.qa import run_mcqa, run_openqa
-        if finetune:  # fine-tuning = a trained scorer, through the fusion encoder when there is one
+        if finetune and not task.data.train:
+            # MSRVTT-MC ships no training split: its standard protocol scores the candidates with the
+            # (retrieval-fine-tuned) dual encoder, i.e. the zero-shot scorer of this checkpoint.
+            log.info("%s: the protocol has no training file; scoring zero-shot (the MSRVTT-MC practice)", name)
+        elif finetune:  # fine-tuning = a trained scorer, through the fusion encoder when there is one
             task.mode, task.train_fusion = "finetune", True
         runner = run_mcqa if name == "mcqa" else run_openqa
         return runner(model, task, root, cache=cache, tokenizer=tokenizer, device=device, seed=seed)
