@@ -355,11 +355,15 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("config key 'objectives': every objective has weight 0; nothing to train")
 
 
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the fully resolved config; its `bases` are already merged in, so they are not repeated."""
+def resolved_yaml(cfg: RunConfig) -> str:
+    """The fully resolved config as YAML; its `bases` are already merged in, so they are not repeated."""
     resolved = OmegaConf.structured(cfg)
     resolved.bases = []
-    Path(path).write_text(OmegaConf.to_yaml(resolved), encoding="utf-8")
+    return OmegaConf.to_yaml(resolved)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(resolved_yaml(cfg), encoding="utf-8")
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

@@ -109,7 +109,7 @@ def finished_run_metrics(cfg, run_dir: Path) -> dict | None:
     run in separate invocations (same --out). A changed config or an unfinished run is trained again."""
     from omegaconf import OmegaConf
 
-    from structvl.config import save_config
+    from structvl.config import resolved_yaml
 
     metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
     if not (metrics_path.exists() and config_path.exists()):
@@ -117,10 +117,7 @@ def finished_run_metrics(cfg, run_dir: Path) -> dict | None:
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     if not metrics.pop("demo/finished", None):
         return None
-    probe = run_dir / ".config.check.yaml"
-    save_config(cfg, probe)
-    same = OmegaConf.load(probe) == OmegaConf.load(config_path)
-    probe.unlink()
+    same = OmegaConf.create(resolved_yaml(cfg)) == OmegaConf.load(config_path)
     return metrics if same else None
 
 

@@ -86,22 +86,21 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
     records = train_records(cfg)
     captions = sorted({c for record in records for c in record.captions})
     cache_dir = Path(cfg.knowledge.cache_dir or data_root(cfg) / "knowledge_cache")
-    with KnowledgeCache(cache_dir) as cache:
-        parsed = knowledge_for(captions, cache)
-    knowledge = {k.caption: k for k in parsed}
-    vocab_path = run_dir / "knowledge_vocab.json"
-    if vocab_path.exists():  # a resumed run keeps the vocabulary its heads were built for
-        vocab = KnowledgeVocab.load(vocab_path)
-    else:
-        vocab = KnowledgeVocab.build(parsed, top_k=dict(cfg.knowledge.top_k), min_count=cfg.knowledge.min_count)
-        if is_main:
-            vocab.save(vocab_path)
-    context = ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge=knowledge,
-                               videos_captions=[list(r.captions) for r in records])
-    # Objectives may precompute from the parsed corpus once (e.g. CLOP's validated swapped captions).
     from structvl.objectives import OBJECTIVES
     from structvl.objectives.pretraining import enabled_objectives
+
     with KnowledgeCache(cache_dir) as cache:
+        parsed = knowledge_for(captions, cache)
+        vocab_path = run_dir / "knowledge_vocab.json"
+        if vocab_path.exists():  # a resumed run keeps the vocabulary its heads were built for
+            vocab = KnowledgeVocab.load(vocab_path)
+        else:
+            vocab = KnowledgeVocab.build(parsed, top_k=dict(cfg.knowledge.top_k), min_count=cfg.knowledge.min_count)
+            if is_main:
+                vocab.save(vocab_path)
+        context = ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge={k.caption: k for k in parsed},
+                                   videos_captions=[list(r.captions) for r in records])
+        # Objectives may precompute from the parsed corpus once (e.g. CLOP's validated swapped captions).
         for name in enabled_objectives(cfg):
             prepare = getattr(OBJECTIVES[name], "prepare_context", None)
             if prepare is not None:
