@@ -252,6 +252,23 @@ def test_rank_alone_runs_no_fusion_pass(knowledge, tokenizer):
     assert calls == [] and "clover_rank/loss" in logs and torch.isfinite(loss)
 
 
+def test_mlm_alone_runs_one_fusion_pass_and_every_parameter_it_builds_gets_a_gradient(knowledge, tokenizer):
+    # The "fusion MLM only" ablation (demo recipe clover_mlm_only): no alignment, so no fused heads.
+    cfg = _tiny_clover("objectives.clover_align=0", "objectives.clover_rank=0", "objectives.contrastive=1",
+                       "model.learn_temperature=true", "train.precision=fp32")
+    batch, tok = _batch(cfg, tokenizer, knowledge)
+    module = _module(cfg, tok)
+    calls = []
+    module.model.fusion.register_forward_hook(lambda *a: calls.append(1))
+    loss, logs = module(batch)
+    assert len(calls) == 1 and {"clover_mlm/loss", "contrastive/loss"} <= set(logs)
+    loss.backward()
+    names = dict(module.named_parameters())
+    assert not any("fused_" in n or "mask_token" in n for n in names)  # nothing DDP would find unused
+    no_grad = [n for n, p in names.items() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert no_grad == [], no_grad
+
+
 @pytest.mark.parametrize("wiring", ["spec", "code"])
 def test_alignment_pools_hold_the_specified_fused_items(knowledge, tokenizer, monkeypatch, wiring):
     """spec: video anchor vs {t, tm, f_vm}, text anchor vs {v, vm, f_tm}; code (released code): fused swapped."""

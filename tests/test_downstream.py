@@ -195,3 +195,13 @@ def test_snippet_targets_and_decoding_recover_a_segment():
     assert (best["spin"].start, best["spin"].end) == (2.0, 4.0)
     gt = [Segment("v", s["start"], s["end"], s["label"]) for s in segments]
     assert detection_map(gt, found, [0.5])["localization/mAP@0.5"] == pytest.approx(100.0)
+    # Class-agnostic: the same segments found with one label, whatever the class probabilities say; a head
+    # that knows the boundaries but confuses the classes still scores full marks there.
+    swapped = probs[:, [0, 2, 1]]
+    agnostic = decode_detections("v", swapped, bounds.numpy() * 0.9 + 0.05, 4.0, ["grow", "spin"], 0.5, 100,
+                                 class_agnostic=True)
+    assert {d.label for d in agnostic} == {"action"}
+    truth = [Segment("v", s["start"], s["end"], "action") for s in segments]
+    assert detection_map(truth, agnostic, [0.5])["localization/mAP@0.5"] == pytest.approx(100.0)
+    confused = decode_detections("v", swapped, bounds.numpy() * 0.9 + 0.05, 4.0, ["grow", "spin"], 0.5, 100)
+    assert detection_map(gt, confused, [0.5])["localization/mAP@0.5"] < 100.0

@@ -85,6 +85,7 @@ def test_suite_reports_every_task_against_chance(corpus, run_cfg):
     assert 0 <= metrics["recognition/linear/top1"] <= metrics["recognition/linear/top5"] <= 100
     for t in ("0.3", "0.5", "0.7"):
         assert 0 <= metrics[f"localization/mAP@{t}"] <= 100 and f"localization/chance/mAP@{t}" in metrics
+        assert 0 <= metrics[f"localization/agnostic/mAP@{t}"] <= 100 and f"localization/agnostic/chance/mAP@{t}" in metrics
     assert metrics["localization/train_loss_last"] < metrics["localization/train_loss_first"]
 
 

@@ -167,6 +167,28 @@ def test_alone_phrase_embedding_encodes_the_phrase_text(tiny_corpus):  # noqa: F
     assert embed[1, 1].abs().sum() == 0
 
 
+def test_default_phrase_encoding_does_not_depend_on_the_rest_of_the_caption(tiny_corpus):  # noqa: F811
+    # Why "alone" is the default: a span of the caption's token states carries the whole caption, so the same
+    # phrase in two captions gets two embeddings and grounding can match it to a clip-level group instead.
+    from structvl.data.text import Tokenizer
+    from structvl.models.video_text import build_model
+
+    cfg = load_config("svilm", TINY + [f"data.root={tiny_corpus}"])
+    assert cfg.svilm.phrase_encoding == "alone"
+    model = build_model(cfg.model).eval()
+    tokenizer = Tokenizer(24)
+    captions = ["a red circle jumps", "a blue star spins next to a red circle"]
+    spans = [[(0, 12)], [(26, 38)]]
+    assert captions[0][0:12] == captions[1][26:38] == "a red circle"
+    with torch.no_grad():
+        alone, _ = embed_phrases(model, spans, 1, cfg.svilm.phrase_encoding, captions=captions, tokenizer=tokenizer)
+        tokens, offsets = tokenizer.encode_with_offsets(captions)
+        states = model.text_encoder(tokens["input_ids"], tokens["attention_mask"]).tokens
+        span, _ = embed_phrases(model, spans, 1, "span", token_states=states, offsets=offsets)
+    torch.testing.assert_close(alone[0, 0], alone[1, 0])
+    assert (span[0, 0] - span[1, 0]).abs().max() > 1e-3
+
+
 # ----------------------------------------------------------------------------- evaluation helpers
 def test_scene_change_helpers():
     features = torch.tensor([[1.0, 0.1], [0.9, 0.0], [0.0, 1.0], [0.1, 0.9]])

@@ -183,7 +183,10 @@ class SvilmConfig:
     The loss weights alpha (grounding) and beta (temporal) are the objectives' weights in `objectives:`.
     Needs `model.video.num_group_tokens > 0` for grounding."""
     # Spatial grounding: noun phrase vs. a clip's groups, score = max over groups, InfoNCE over the batch.
-    phrase_encoding: str = "span"  # "span": mean of the caption's token states over the phrase; "alone"
+    # "alone": each phrase encoded on its own (the spec's "encode each with the text encoder"); "span": mean of
+    # the caption's token states over the phrase - those states carry the whole caption, so the phrase matches
+    # the clip-level background group instead of its object (measured: pointing 18% span vs 60% alone).
+    phrase_encoding: str = "alone"
     max_phrases: int = 4  # noun phrases used per caption (the first ones); pads the all-gather
     grounding_temperature: float = 0.07
     grounding_symmetric: bool = True  # also clip -> phrase (each clip picks its phrases among the batch's)

@@ -33,6 +33,9 @@ ABLATIONS = {
     "clop_kcl_construct": ("+ CLOP KCL construction only", "clop.yaml",
                            ["objectives.clop_skp=0", "clop.kcl_negative_weighting=false",
                             "clop.kcl_batch_sampler=false"]),
+    # S-ViLM with each phrase taken as the mean of the caption's token states over its span (the previous
+    # default): those states carry the whole caption, and grounding then picks the background group.
+    "svilm_span": ("+ S-ViLM, phrases as caption spans", "svilm.yaml", ["svilm.phrase_encoding=span"]),
     "clover_random": ("+ Clover, random-token masking", "clover.yaml", ["clover.text_masking=random"]),
     "clover_norank": ("+ Clover, no ranking loss", "clover.yaml", ["objectives.clover_rank=0"]),
     # The fusion encoder trained by MLM beside the plain InfoNCE, without Clover's alignment and ranking: the
@@ -53,6 +56,7 @@ TABLE_COLUMNS = ["retrieval/t2v/R@1", "retrieval/t2v/R@5", "retrieval/t2v/R@10",
                  "hard_negative/colour", "hard_negative/size", "hard_negative/action", "hard_negative/relation",
                  "mcqa/accuracy", "openqa/accuracy", "recognition/linear/top1", "localization/mAP@0.5",
                  "localization/mAP_avg",
+                 "localization/agnostic/mAP_avg",  # the same detections without their class: the boundaries alone
                  # What each paper's objective trains, measured on every recipe where it can be:
                  "clop/skp_mAP",  # CLOP: knowledge prediction on the test captions (SKP heads only)
                  "grounding/pointing", "grounding/pointing_best_patch",  # S-ViLM: chosen group vs best patch
@@ -67,6 +71,7 @@ DOWNSTREAM_REFERENCE = {"mcqa/accuracy": "mcqa/chance", "openqa/accuracy": "open
                         "recognition/linear/top1": "recognition/chance/top1",
                         "localization/mAP@0.5": "localization/chance/mAP@0.5",
                         "localization/mAP_avg": "localization/chance/mAP_avg",
+                        "localization/agnostic/mAP_avg": "localization/agnostic/chance/mAP_avg",
                         "clop/skp_mAP": "clop/skp_mAP_chance",  # a scorer that ignores the video
                         "grounding/pointing": "grounding/pointing_chance",  # a uniformly random patch
                         "grounding/pointing_best_patch": "grounding/pointing_chance",
@@ -131,7 +136,7 @@ def aggregate(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
 def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[str, float]) -> str:
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
     short = [c.replace("retrieval/", "").replace("hard_negative/", "hn/").replace("/accuracy", "/acc")
-             .replace("recognition/linear/", "rec/").replace("localization/", "tal/").replace("grounding/", "gr/")
+             .replace("recognition/linear/", "rec/").replace("localization/agnostic/", "tal_agn/").replace("localization/", "tal/").replace("grounding/", "gr/")
              .replace("pointing_best_patch", "best_patch").replace("temporal/scene_change_acc", "scene_chg")
              .replace("clover_mlm/", "mlm/") for c in columns]
     width = max(len(label) for label in list(rows) + ["chance"]) + 2

@@ -103,12 +103,14 @@ class CloverPasses:
         return self._once("f_vm", lambda: self.core.fused_embedding(
             self.model.fuse(self.masked_video().encoder, self.outputs.text.encoder), "video"))
 
-    def fused_masked_text(self):
-        """(f_tm = head(fuse(video(V), text(T masked))) (B, E) normalised, the fusion output)."""
-        def run():
-            out = self.model.fuse(self.outputs.video.encoder, self.masked_text()[0].encoder)
-            return self.core.fused_embedding(out, "text"), out
-        return self._once("f_tm", run)
+    def fused_masked_text_output(self):
+        """fuse(video(V), text(T masked)): the fusion output MLM reads (a FusionOutput)."""
+        return self._once("fuse_tm", lambda: self.model.fuse(self.outputs.video.encoder,
+                                                               self.masked_text()[0].encoder))
+
+    def fused_masked_text(self) -> torch.Tensor:
+        """f_tm = head(fuse(video(V), text(T masked))), (B, E) normalised (only the alignment has the head)."""
+        return self._once("f_tm", lambda: self.core.fused_embedding(self.fused_masked_text_output(), "text"))
 
 
 class CloverCore(nn.Module):
@@ -206,7 +208,7 @@ class CloverAlignObjective(_CloverObjective):
         p = self.clover.passes(batch, outputs, model)
         scale = model.logit_scale
         f_vm = p.fused_masked_video()
-        f_tm = p.fused_masked_text()[0]
+        f_tm = p.fused_masked_text()
         video_pool_fused, text_pool_fused = (f_vm, f_tm) if self.clover.cfg.fused_pool == "spec" else (f_tm, f_vm)
         v_anchor = exclusive_nce(outputs.video.embed, [outputs.text.embed, p.masked_text()[0].embed,
                                                        video_pool_fused], scale)
@@ -243,7 +245,7 @@ class CloverMlmObjective(_CloverObjective):
     def forward(self, batch, outputs, model) -> dict:
         p = self.clover.passes(batch, outputs, model)
         _, labels = p.masked_text()
-        _, fused = p.fused_masked_text()
+        fused = p.fused_masked_text_output()
         where = labels != -100
         logits = model.mlm_logits(fused.text_states[where])
         target = labels[where]

@@ -11,12 +11,14 @@
 4. Proposals pair start and end candidates (peaks, or above half the video's best); each is scored for its
    two likeliest classes as p_start * p_end * the class's mean probability inside it, then per-class NMS.
 5. mAP at the configured tIoU thresholds, the ActivityNet way (`tal_metrics`), beside a random-detection
-   chance baseline.
+   chance baseline; and the same class-agnostic (`localization/agnostic/*`: segments scored by boundaries
+   and actionness, labels dropped), which tells finding the segments apart from naming their action.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,6 +31,8 @@ from structvl.data.video import VideoDecodeError, open_video
 from structvl.tasks.features import crops, normalise, view_indices
 from structvl.tasks.heads import fit_head, loss_summary, standardise
 from structvl.tasks.tal_metrics import Segment, detection_map, nms_1d, random_detections
+
+AGNOSTIC_LABEL = "action"  # the one class of class-agnostic detection
 
 
 # ----------------------------------------------------------------------------- sliding-window features
@@ -166,9 +170,12 @@ def boundary_candidates(p: np.ndarray) -> list[int]:
 
 def decode_detections(video: str, cls_prob: np.ndarray, bound_prob: np.ndarray, duration: float,
                       labels: list[str], nms_threshold: float, max_detections: int,
-                      classes_per_proposal: int = 2) -> list[Segment]:
+                      classes_per_proposal: int = 2, class_agnostic: bool = False) -> list[Segment]:
     """Scored, per-class-NMS'd segments of one video from the head's (S, C+1) and (S, 2) probabilities.
-    A proposal from start step i to end step j >= i covers [i*dt, (j+1)*dt] (see `snippet_targets`)."""
+    A proposal from start step i to end step j >= i covers [i*dt, (j+1)*dt] (see `snippet_targets`).
+    `class_agnostic`: every proposal is one "action" scored by its boundaries and its actionness (1 - the mean
+    background probability inside), the ActivityNet proposal setting: how well the segments are found,
+    whatever their class."""
     steps = len(cls_prob)
     dt = duration / steps
     starts, ends = boundary_candidates(bound_prob[:, 0]), boundary_candidates(bound_prob[:, 1])
@@ -179,14 +186,19 @@ def decode_detections(video: str, cls_prob: np.ndarray, bound_prob: np.ndarray, 
             if j < i:
                 continue
             begin, finish = i * dt, (j + 1) * dt
-            mean = (cumulative[j + 1] - cumulative[i])[1:] / (j - i + 1)  # action classes, background left out
+            mean = (cumulative[j + 1] - cumulative[i]) / (j - i + 1)
             confidence = bound_prob[i, 0] * bound_prob[j, 1]
+            if class_agnostic:
+                by_class.setdefault(0, []).append((begin, finish, float(confidence * (1.0 - mean[0]))))
+                continue
+            mean = mean[1:]  # action classes, background left out
             for c in np.argsort(-mean)[:classes_per_proposal]:
                 by_class.setdefault(int(c), []).append((begin, finish, float(confidence * mean[c])))
     out = []
     for c, items in by_class.items():
         segs, scores = np.array([x[:2] for x in items]), np.array([x[2] for x in items])
-        out.extend(Segment(video, float(segs[k, 0]), float(segs[k, 1]), labels[c], float(scores[k]))
+        label = AGNOSTIC_LABEL if class_agnostic else labels[c]
+        out.extend(Segment(video, float(segs[k, 0]), float(segs[k, 1]), label, float(scores[k]))
                    for k in nms_1d(segs, scores, nms_threshold))
     return sorted(out, key=lambda s: -s.score)[:max_detections]
 
@@ -239,6 +251,15 @@ def run_localization(model, task, root, *, device=torch.device("cpu"), batch_siz
     metrics = detection_map(ground_truth, detections, thresholds, "localization")
     chance = random_detections({r.video_id: d for r, d in zip(test_records, test_dur)}, labels, seed=seed)
     metrics.update(detection_map(ground_truth, chance, thresholds, "localization/chance"))
+    # Class-agnostic: the same head's segments without their class - separates finding the boundaries (what
+    # temporal objectives such as S-ViLM's claim to improve) from naming the action.
+    agnostic = [d for k, r in enumerate(test_records)
+                for d in decode_detections(r.video_id, cls_prob[k], bound_prob[k], test_dur[k], labels,
+                                           task.nms_threshold, task.max_detections, class_agnostic=True)]
+    agnostic_truth = [replace(g, label=AGNOSTIC_LABEL) for g in ground_truth]
+    metrics.update(detection_map(agnostic_truth, agnostic, thresholds, "localization/agnostic"))
+    metrics.update(detection_map(agnostic_truth, [replace(d, label=AGNOSTIC_LABEL) for d in chance], thresholds,
+                                 "localization/agnostic/chance"))
     test_cls = torch.stack([snippet_targets(r.segments or [], d, task.temporal_scale, class_index)[0]
                             for r, d in zip(test_records, test_dur)])
     metrics["localization/snippet_accuracy"] = float(100 * (cls_logits.argmax(-1) == test_cls).float().mean())

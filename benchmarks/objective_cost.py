@@ -1,0 +1,101 @@
+"""What each paper's objectives cost per pre-training step, as a ratio over the contrastive baseline's step.
+
+Every recipe (demo.yaml = the baseline, clop.yaml, svilm.yaml, clover.yaml, all.yaml) takes the *same* real
+batch of the structured corpus - decoded clips, tokenised captions and their cached spaCy knowledge, exactly
+what the trainer feeds it - and runs forward + backward + optimizer step with bf16 autocast. The ratio
+s/step(recipe) / s/step(baseline), measured side by side in one run, is what a user pays for switching a
+method on; the extra forward passes behind it are listed beside (CLOP: the constructed negative captions;
+S-ViLM: the cut-and-paste clips and the phrases; Clover: masked video, masked text, two fusion passes).
+
+    python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
+    python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from structvl.config import load_config
+from structvl.data.text import Tokenizer
+from structvl.engine.optim import build_optimizer
+from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
+from structvl.models.video_text import build_model
+from structvl.objectives.pretraining import PretrainingModule
+
+RECIPES = {"baseline": "demo.yaml", "clop": "clop.yaml", "svilm": "svilm.yaml", "clover": "clover.yaml",
+           "all": "all.yaml"}
+EXTRA_PASSES = {"baseline": "-", "clop": "text: constructed negatives",
+                "svilm": "video: cut-and-paste clips; text: phrases",
+                "clover": "video: masked; text: masked; fusion x2", "all": "all of the above"}
+
+
+def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
+    """The first `batch_size` training clips, collated with their knowledge, and the objective context."""
+    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    context = build_objective_context(cfg, tokenizer, run_dir, is_main=True)
+    dataset, collator = build_train_data(cfg, tokenizer, knowledge=context.knowledge or None)
+    return collator([dataset[i] for i in range(batch_size)]), context
+
+
+def measure(name: str, data: Path, batch_size: int, steps: int, work: Path) -> dict:
+    cfg = load_config(RECIPES[name], [f"data.root={data}"])
+    run_dir = work / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    batch, context = real_batch(cfg, data, batch_size, run_dir)
+    seed_everything(0)
+    module = PretrainingModule(build_model(cfg.model), cfg, context).train()
+    optimizer = build_optimizer(module, cfg.optim)
+
+    def step() -> dict:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, logs = module(batch)
+        loss.backward()
+        optimizer.step()
+        return logs
+
+    logs = step()  # warm-up (allocations, autocast caches)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - t0) / steps
+    params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"recipe": name, "s_per_step": seconds, "params_m": params / 1e6,
+            "objectives": sorted({k.split("/")[0] for k in logs if "/" in k})}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="structured corpus directory (default: a 64-clip one in a temp dir)")
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = Path(args.data) if args.data else work / "corpus"
+        if not args.data:
+            from structvl.data.synth import generate_corpus
+            generate_corpus(data, num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
+        names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
+        print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  corpus={data}")
+        header = f"{'recipe':<10}{'s/step':>9}{'x baseline':>12}{'params (M)':>12}  extra passes / objectives"
+        print(header)
+        print("-" * len(header))
+        base = None
+        for name in names:
+            r = measure(name, data, args.batch, args.steps, work)
+            base = base or r["s_per_step"]
+            print(f"{name:<10}{r['s_per_step']:>9.2f}{r['s_per_step'] / base:>12.2f}{r['params_m']:>12.1f}  "
+                  f"{EXTRA_PASSES[name]}  [{', '.join(r['objectives'])}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
