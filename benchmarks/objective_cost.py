@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from structvl.config import load_config
 from structvl.data.text import Tokenizer
-from structvl.engine.optim import build_optimizer
 from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
+from train_step import seconds_per_step  # benchmarks/ is on sys.path when run as a script
 
 RECIPES = {"baseline": "demo.yaml", "clop": "clop.yaml", "svilm": "svilm.yaml", "clover": "clover.yaml",
            "all": "all.yaml"}
@@ -49,21 +48,7 @@ def measure(name: str, data: Path, batch_size: int, steps: int, work: Path) -> d
     batch, context = real_batch(cfg, data, batch_size, run_dir)
     seed_everything(0)
     module = PretrainingModule(build_model(cfg.model), cfg, context).train()
-    optimizer = build_optimizer(module, cfg.optim)
-
-    def step() -> dict:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, logs = module(batch)
-        loss.backward()
-        optimizer.step()
-        return logs
-
-    logs = step()  # warm-up (allocations, autocast caches)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - t0) / steps
+    seconds, logs = seconds_per_step(module, cfg, batch, steps, bf16=True)
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {"recipe": name, "s_per_step": seconds, "params_m": params / 1e6,
             "objectives": sorted({k.split("/")[0] for k in logs if "/" in k})}

@@ -45,27 +45,33 @@ def synthetic_batch(cfg, batch_size: int, text_len: int) -> dict:
     }
 
 
+def seconds_per_step(module: PretrainingModule, cfg, batch: dict, steps: int, bf16: bool) -> tuple[float, dict]:
+    """Mean wall time of forward + backward + optimizer step over `steps` steps after one warm-up step
+    (allocations, autocast caches), and the warm-up step's logs."""
+    optimizer = build_optimizer(module, cfg.optim)
+
+    def step() -> dict:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, logs = module(batch)
+        loss.backward()
+        optimizer.step()
+        return logs
+
+    logs = step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps, logs
+
+
 def measure(config: str, precision: str, batch_size: int, steps: int, text_len: int) -> dict:
     cfg = load_config(CONFIGS / f"{config}.yaml" if not config.endswith(".yaml") else config)
     torch.manual_seed(0)
     model = build_model(cfg.model)
     module = PretrainingModule(model, cfg).train()
-    optimizer = build_optimizer(module, cfg.optim)
     batch = synthetic_batch(cfg, batch_size, text_len)
-    dtype = torch.bfloat16 if precision == "bf16" else None
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-            loss, _ = module(batch)
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up (allocations, autocast caches)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - t0) / steps
+    seconds, _ = seconds_per_step(module, cfg, batch, steps, bf16=precision == "bf16")
     flops_per_clip = 3 * (model.video_encoder.flops_per_clip() + model.text_encoder.flops_per_text(text_len))
     return {"config": config, "precision": precision, "batch": batch_size, "s_per_step": seconds,
             "clips_per_s": batch_size / seconds, "flops_per_s": flops_per_clip * batch_size / seconds,

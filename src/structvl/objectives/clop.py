@@ -258,12 +258,13 @@ def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict
     """Candidate hard negatives: (caption, type, old label, new label), each with one element's text
     replaced by a surface form of another label of the same type and inflection; objects only among
     `swappable_objects` (all when None). Unvalidated."""
+    def swappable(kind: str, label: str) -> bool:  # the same rule for the element replaced and its replacement
+        return kind != "object" or swappable_objects is None or label in swappable_objects
+
     out = []
     by_type = defaultdict(list)
     for element in knowledge.element_spans:
-        if element["type"] in types and len(element["spans"]) == 1 and not (
-                element["type"] == "object" and swappable_objects is not None
-                and element["label"] not in swappable_objects):
+        if element["type"] in types and len(element["spans"]) == 1 and swappable(element["type"], element["label"]):
             by_type[element["type"]].append(element)
     for kind, elements in by_type.items():
         for _ in range(per_type):
@@ -276,7 +277,7 @@ def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict
                           and e["noun_span"] == element["noun_span"] and e is not element}
             choices = [label for label in labels_by_type[kind] if label != old and (kind, label, tag) in forms
                        and (kind, old, label) not in paraphrases
-                       and (kind != "object" or swappable_objects is None or label in swappable_objects)
+                       and swappable(kind, label)
                        and (combinable is None or all((label, o) in combinable for o in others))]
             if not choices:
                 continue
