@@ -201,6 +201,12 @@ def test_snippet_targets_and_decoding_recover_a_segment():
     agnostic = decode_detections("v", swapped, bounds.numpy() * 0.9 + 0.05, 4.0, ["grow", "spin"], 0.5, 100,
                                  class_agnostic=True)
     assert {d.label for d in agnostic} == {"action"}
+    # One detection per segment (no per-class copies), scored p_start * p_end * (1 - mean background inside).
+    assert len({(d.start, d.end) for d in agnostic}) == len(agnostic)
+    b = bounds.numpy() * 0.9 + 0.05
+    top = max(agnostic, key=lambda d: d.score)
+    i, j = int(top.start / 0.5), int(top.end / 0.5) - 1
+    assert top.score == pytest.approx(b[i, 0] * b[j, 1] * (1 - swapped[i:j + 1, 0].mean()))
     truth = [Segment("v", s["start"], s["end"], "action") for s in segments]
     assert detection_map(truth, agnostic, [0.5])["localization/mAP@0.5"] == pytest.approx(100.0)
     confused = decode_detections("v", swapped, bounds.numpy() * 0.9 + 0.05, 4.0, ["grow", "spin"], 0.5, 100)
