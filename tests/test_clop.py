@@ -18,6 +18,7 @@ from structvl.objectives.clop import (
     described_objects, differs_in_one_element, jaccard, knowledge_elements, paraphrase_pairs,
 )
 from structvl.objectives.contrastive import info_nce
+from structvl.objectives.pretraining import PretrainOutputs
 
 CAPTIONS = [
     "a small red circle moves to the left",
@@ -158,6 +159,32 @@ def test_swaps_leave_undescribed_nouns_alone(parsed, tmp_path):
     assert not any("video" in n for c, ns in negatives.items() if "video" not in c for n, _ in ns)
 
 
+def test_excluded_labels_leave_the_vocabulary_and_are_never_swapped(tmp_path):
+    # "is getting bigger": the parser's action "get" is a light verb, not what the object does; as a swap it
+    # makes "a big blue square is getting", a caption that reads wrong without looking at any video.
+    captions = CAPTIONS + ["a big red star is getting bigger", "a small blue circle is getting smaller",
+                           "a small green triangle is rotating", "a big yellow star is bouncing"]
+    knowledges = extract_knowledge(captions)
+    assert "get" in KnowledgeVocab.build(knowledges, top_k=20).labels("action")
+    vocab = KnowledgeVocab.build(knowledges, top_k=20, exclude={"action": ["get"]})
+    assert "get" not in vocab.labels("action") and "rotate" in vocab.labels("action")
+
+    def gets_inserted(negatives):
+        return [n for c, rows in negatives.items() for n, _ in rows if "getting" in n and "getting" not in c]
+
+    def gets_replaced(negatives):
+        return [n for c, rows in negatives.items() for n, _ in rows if "getting" in c and "getting" not in n]
+
+    with KnowledgeCache(tmp_path / "cache") as cache:
+        kept = build_swapped_negatives(knowledges, KnowledgeVocab.build(knowledges, top_k=20), cache, ["action"],
+                                       per_type=8)
+        excluded = build_swapped_negatives(knowledges, vocab, cache, ["action"], per_type=8,
+                                           exclude={"action": ["get"]})
+    assert gets_inserted(kept)  # without the exclusion: "a big blue square is getting"
+    assert not gets_inserted(excluded) and not gets_replaced(excluded)
+    assert sum(map(len, excluded.values())) > 0
+
+
 def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_ranks():
     rng = np.random.default_rng(0)
     labels = (rng.random((64, 12)) < 0.2).astype(np.float32)
@@ -203,3 +230,37 @@ def test_clop_run_trains_saves_vocab_and_reports_skp_map(tmp_path):
     vocab = KnowledgeVocab.load(tmp_path / "run" / "knowledge_vocab.json")
     assert vocab.size("object") > 3 and vocab.size("action") > 3
     assert 0 <= metrics["clop/skp_mAP"] <= 100 and metrics["clop/skp_mAP_chance"] > 0
+
+
+@pytest.mark.parametrize("train_text", [False, True])
+def test_constructed_negatives_reach_the_text_encoder_only_when_asked(train_text):
+    """`kcl_negatives_train_text` decides whether the swapped captions' gradient reaches the text encoder:
+    with the true captions' embeddings held fixed, the text encoder gets a gradient only when it is on; the
+    video encoder gets one either way."""
+    from dataclasses import replace
+
+    from test_engine import TINY
+    from structvl.data.text import Tokenizer
+    from structvl.models.video_text import build_model
+    from structvl.objectives.base import ObjectiveContext
+    from structvl.objectives.clop import KnowledgeContrastiveObjective
+
+    cfg = load_config("clop", TINY + ["clop.kcl_negative_weighting=false", "clop.kcl_negatives_per_caption=1",
+                                      f"clop.kcl_negatives_train_text={str(train_text).lower()}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    captions = ["a big blue square is rotating", "a small green triangle is bouncing"]
+    negatives = {captions[0]: [("a big blue square is bouncing", "action")],
+                 captions[1]: [("a small green circle is bouncing", "object")]}
+    objective = KnowledgeContrastiveObjective(cfg, model, ObjectiveContext(
+        tokenizer=Tokenizer(cfg.model.text.max_length), extras={"clop_swapped_negatives": negatives}))
+    tokens = objective.tokenizer(captions)
+    video = model.encode_video(torch.randn(2, 4, 3, 32, 32))
+    text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    outputs = PretrainOutputs(video=video, text=replace(text, embed=text.embed.detach()))
+    loss = objective({"caption": captions}, outputs, model)["loss"]
+    loss.backward()
+    text_grad = sum(float(p.grad.abs().sum()) for p in model.text_encoder.parameters() if p.grad is not None)
+    video_grad = sum(float(p.grad.abs().sum()) for p in model.video_encoder.parameters() if p.grad is not None)
+    assert video_grad > 0
+    assert (text_grad > 0) == train_text

@@ -155,6 +155,9 @@ class KnowledgeConfig:
     # Top-K labels per type kept as CLOP's label vocabulary (saved with the run as knowledge_vocab.json).
     top_k: dict = field(default_factory=lambda: {"object": 200, "attribute": 100, "action": 100, "relation": 300})
     min_count: int = 2  # a label must occur in this many training captions to enter the vocabulary
+    # Labels never kept (nor swapped by CLOP), per type, e.g. {action: [get, become, see]}: verbs the parser
+    # reads as actions that are not ("gets bigger", "can be seen moving").
+    exclude: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -175,6 +178,9 @@ class ClopConfig:
     kcl_negatives_per_caption: int = 4
     kcl_swap_types: list = field(default_factory=lambda: ["object", "attribute", "action", "relation"])
     kcl_negative_weight: float = 1.0  # multiplies the constructed negatives' exp-logits in the denominator
+    # Let the constructed negatives' gradient reach the text encoder (see objectives/clop.py,
+    # KnowledgeContrastiveObjective: it teaches the text side the swapped words, and a video-blind shortcut).
+    kcl_negatives_train_text: bool = True
 
 
 @dataclass
@@ -289,8 +295,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = OmegaConf.structured(RunConfig)
     if path is not None:
         cfg = _load_with_bases(resolve_config_path(path), cfg)
-    # `objectives` is an open dict: a new key names an objective, checked by validate().
-    run: RunConfig = OmegaConf.to_object(apply_overrides(cfg, overrides, open_prefixes=("objectives.",)))
+    # `objectives` and `knowledge.exclude` are open dicts (an objective, a knowledge type), checked by validate().
+    run: RunConfig = OmegaConf.to_object(apply_overrides(cfg, overrides,
+                                                         open_prefixes=("objectives.", "knowledge.exclude.")))
     validate(run)
     return run
 
@@ -356,6 +363,11 @@ def validate(cfg: RunConfig) -> None:
                           "knowledge-guided negatives); set objectives.contrastive to 0 when it is on")
     if not any(w > 0 for w in cfg.objectives.values()):
         raise ConfigError("config key 'objectives': every objective has weight 0; nothing to train")
+    knowledge_types = ("object", "attribute", "action", "relation")
+    for kind, labels in cfg.knowledge.exclude.items():
+        if kind not in knowledge_types or not isinstance(labels, (list, tuple)):
+            raise ConfigError(f"config key 'knowledge.exclude.{kind}': expected a list of labels under one of "
+                              f"{knowledge_types}")
 
 
 def resolved_yaml(cfg: RunConfig) -> str:

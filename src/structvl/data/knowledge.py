@@ -677,9 +677,13 @@ class KnowledgeVocab:
 
     @classmethod
     def build(cls, knowledges: Iterable[CaptionKnowledge], top_k: int | Mapping[str, int] = DEFAULT_TOP_K,
-              min_count: int = 1) -> KnowledgeVocab:
+              min_count: int = 1, exclude: Mapping[str, Iterable[str]] | None = None) -> KnowledgeVocab:
         """Keep, per type, the `top_k` labels (an int for all types, or per type; missing types get
-        DEFAULT_TOP_K) that occur in at least `min_count` captions."""
+        DEFAULT_TOP_K) that occur in at least `min_count` captions and are not in `exclude[type]`."""
+        exclude = {kind: set(labels) for kind, labels in (exclude or {}).items()}
+        unknown = set(exclude) - set(KNOWLEDGE_TYPES)
+        if unknown:
+            raise ValueError(f"unknown knowledge types in exclude: {sorted(unknown)}")
         if isinstance(top_k, Mapping):
             unknown = set(top_k) - set(KNOWLEDGE_TYPES)
             if unknown:
@@ -694,7 +698,8 @@ class KnowledgeVocab:
         labels, counts = {}, {}
         for kind in KNOWLEDGE_TYPES:
             ranked = sorted(caption_counts[kind].items(), key=lambda item: (-item[1], item[0]))
-            kept = [(label, n) for label, n in ranked if n >= min_count][:limits[kind]]
+            kept = [(label, n) for label, n in ranked
+                    if n >= min_count and label not in exclude.get(kind, ())][:limits[kind]]
             labels[kind] = [label for label, _ in kept]
             counts[kind] = [n for _, n in kept]
         return cls(labels, counts)
