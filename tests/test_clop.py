@@ -165,7 +165,8 @@ def test_excluded_labels_leave_the_vocabulary_and_are_never_swapped(tmp_path):
     captions = CAPTIONS + ["a big red star is getting bigger", "a small blue circle is getting smaller",
                            "a small green triangle is rotating", "a big yellow star is bouncing"]
     knowledges = extract_knowledge(captions)
-    assert "get" in KnowledgeVocab.build(knowledges, top_k=20).labels("action")
+    full_vocab = KnowledgeVocab.build(knowledges, top_k=20)
+    assert "get" in full_vocab.labels("action")
     vocab = KnowledgeVocab.build(knowledges, top_k=20, exclude={"action": ["get"]})
     assert "get" not in vocab.labels("action") and "rotate" in vocab.labels("action")
 
@@ -175,8 +176,7 @@ def test_excluded_labels_leave_the_vocabulary_and_are_never_swapped(tmp_path):
     def gets_replaced(negatives):
         return [n for c, rows in negatives.items() for n, _ in rows if "getting" in c and "getting" not in n]
 
-    full_vocab = KnowledgeVocab.build(knowledges, top_k=20)  # still holds "get": the swaps must skip it alone
-    with KnowledgeCache(tmp_path / "cache") as cache:
+    with KnowledgeCache(tmp_path / "cache") as cache:  # full_vocab still holds "get": the swaps must skip it
         kept = build_swapped_negatives(knowledges, full_vocab, cache, ["action"], per_type=8)
         excluded = build_swapped_negatives(knowledges, full_vocab, cache, ["action"], per_type=8,
                                            exclude={"action": ["get"]})
@@ -212,6 +212,14 @@ def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_r
 def test_contrastive_and_kcl_together_is_a_config_error():
     with pytest.raises(ConfigError, match="clop_kcl"):
         load_config("clop", ["objectives.contrastive=1"])
+
+
+def test_exclude_names_a_knowledge_type_and_lists_labels():
+    assert load_config("clop", ["knowledge.exclude.action=[get,see]"]).knowledge.exclude == {"action": ["get", "see"]}
+    with pytest.raises(ConfigError, match="knowledge.exclude.verb"):
+        load_config("clop", ["knowledge.exclude.verb=[get]"])
+    with pytest.raises(ConfigError, match="knowledge.exclude.action"):
+        load_config("clop", ["knowledge.exclude.action=get"])
 
 
 def test_clop_run_trains_saves_vocab_and_reports_skp_map(tmp_path):

@@ -336,6 +336,7 @@ _CHOICES = {
 
 def validate(cfg: RunConfig) -> None:
     """Checks OmegaConf's types cannot express: choices, shapes that must divide, known objectives."""
+    from structvl.data.knowledge import KNOWLEDGE_TYPES
     from structvl.objectives import OBJECTIVES
 
     for key, choices in _CHOICES.items():
@@ -363,11 +364,10 @@ def validate(cfg: RunConfig) -> None:
                           "knowledge-guided negatives); set objectives.contrastive to 0 when it is on")
     if not any(w > 0 for w in cfg.objectives.values()):
         raise ConfigError("config key 'objectives': every objective has weight 0; nothing to train")
-    knowledge_types = ("object", "attribute", "action", "relation")
     for kind, labels in cfg.knowledge.exclude.items():
-        if kind not in knowledge_types or not isinstance(labels, (list, tuple)):
+        if kind not in KNOWLEDGE_TYPES or not isinstance(labels, (list, tuple)):
             raise ConfigError(f"config key 'knowledge.exclude.{kind}': expected a list of labels under one of "
-                              f"{knowledge_types}")
+                              f"{KNOWLEDGE_TYPES}")
 
 
 def resolved_yaml(cfg: RunConfig) -> str:

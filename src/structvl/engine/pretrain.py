@@ -96,7 +96,7 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
             vocab = KnowledgeVocab.load(vocab_path)
         else:
             vocab = KnowledgeVocab.build(parsed, top_k=dict(cfg.knowledge.top_k), min_count=cfg.knowledge.min_count,
-                                         exclude={k: list(v) for k, v in cfg.knowledge.exclude.items()})
+                                         exclude=cfg.knowledge.exclude)
             if is_main:
                 vocab.save(vocab_path)
         context = ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge={k.caption: k for k in parsed},

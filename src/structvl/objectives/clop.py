@@ -409,7 +409,7 @@ class KnowledgeContrastiveObjective(nn.Module):
                 list(context.knowledge.values()), context.vocab, cache, list(cfg.clop.kcl_swap_types),
                 per_type=max(2, cfg.clop.kcl_negatives_per_caption // 2), seed=cfg.train.seed,
                 videos_captions=context.videos_captions,
-                exclude={kind: list(labels) for kind, labels in cfg.knowledge.exclude.items()})
+                exclude=cfg.knowledge.exclude)
 
     def _weights(self, batch: dict, device) -> torch.Tensor:
         labels = multi_hot(batch["knowledge"], self.vocab, list(self.cfg.skp_types)).to(device)
