@@ -15,7 +15,7 @@ from structvl.config import ConfigError, load_config
 from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, extract_knowledge, knowledge_for
 from structvl.objectives.clop import (
     KnowledgeGroupedSampler, KnowledgePredictionObjective, average_precision, build_swapped_negatives,
-    described_objects, differs_in_one_element, jaccard, knowledge_elements, paraphrase_pairs,
+    described_objects, differs_in_one_element, jaccard, knowledge_elements, paraphrase_pairs, text_shortcut_penalty,
 )
 from structvl.objectives.contrastive import info_nce
 from structvl.objectives.pretraining import PretrainOutputs
@@ -272,3 +272,60 @@ def test_constructed_negatives_reach_the_text_encoder_only_when_asked(train_text
     video_grad = sum(float(p.grad.abs().sum()) for p in model.video_encoder.parameters() if p.grad is not None)
     assert video_grad > 0
     assert (text_grad > 0) == train_text
+
+
+def test_shortcut_penalty_by_hand():
+    """gap_ik = scale * mean over the other clips' videos of v_j . (t_i - s_ik); masked swaps do not count."""
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    swapped = torch.tensor([[[0.0, 1.0], [9.0, 9.0]], [[0.0, -1.0], [1.0, 0.0]], [[0.8, 0.6], [0.0, 0.0]]])
+    mask = torch.tensor([[True, False], [True, True], [True, False]])
+    # clip 0: others' mean video (0.3, 0.9); t - s = (1, -1) -> gap 2 * (0.3 - 0.9) = -1.2
+    # clip 1: others' mean (0.8, 0.4); t - s = (0, 2) -> 2 * 0.8 = 1.6; t - s = (-1, 1) -> 2 * -0.4 = -0.8
+    # clip 2: others' mean (0.5, 0.5); t - s = (0.2, -0.6) -> 2 * -0.2 = -0.4
+    expected = (1.2 ** 2 + 1.6 ** 2 + 0.8 ** 2 + 0.4 ** 2) / 4
+    got = text_shortcut_penalty(video, text, swapped, mask, torch.tensor(2.0))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # a swap that only moves away from every video's direction is what it penalises; none at all costs 0
+    assert text_shortcut_penalty(video, text, text.unsqueeze(1), mask[:, :1], torch.tensor(2.0)).item() == 0
+
+
+def test_shortcut_penalty_trains_the_text_side_only():
+    """With `kcl_shortcut_penalty` on, the KCL loss grows by weight x penalty, and the penalty's own gradient
+    reaches the text encoder but not the video encoder (the videos are its fixed reference)."""
+    from test_engine import TINY
+    from structvl.data.text import Tokenizer
+    from structvl.models.video_text import build_model
+    from structvl.objectives.base import ObjectiveContext
+    from structvl.objectives.clop import KnowledgeContrastiveObjective
+
+    captions = ["a big blue square is rotating", "a small green triangle is bouncing", "a red star is rotating"]
+    negatives = {captions[0]: [("a big blue square is bouncing", "action")],
+                 captions[1]: [("a small green circle is bouncing", "object")],
+                 captions[2]: [("a red star is bouncing", "action")]}
+    results = {}
+    for weight in (0.0, 3.0):
+        cfg = load_config("clop", TINY + ["clop.kcl_negative_weighting=false", "clop.kcl_negatives_per_caption=1",
+                                          f"clop.kcl_shortcut_penalty={weight}"])
+        torch.manual_seed(0)
+        model = build_model(cfg.model).eval()  # no dropout: the swaps are encoded twice below
+        objective = KnowledgeContrastiveObjective(cfg, model, ObjectiveContext(
+            tokenizer=Tokenizer(cfg.model.text.max_length), extras={"clop_swapped_negatives": negatives}))
+        tokens = objective.tokenizer(captions)
+        clips = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        outputs = PretrainOutputs(video=model.encode_video(clips),
+                                  text=model.encode_text(tokens["input_ids"], tokens["attention_mask"]))
+        results[weight] = objective({"caption": captions}, outputs, model)
+        if weight:  # the penalty in logit units: the model's (already exponentiated) scale
+            swaps = objective.tokenizer([negatives[c][0][0] for c in captions])
+            swapped = model.encode_text(swaps["input_ids"], swaps["attention_mask"]).embed.unsqueeze(1)
+            expected = text_shortcut_penalty(outputs.video.embed, outputs.text.embed, swapped,
+                                             torch.ones(3, 1, dtype=torch.bool), model.logit_scale)
+            assert results[weight]["shortcut_penalty"].item() == pytest.approx(expected.item(), rel=1e-4)
+            results[weight]["shortcut_penalty"].backward()
+            grads = {name: sum(float(p.grad.abs().sum()) for p in part.parameters() if p.grad is not None)
+                     for name, part in (("text", model.text_encoder), ("video", model.video_encoder))}
+    penalty = results[3.0]["shortcut_penalty"]
+    assert penalty.item() > 0 and "shortcut_penalty" not in results[0.0]
+    assert results[3.0]["loss"].item() == pytest.approx(results[0.0]["loss"].item() + 3 * penalty.item(), rel=1e-5)
+    assert grads["text"] > 0 and grads["video"] == 0

@@ -35,6 +35,9 @@ def test_each_recipe_switches_what_its_label_says():
     assert sampling.clop.kcl_batch_sampler and not sampling.clop.kcl_construct
     assert construct.clop.kcl_construct and not (construct.clop.kcl_batch_sampler
                                                  or construct.clop.kcl_negative_weighting)
+    grounded = _resolve("clop_grounded")
+    assert _on(grounded) == {"clop_kcl", "clop_skp"} and grounded.clop.kcl_shortcut_penalty > 0
+    assert list(grounded.clop.kcl_swap_types) == ["action"] and _resolve("clop").clop.kcl_shortcut_penalty == 0
     assert _resolve("clover_random").clover.text_masking == "random"
     assert _on(_resolve("clover_norank")) == {"clover_align", "clover_mlm"}
     assert _on(_resolve("clover_mlm_only")) == {"contrastive", "clover_mlm"}

@@ -58,3 +58,32 @@ def test_hard_negative_accuracy_per_factor():
     assert out["hard_negative/colour"] == 100.0 and out["hard_negative/shape"] == 100.0
     out = hard_negative_accuracy(video, true, [(0, "colour", torch.tensor([1.0, 0.0]))])
     assert out["hard_negative/colour"] == 0.0  # a tie is not a win
+
+
+def test_hard_negative_accuracy_per_group():
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    true = video.clone()
+    good, bad = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])
+    negatives = [(0, "action", good), (1, "action", good), (2, "action", bad), (2, "shape", good)]
+    out = hard_negative_accuracy(video, true, negatives, clip_groups=["1obj", "2obj", "2obj"])
+    # clip 1's twin is its own truth (a tie, a loss); clip 2's action twin equals its truth too
+    assert out["hard_negative/action/1obj"] == 100.0 and out["hard_negative/action/2obj"] == 0.0
+    assert out["hard_negative/shape/2obj"] == 100.0 and "hard_negative/shape/1obj" not in out
+    assert out["hard_negative/action"] == pytest.approx(100 / 3)
+    assert out["hard_negative/overall"] == 50.0  # each pair counted once, not once more per group
+
+
+def test_hard_negative_blind_score_uses_the_mean_video_only():
+    """`blind/*` scores every pair against the mean test video: a twin that only the clip's own video rejects
+    is a win but not a blind win; a true caption closer to every video than its twin wins both."""
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # mean video (0.5, 0.5)
+    true = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    seen_only = torch.tensor([0.0, 1.0])  # clip 0: own 0 < true 1 (win); blind 0.5 = 0.5 (tie, no win)
+    text_prior = torch.tensor([-0.6, 0.8])  # clip 1: own 0.8 = 0.8 (tie, no win); blind 0.1 < 0.7 (win)
+    out = hard_negative_accuracy(video, true, [(0, "action", seen_only), (1, "action", text_prior)])
+    assert out["hard_negative/action"] == 50.0 and out["hard_negative/blind/action"] == 50.0
+    out = hard_negative_accuracy(video, true, [(0, "action", seen_only), (0, "shape", seen_only),
+                                               (1, "shape", text_prior)])
+    assert out["hard_negative/blind/action"] == 0.0 and out["hard_negative/blind/shape"] == 50.0
+    assert out["hard_negative/blind/overall"] == pytest.approx(100 / 3)
+    assert out["hard_negative/overall"] == pytest.approx(200 / 3)

@@ -181,6 +181,10 @@ class ClopConfig:
     # Let the constructed negatives' gradient reach the text encoder (see objectives/clop.py,
     # KnowledgeContrastiveObjective: it teaches the text side the swapped words, and a video-blind shortcut).
     kcl_negatives_train_text: bool = True
+    # Weight of a penalty on that shortcut (0: off, the paper's KCL): for the *other* clips of the batch, a
+    # caption and its swaps should score the same on average (objectives/clop.py, `text_shortcut_penalty`).
+    # Measured at 1: the action gain then comes from the video, not a text prior; v2t retrieval pays for it.
+    kcl_shortcut_penalty: float = 0.0
 
 
 @dataclass

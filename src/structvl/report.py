@@ -76,7 +76,8 @@ def bar_chart_figure(rows: dict[str, dict[str, tuple[float, float]]], keys: list
         ax.bar(x + i * width, means, width, yerr=stds, label=label, capsize=2)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    names = [k.split("/")[-1] if k.startswith("hard_negative/") else "/".join(k.split("/")[-2:]) for k in keys]
+    names = [k.removeprefix("hard_negative/") if k.startswith("hard_negative/") else "/".join(k.split("/")[-2:])
+             for k in keys]
     ax.set_xticks(x + width * (len(rows) - 1) / 2, names, fontsize=7, rotation=20 if len(keys) > 6 else 0)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)

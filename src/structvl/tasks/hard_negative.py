@@ -4,6 +4,11 @@ For each test clip the file holds its true caption and, per factor (shape, colou
 captions that differ from the truth in exactly that factor. Accuracy per factor = how often the model scores
 the true caption above a twin, over all (clip, twin) pairs; chance is 50%. A dual encoder that only matches
 "some shapes moving" scores near chance; one that binds attributes to objects does not.
+
+The same pairs are also scored against the mean of the test videos' embeddings (`hard_negative/blind/*`): no
+clip's own content, only what the text side prefers. Above 50 there, part of the accuracy is a text prior - a
+twin reads less like a real caption - not something seen in the video. That matters for any objective trained
+on one-element swaps, which are built like these twins (CLOP's constructed negatives).
 """
 
 from __future__ import annotations
@@ -31,20 +36,31 @@ def read_hard_negatives(path: Path) -> list[dict]:
 
 
 def hard_negative_accuracy(video_embed: torch.Tensor, true_embed: torch.Tensor,
-                           negatives: list[tuple[int, str, torch.Tensor]]) -> dict[str, float]:
-    """negatives: (clip position, factor, caption embedding). Returns per-factor and overall accuracy in %."""
-    wins: dict[str, list[float]] = {}
+                           negatives: list[tuple[int, str, torch.Tensor]],
+                           clip_groups: list[str] | None = None) -> dict[str, float]:
+    """negatives: (clip position, factor, caption embedding). Returns per-factor and overall accuracy in %.
+    clip_groups: optional group name per clip position; adds `hard_negative/<factor>/<group>` per group."""
+    wins: dict[str, list[float]] = {}  # factor -> wins; also "factor/group" and "blind/factor"
     true_scores = (video_embed * true_embed).sum(-1)
+    mean_video = video_embed.mean(0)
+    blind_true_scores = true_embed @ mean_video
     for clip, factor, neg in negatives:
-        wins.setdefault(factor, []).append(float(true_scores[clip] > video_embed[clip] @ neg))
+        win = float(true_scores[clip] > video_embed[clip] @ neg)
+        wins.setdefault(factor, []).append(win)
+        if clip_groups is not None:
+            wins.setdefault(f"{factor}/{clip_groups[clip]}", []).append(win)
+        wins.setdefault(f"blind/{factor}", []).append(float(blind_true_scores[clip] > mean_video @ neg))
     out = {f"hard_negative/{f}": 100.0 * sum(w) / len(w) for f, w in sorted(wins.items())}
-    every = [x for w in wins.values() for x in w]
-    out["hard_negative/overall"] = 100.0 * sum(every) / max(1, len(every))
+    for prefix, keep in (("", lambda f: "/" not in f), ("blind/", lambda f: f.startswith("blind/"))):
+        every = [x for f, w in wins.items() if keep(f) for x in w]
+        out[f"hard_negative/{prefix}overall"] = 100.0 * sum(every) / max(1, len(every))
     out["hard_negative/chance"] = 50.0
     return out
 
 
-def hard_negative_metrics(model, cfg, tokenizer, path: Path, video_root: Path, device, make_loader) -> dict:
+def hard_negative_metrics(model, cfg, tokenizer, path: Path, video_root: Path, device, make_loader,
+                          group_of=None) -> dict:
+    """group_of: optional row (the file's JSON object) -> group name, for per-group accuracies."""
     rows = read_hard_negatives(path)
     records = [VideoRecord(video_id=r.get("video_id", str(i)), video=r["video"], captions=[r["caption"]])
                for i, r in enumerate(rows)]
@@ -55,4 +71,5 @@ def hard_negative_metrics(model, cfg, tokenizer, path: Path, video_root: Path, d
             for factor, captions in rows[i]["negatives"].items() for caption in captions]
     neg_embed = embed_texts(model, tokenizer, [c for _, _, c in flat], device, autocast_dtype=autocast)
     return hard_negative_accuracy(video_embed, true_embed,
-                                  [(pos, factor, neg_embed[j]) for j, (pos, factor, _) in enumerate(flat)])
+                                  [(pos, factor, neg_embed[j]) for j, (pos, factor, _) in enumerate(flat)],
+                                  None if group_of is None else [group_of(rows[i]) for i in kept])

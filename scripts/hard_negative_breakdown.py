@@ -1,0 +1,71 @@
+"""Hard-negative accuracy per factor, split by how many objects the test clip shows, beside its video-blind score.
+
+    python scripts/hard_negative_breakdown.py CORPUS RUN [RUN ...]
+
+The structured corpus's clips show one to three objects, each with its own action. An action twin changes one
+object's action, so a model can win it by seeing that motion, by binding the caption's words to the right
+object - or without the video at all, when the twin reads less like a real caption than the truth does. The
+blind score (`hard_negative/blind/*`: the same pairs against the mean test video) measures that last part;
+single-object clips need no binding. Object counts come from the corpus's test annotations (`test.jsonl`,
+`meta.objects`). Prints one table per run (accuracy in %, pairs per cell in brackets) and merges the
+`hard_negative/blind/*` keys into the run's metrics.json (runs evaluated before that score existed); the other
+keys are left as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from structvl.data.text import Tokenizer
+from structvl.demo import write_json_merged
+from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.tasks.hard_negative import hard_negative_metrics, read_hard_negatives
+
+FACTORS = ("shape", "colour", "size", "action", "relation")
+
+
+def object_counts(corpus: Path) -> dict[str, int]:
+    counts = {}
+    for line in (corpus / "test.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            counts[row["video_id"]] = len(row["meta"]["objects"])
+    return counts
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    corpus = Path(argv[0])
+    counts = object_counts(corpus)
+    path = corpus / "eval" / "hard_negatives.jsonl"
+    pairs = {}  # (factor, group) -> number of twins, to print beside the accuracies
+    for row in read_hard_negatives(path):
+        for factor, captions in row["negatives"].items():
+            key = (factor, f"{counts[row['video_id']]}obj")
+            pairs[key] = pairs.get(key, 0) + len(captions)
+    groups = sorted({g for _, g in pairs})
+    for run in argv[1:]:
+        model, cfg, run_dir = load_run_model(run)
+        with torch.no_grad():
+            metrics = hard_negative_metrics(model.eval(), cfg, Tokenizer(cfg.model.text.max_length), path, corpus,
+                                            torch.device("cpu"), eval_loader,
+                                            group_of=lambda row: f"{counts[row['video_id']]}obj")
+        write_json_merged(run_dir / "metrics.json",
+                          {k: v for k, v in metrics.items() if k.startswith("hard_negative/blind/")})
+        print(f"{run}: overall {metrics['hard_negative/overall']:.1f}, "
+              f"blind {metrics['hard_negative/blind/overall']:.1f}")
+        for factor in FACTORS:
+            cells = [f"{g} {metrics[f'hard_negative/{factor}/{g}']:5.1f} ({pairs[(factor, g)]})"
+                     for g in groups if f"hard_negative/{factor}/{g}" in metrics]
+            print(f"  {factor:9s}" + "  ".join(cells) + f"   blind {metrics[f'hard_negative/blind/{factor}']:5.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
