@@ -87,3 +87,13 @@ def test_hard_negative_blind_score_uses_the_mean_video_only():
     assert out["hard_negative/blind/action"] == 0.0 and out["hard_negative/blind/shape"] == 50.0
     assert out["hard_negative/blind/overall"] == pytest.approx(100 / 3)
     assert out["hard_negative/overall"] == pytest.approx(200 / 3)
+
+
+def test_metrics_table_puts_the_blind_score_beside_its_factor():
+    from structvl.tasks.evaluate import format_metrics_table
+
+    table = format_metrics_table({"hard_negative/action": 61.5, "hard_negative/blind/action": 45.6,
+                                  "hard_negative/overall": 73.5, "hard_negative/blind/overall": 50.1,
+                                  "hard_negative/chance": 50.0})
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:]}
+    assert rows == {"action": ["61.5", "45.6"], "overall": ["73.5", "50.1"]}

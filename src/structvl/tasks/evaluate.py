@@ -69,10 +69,15 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
             row = [metrics[f"{prefix}/R@{k}"] for k in (1, 5, 10)] + [metrics[f"{prefix}/MdR"], metrics[f"{prefix}/MnR"]]
             lines.append(f"  {name:<32}" + "".join(f"{v:7.1f}" for v in row))
     factors = sorted(k.split("/", 1)[1] for k in metrics if k.startswith("hard_negative/") and "chance" not in k)
-    if factors:
-        lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0)")
-        for f in factors:
-            lines.append(f"  {f:<32}{metrics['hard_negative/' + f]:7.1f}")
+    own = [f for f in factors if "/" not in f]
+    if own:
+        lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0); blind: the")
+        lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone")
+        lines.append(f"  {'factor':<32}{'own':>7}{'blind':>7}")
+        for f in own:
+            blind_value = metrics.get(f"hard_negative/blind/{f}")
+            lines.append(f"  {f:<32}{metrics['hard_negative/' + f]:7.1f}"
+                         + (f"{blind_value:7.1f}" if blind_value is not None else ""))
     return "\n".join(lines)
 
 
