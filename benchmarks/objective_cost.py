@@ -21,14 +21,18 @@ import torch
 
 from structvl.config import load_config
 from structvl.data.text import Tokenizer
+from structvl.demo import ABLATIONS
+from structvl.demo import RECIPES as DEMO_RECIPES
 from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 from train_step import seconds_per_step  # benchmarks/ is on sys.path when run as a script
 
-RECIPES = {"baseline": "demo.yaml", "clop": "clop.yaml", "svilm": "svilm.yaml", "clover": "clover.yaml",
-           "all": "all.yaml"}
+# The demo's recipes and ablations (name -> config file, overrides); the five recipes run by default.
+RECIPES = {name: (config, overrides[0] if overrides else []) for name, (_, config, *overrides)
+           in {**DEMO_RECIPES, **ABLATIONS}.items()}
 EXTRA_PASSES = {"baseline": "-", "clop": "text: constructed negatives",
+                "clop_grounded": "text: up to 8 action swaps a caption",
                 "svilm": "video: cut-and-paste clips; text: phrases",
                 "clover": "video: masked; text: masked; fusion x2", "all": "all of the above"}
 
@@ -42,7 +46,8 @@ def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
 
 
 def measure(name: str, data: Path, batch_size: int, steps: int, work: Path) -> dict:
-    cfg = load_config(RECIPES[name], [f"data.root={data}"])
+    config, overrides = RECIPES[name]
+    cfg = load_config(config, [f"data.root={data}"] + overrides)
     run_dir = work / name
     run_dir.mkdir(parents=True, exist_ok=True)
     batch, context = real_batch(cfg, data, batch_size, run_dir)
@@ -57,7 +62,7 @@ def measure(name: str, data: Path, batch_size: int, steps: int, work: Path) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="structured corpus directory (default: a 64-clip one in a temp dir)")
-    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--recipes", nargs="+", default=list(DEMO_RECIPES), choices=list(RECIPES))
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -71,15 +76,15 @@ def main() -> None:
             generate_corpus(data, num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
         names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
         print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  corpus={data}")
-        header = f"{'recipe':<10}{'s/step':>9}{'x baseline':>12}{'params (M)':>12}  extra passes / objectives"
+        header = f"{'recipe':<16}{'s/step':>9}{'x baseline':>12}{'params (M)':>12}  extra passes / objectives"
         print(header)
         print("-" * len(header))
         base = None
         for name in names:
             r = measure(name, data, args.batch, args.steps, work)
             base = base or r["s_per_step"]
-            print(f"{name:<10}{r['s_per_step']:>9.2f}{r['s_per_step'] / base:>12.2f}{r['params_m']:>12.1f}  "
-                  f"{EXTRA_PASSES[name]}  [{', '.join(r['objectives'])}]", flush=True)
+            print(f"{name:<16}{r['s_per_step']:>9.2f}{r['s_per_step'] / base:>12.2f}{r['params_m']:>12.1f}  "
+                  f"{EXTRA_PASSES.get(name, '-')}  [{', '.join(r['objectives'])}]", flush=True)
 
 
 if __name__ == "__main__":

@@ -68,10 +68,11 @@ def main() -> int:
         print(f"{name:58s} {'  '.join(f'{x:5.1f}' for x in batch_shares(order, appearance, args.batch_size))}")
 
     report("random", ResumableDistributedSampler(len(records), seed=0).indices())
+    knowledge = [[context.knowledge[c] for c in r.captions if c in context.knowledge] for r in records]
+    labels = {types: torch.stack([multi_hot(k, context.vocab, list(types)).amax(0) for k in knowledge]).numpy()
+              for types in {tuple(types) for types, _, _ in VARIANTS}}  # once per set of types
     for types, group_size, pool in VARIANTS:
-        labels = torch.stack([multi_hot([context.knowledge[c] for c in r.captions if c in context.knowledge],
-                                        context.vocab, types).amax(0) for r in records]).numpy()
-        sampler = KnowledgeGroupedSampler(labels, seed=0, group_size=group_size, pool=pool)
+        sampler = KnowledgeGroupedSampler(labels[tuple(types)], seed=0, group_size=group_size, pool=pool)
         report(f"knowledge-grouped on {'+'.join(types)}, {group_size}/{pool}", sampler.indices())
     return 0
 

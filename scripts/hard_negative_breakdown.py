@@ -14,12 +14,13 @@ keys are left as they were.
 
 from __future__ import annotations
 
-import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
 
+from structvl.data.formats import read_annotations
 from structvl.data.text import Tokenizer
 from structvl.demo import write_json_merged
 from structvl.tasks.evaluate import eval_loader, load_run_model
@@ -28,34 +29,27 @@ from structvl.tasks.hard_negative import hard_negative_metrics, read_hard_negati
 FACTORS = ("shape", "colour", "size", "action", "relation")
 
 
-def object_counts(corpus: Path) -> dict[str, int]:
-    counts = {}
-    for line in (corpus / "test.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            counts[row["video_id"]] = len(row["meta"]["objects"])
-    return counts
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__)
         return 2
     corpus = Path(argv[0])
-    counts = object_counts(corpus)
+    objects = {r.video_id: len(r.meta["objects"]) for r in read_annotations("jsonl", corpus / "test.jsonl")}
+
+    def group_of(row: dict) -> str:  # a hard-negative row -> its clip's object count
+        return f"{objects[row['video_id']]}obj"
+
     path = corpus / "eval" / "hard_negatives.jsonl"
-    pairs = {}  # (factor, group) -> number of twins, to print beside the accuracies
+    pairs = Counter()  # (factor, group) -> number of twins, to print beside the accuracies
     for row in read_hard_negatives(path):
         for factor, captions in row["negatives"].items():
-            key = (factor, f"{counts[row['video_id']]}obj")
-            pairs[key] = pairs.get(key, 0) + len(captions)
+            pairs[factor, group_of(row)] += len(captions)
     groups = sorted({g for _, g in pairs})
     for run in argv[1:]:
         model, cfg, run_dir = load_run_model(run)
         with torch.no_grad():
             metrics = hard_negative_metrics(model.eval(), cfg, Tokenizer(cfg.model.text.max_length), path, corpus,
-                                            torch.device("cpu"), eval_loader,
-                                            group_of=lambda row: f"{counts[row['video_id']]}obj")
+                                            torch.device("cpu"), eval_loader, group_of=group_of)
         write_json_merged(run_dir / "metrics.json",
                           {k: v for k, v in metrics.items() if k.startswith("hard_negative/blind/")})
         print(f"{run}: overall {metrics['hard_negative/overall']:.1f}, "

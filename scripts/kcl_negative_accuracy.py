@@ -36,7 +36,7 @@ for run in sys.argv[3:]:
     model.eval()
     tok = Tokenizer(cfg.model.text.max_length)
     for split, recs in splits.items():
-        hits, blind = collections.defaultdict(list), collections.defaultdict(list)
+        hits, other_clip = collections.defaultdict(list), collections.defaultdict(list)
         with torch.no_grad():
             for batch in eval_loader(recs, cfg, root, tok):
                 v = model.encode_video(batch["video"], batch["frame_mask"]).embed
@@ -49,7 +49,7 @@ for run in sys.argv[3:]:
                     s, s_other = t @ v[i], t @ v[(i + 1) % len(v)]
                     for j, (_, kind) in enumerate(items):
                         hits[kind].append(float(s[0] > s[j + 1]))
-                        blind[kind].append(float(s_other[0] > s_other[j + 1]))
-        for name, table in (("", hits), (" (another clip's video)", blind)):
+                        other_clip[kind].append(float(s_other[0] > s_other[j + 1]))
+        for name, table in (("", hits), (" (another clip's video)", other_clip)):
             print(run, split + name, {k: round(100 * sum(h) / len(h), 1) for k, h in sorted(table.items())}, "all",
                   round(100 * sum(sum(h) for h in table.values()) / sum(len(h) for h in table.values()), 1), flush=True)

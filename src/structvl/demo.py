@@ -141,8 +141,8 @@ def aggregate(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
 
 def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[str, float]) -> str:
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
-    short = [c.replace("retrieval/", "").replace("hard_negative/blind/", "hn_blind/").replace("hard_negative/", "hn/").replace("/accuracy", "/acc")
-             .replace("recognition/linear/", "rec/").replace("localization/agnostic/", "tal_agn/")
+    short = [c.replace("retrieval/", "").replace("hard_negative/blind/", "hn_blind/").replace("hard_negative/", "hn/")
+             .replace("/accuracy", "/acc").replace("recognition/linear/", "rec/").replace("localization/agnostic/", "tal_agn/")
              .replace("localization/", "tal/").replace("grounding/", "gr/")
              .replace("pointing_best_patch", "best_patch").replace("temporal/scene_change_acc", "scene_chg")
              .replace("clover_mlm/", "mlm/") for c in columns]

@@ -68,8 +68,8 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
                              ("chance", "retrieval/chance")):
             row = [metrics[f"{prefix}/R@{k}"] for k in (1, 5, 10)] + [metrics[f"{prefix}/MdR"], metrics[f"{prefix}/MnR"]]
             lines.append(f"  {name:<32}" + "".join(f"{v:7.1f}" for v in row))
-    factors = sorted(k.split("/", 1)[1] for k in metrics if k.startswith("hard_negative/") and "chance" not in k)
-    own = [f for f in factors if "/" not in f]
+    own = sorted(k.split("/")[1] for k in metrics
+                 if k.startswith("hard_negative/") and k.count("/") == 1 and k != "hard_negative/chance")
     if own:
         lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0); blind: the")
         lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone")

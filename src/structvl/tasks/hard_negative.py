@@ -14,6 +14,7 @@ on one-element swaps, which are built like these twins (CLOP's constructed negat
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -40,19 +41,21 @@ def hard_negative_accuracy(video_embed: torch.Tensor, true_embed: torch.Tensor,
                            clip_groups: list[str] | None = None) -> dict[str, float]:
     """negatives: (clip position, factor, caption embedding). Returns per-factor and overall accuracy in %.
     clip_groups: optional group name per clip position; adds `hard_negative/<factor>/<group>` per group."""
-    wins: dict[str, list[float]] = {}  # factor -> wins; also "factor/group" and "blind/factor"
+    own, blind, grouped = defaultdict(list), defaultdict(list), defaultdict(list)  # key -> wins (1.0 / 0.0)
     true_scores = (video_embed * true_embed).sum(-1)
     mean_video = video_embed.mean(0)
     blind_true_scores = true_embed @ mean_video
     for clip, factor, neg in negatives:
         win = float(true_scores[clip] > video_embed[clip] @ neg)
-        wins.setdefault(factor, []).append(win)
+        own[factor].append(win)
+        blind[factor].append(float(blind_true_scores[clip] > mean_video @ neg))
         if clip_groups is not None:
-            wins.setdefault(f"{factor}/{clip_groups[clip]}", []).append(win)
-        wins.setdefault(f"blind/{factor}", []).append(float(blind_true_scores[clip] > mean_video @ neg))
-    out = {f"hard_negative/{f}": 100.0 * sum(w) / len(w) for f, w in sorted(wins.items())}
-    for prefix, keep in (("", lambda f: "/" not in f), ("blind/", lambda f: f.startswith("blind/"))):
-        every = [x for f, w in wins.items() if keep(f) for x in w]
+            grouped[f"{factor}/{clip_groups[clip]}"].append(win)
+    out = {}
+    for prefix, table in (("", own), ("blind/", blind), ("", grouped)):
+        out.update({f"hard_negative/{prefix}{key}": 100.0 * sum(w) / len(w) for key, w in sorted(table.items())})
+    for prefix, table in (("", own), ("blind/", blind)):  # each pair once, whatever its group
+        every = [x for w in table.values() for x in w]
         out[f"hard_negative/{prefix}overall"] = 100.0 * sum(every) / max(1, len(every))
     out["hard_negative/chance"] = 50.0
     return out
