@@ -19,6 +19,7 @@ import torch
 
 from structvl.config import load_config
 from structvl.engine.optim import build_optimizer
+from structvl.engine.precision import native_bf16, resolved_name
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 
@@ -88,7 +89,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"threads={args.threads}  measured matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; native bf16: {native_bf16('cpu')} "
+          f"(train.precision=auto picks {resolved_name('auto', 'cpu')})")
     batch_for = {"demo": 32, "model/vit_b16": 2}
     header = f"{'config':<16}{'precision':<10}{'batch':>6}{'s/step':>9}{'clips/s':>9}{'GFLOP/clip':>12}{'GFLOP/s':>9}{'MFU':>7}"
     print(header)

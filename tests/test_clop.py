@@ -82,6 +82,11 @@ def test_skp_loss_is_the_mean_bce_over_types(parsed):
     logits = {k: embed @ objective.heads[k].weight.t() + objective.heads[k].bias for k in objective.types}
     expected = sum(F.binary_cross_entropy_with_logits(logits[k], targets[k]) for k in objective.types) / len(objective.types)
     assert float(objective.bce(embed, targets)) == pytest.approx(float(expected), rel=1e-5)
+    # clop.skp_reduction=sum: each type's BCE summed over its labels, then averaged over the 3 clips
+    objective.reduction = "sum"
+    summed = sum(F.binary_cross_entropy_with_logits(logits[k], targets[k], reduction="sum") / 3
+                 for k in objective.types) / len(objective.types)
+    assert float(objective.bce(embed, targets)) == pytest.approx(float(summed), rel=1e-5)
     assert set(objective.types) == {"object", "attribute", "action"} | ({"relation"} if vocab.size("relation") else set())
 
 

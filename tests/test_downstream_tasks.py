@@ -291,3 +291,19 @@ def test_demo_reuses_a_finished_run_only_with_the_same_config(corpus, tmp_path):
     assert reused["mcqa/accuracy"] == 40.0 and "demo/finished" not in reused
     changed = load_config("demo", TINY + [f"data.root={corpus}", "train.max_steps=2", "train.checkpoint_every=0"])
     assert finished_run_metrics(changed, run) is None
+
+
+@pytest.mark.parametrize("choice, expected", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_downstream_features_follow_the_runs_precision(corpus, run_cfg, monkeypatch, choice, expected):
+    # The feature extractors once autocast to bf16 whatever the run said; every video and text pass of a task
+    # must now use the run's train.precision.
+    import copy
+    import structvl.tasks.features as features
+
+    used = []
+    original = features._autocast
+    monkeypatch.setattr(features, "_autocast", lambda device, dtype: used.append(dtype) or original(device, dtype))
+    cfg = copy.deepcopy(run_cfg)
+    cfg.train.precision = choice
+    run_task("mcqa", tiny_model(cfg), cfg, load_task_config("finetune/structured", FAST), corpus)
+    assert len(used) >= 2 and set(used) == {expected}  # video clips and candidate texts

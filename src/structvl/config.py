@@ -136,7 +136,7 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = 32  # per process
     max_steps: int = 1000  # optimizer steps
-    precision: str = "bf16"  # "bf16" autocast (CPU and GPU) or "fp32"
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware has it (engine/precision.py)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
@@ -167,6 +167,9 @@ class ClopConfig:
     skp_types: list = field(default_factory=lambda: ["object", "attribute", "action", "relation"])
     skp_from_text: bool = False  # also predict the knowledge from the caption embedding
     skp_hidden: int = 256  # hidden width of each prediction head (0: a linear head)
+    # "mean": BCE averaged over a type's labels (each positive label's gradient is 1/K of a cross-entropy's, K the
+    # type's vocabulary size); "sum": summed over the labels, averaged over clips (a cross-entropy's scale).
+    skp_reduction: str = "mean"
     skp_similarity_weight: float = 0.0  # weight of the video-video vs knowledge-similarity alignment term
     # KCL (i) sampling: re-weight in-batch negatives by knowledge overlap, and/or build knowledge-sharing batches.
     kcl_negative_weighting: bool = True
@@ -327,13 +330,14 @@ _CHOICES = {
     "data.backend": ("pyav", "decord"),
     "data.sampling": ("random_segment", "uniform", "fps"),
     "data.caption_mode": ("random", "expand", "first"),
-    "train.precision": ("bf16", "fp32"),
+    "train.precision": ("auto", "bf16", "fp32"),
     "train.distributed": ("ddp", "fsdp"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.sampling": ("random_segment", "uniform", "fps"),
     "clover.text_masking": ("semantic", "random"),
     "clover.fused_pool": ("spec", "code"),
     "svilm.phrase_encoding": ("span", "alone"),
+    "clop.skp_reduction": ("mean", "sum"),
     "svilm.temporal_contrastive": ("uncut", "a_part"),
 }
 

@@ -121,6 +121,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     from structvl.data.dataset import SkipLedger
     from structvl.data.text import Tokenizer
     from structvl.engine.distributed import barrier, cleanup, init_distributed
+    from structvl.engine.precision import resolved_name
     from structvl.engine.trainer import Trainer
     from structvl.models.video_text import build_model
     from structvl.objectives.pretraining import PretrainingModule
@@ -150,6 +151,9 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
         from structvl.objectives.clop import build_knowledge_sampler
         sampler = build_knowledge_sampler(cfg, dataset, context, info.world_size, info.rank)
     trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger, sampler=sampler)
+    precision = resolved_name(cfg.train.precision, info.device)
+    if info.is_main:
+        log.info("train.precision=%s: %s on %s", cfg.train.precision, precision, info.device)
     if resume and trainer.resume():
         # The checkpoint restored every RNG, so dropout noise continues exactly where it stopped.
         if info.is_main:
@@ -161,6 +165,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
 
     metrics: dict = {f"train/{k}": v for k, v in train_logs.items()}
     metrics["data/skipped"] = ledger.summary()["total"]
+    metrics["train/bf16"] = float(precision == "bf16")  # "auto" differs by machine, and so do the numbers
     if evaluate and info.is_main:
         from structvl.tasks.evaluate import evaluate_model
         if info.enabled and cfg.train.distributed == "fsdp":

@@ -21,6 +21,7 @@ from structvl.engine import checkpoint as ckpt
 from structvl.engine.distributed import DistInfo, all_reduce_mean
 from structvl.engine.logger import RunLogger
 from structvl.engine.optim import build_optimizer, build_scheduler
+from structvl.engine.precision import autocast_dtype
 from structvl.engine.sampler import ResumableDistributedSampler
 
 
@@ -71,7 +72,7 @@ class Trainer:
                              f"{len(self.sampler)} training items each rank gets")
         self.skip_ledger = skip_ledger
         self.step, self.epoch, self.samples_seen = 0, 0, 0
-        self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+        self.autocast_dtype = autocast_dtype(cfg.train.precision, self.info.device)
 
     # ------------------------------------------------------------------ state
     def _is_fsdp(self) -> bool:

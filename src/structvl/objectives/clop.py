@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from structvl.data.knowledge import CaptionKnowledge, KnowledgeVocab, knowledge_for
 from structvl.engine.distributed import all_gather_with_grad
+from structvl.engine.precision import autocast_dtype
 from structvl.engine.sampler import ResumableDistributedSampler
 from structvl.objectives.contrastive import info_nce
 
@@ -67,6 +68,7 @@ class KnowledgePredictionObjective(nn.Module):
             raise ValueError("clop_skp needs the knowledge vocabulary (built by run_pretraining)")
         self.vocab, self.types = context.vocab, [t for t in cfg.clop.skp_types if context.vocab.size(t) > 0]
         self.from_text, self.similarity_weight = cfg.clop.skp_from_text, cfg.clop.skp_similarity_weight
+        self.reduction = cfg.clop.skp_reduction
         dim, hidden = cfg.model.embed_dim, cfg.clop.skp_hidden
         self.heads = nn.ModuleDict({
             kind: (nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, self.vocab.size(kind)))
@@ -77,8 +79,13 @@ class KnowledgePredictionObjective(nn.Module):
         return {kind: head(embed) for kind, head in self.heads.items()}
 
     def bce(self, embed: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Multi-label BCE per type, averaged over the types; within a type averaged over labels ("mean") or
+        summed over them ("sum", clop.skp_reduction), then averaged over clips."""
         logits = self.predict(embed)
-        return sum(F.binary_cross_entropy_with_logits(logits[k].float(), targets[k]) for k in self.types) / len(self.types)
+        per_type = [F.binary_cross_entropy_with_logits(logits[k].float(), targets[k], reduction="none")
+                    for k in self.types]
+        per_type = [b.mean() if self.reduction == "mean" else b.sum(1).mean() for b in per_type]
+        return sum(per_type) / len(self.types)
 
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
         device = outputs.video.embed.device
@@ -115,7 +122,7 @@ class KnowledgePredictionObjective(nn.Module):
 
         root = Path(cfg.data.root)
         records = read_annotations(cfg.data.format, root / cfg.eval.split)
-        autocast = torch.bfloat16 if cfg.train.precision == "bf16" else None
+        autocast = autocast_dtype(cfg.train.precision, device)
         video_root = Path(cfg.data.videos) if cfg.data.videos else root
         was_training = self.training
         self.eval()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from structvl.data.masking import (apply_video_mask, corrupt_tokens, random_selection, semantic_selection,
                                    video_tube_masks)
 from structvl.engine.distributed import all_gather_with_grad, rank, world_size
+from structvl.engine.precision import autocast_dtype
 from structvl.models.video_text import projection_head
 
 
@@ -286,7 +287,8 @@ def evaluate_masked_words(model, cfg, tokenizer, device=torch.device("cpu")) -> 
         records = records[:cfg.clover.eval_max_captions]
     video_root = Path(cfg.data.videos) if cfg.data.videos else root
     cache_dir = Path(cfg.knowledge.cache_dir or root / "knowledge_cache")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+    dtype = autocast_dtype(cfg.train.precision, device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     was_training = model.training
     model.eval()
     correct = {"noun": 0, "verb": 0, "shuffled": 0}

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from structvl.engine.precision import autocast_dtype
+
 log = logging.getLogger("structvl")
 
 # Each reported metric and the reference it is read against: chance, or for open QA the majority answer
@@ -88,7 +90,8 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
     from structvl.data.text import Tokenizer
     from structvl.tasks.features import FeatureCache
 
-    cache = cache or FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers)
+    cache = cache or FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
+                                  autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
     tokenizer = tokenizer or Tokenizer(max_length=run_cfg.model.text.max_length)
     task = copy.deepcopy(getattr(task_cfg, name))
     seed = task_cfg.seed
@@ -121,7 +124,7 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
         if finetune:
             log.info("localization trains its head on frozen features: `finetune` runs the same protocol")
         return run_localization(model, task, root, device=device, batch_size=task_cfg.batch_size, seed=seed,
-                                num_workers=task_cfg.num_workers)
+                                num_workers=task_cfg.num_workers, autocast_dtype=cache.autocast_dtype)
     raise ValueError(f"unknown downstream task {name!r}")
 
 
@@ -131,7 +134,8 @@ def run_suite(model, run_cfg, task_cfg, root, *, device=torch.device("cpu"), tas
     from structvl.data.text import Tokenizer
     from structvl.tasks.features import FeatureCache
 
-    cache = FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers)
+    cache = FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
+                         autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
     tokenizer = Tokenizer(max_length=run_cfg.model.text.max_length)
     metrics: dict[str, float] = {}
     for name in tasks or task_cfg.suite:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from structvl.config import RunConfig
+from structvl.engine.precision import autocast_dtype
 from structvl.tasks.hard_negative import hard_negative_metrics
 from structvl.tasks.retrieval import embed_texts, embed_videos, retrieval_metrics
 
@@ -30,7 +31,7 @@ def eval_loader(records, cfg: RunConfig, video_root, tokenizer):
 
 def evaluate_retrieval(model, cfg: RunConfig, tokenizer, records, video_root, device,
                        prefix: str = "retrieval") -> dict[str, float]:
-    autocast = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    autocast = autocast_dtype(cfg.train.precision, device)
     video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device, autocast)
     texts, text_to_video = [], []
     for position, record_index in enumerate(kept):  # captions of skipped (corrupt) videos are dropped too

@@ -109,7 +109,7 @@ def _autocast(device: torch.device, dtype):
 @torch.no_grad()
 def extract_clip_features(model, records: list[VideoRecord], video_root, *, num_frames: int, batch_size: int = 32,
                           temporal_views: int = 1, spatial_crops: int = 1, keep_tokens: bool = False,
-                          device=torch.device("cpu"), autocast_dtype=torch.bfloat16, num_workers: int = 0,
+                          device=torch.device("cpu"), autocast_dtype=None, num_workers: int = 0,
                           backend: str = "pyav") -> ClipFeatures:
     model.eval()
     dataset = ClipViews(records, video_root, num_frames, model.cfg.video.image_size, temporal_views, spatial_crops,
@@ -141,7 +141,7 @@ class FeatureCache:
     (rows of unreadable videos are absent, as in `ClipFeatures.kept`).
     """
 
-    def __init__(self, model, device=torch.device("cpu"), batch_size: int = 32, autocast_dtype=torch.bfloat16,
+    def __init__(self, model, device=torch.device("cpu"), batch_size: int = 32, autocast_dtype=None,
                  num_workers: int = 0):
         self.model, self.device, self.batch_size = model, device, batch_size
         self.autocast_dtype, self.num_workers = autocast_dtype, num_workers
@@ -188,7 +188,7 @@ class TextFeatures:
 
 @torch.no_grad()
 def extract_text_features(model, tokenizer, texts: list[str], *, keep_tokens: bool = False, batch_size: int = 256,
-                          device=torch.device("cpu"), autocast_dtype=torch.bfloat16) -> TextFeatures:
+                          device=torch.device("cpu"), autocast_dtype=None) -> TextFeatures:
     """Features of `texts` (duplicates encoded once: QA files repeat a few templated questions thousands of
     times). Token states are padded to the tokenizer's max_length so rows from different batches stack."""
     model.eval()

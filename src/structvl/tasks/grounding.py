@@ -28,7 +28,6 @@ All metrics are percentages.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from math import comb
 from pathlib import Path
@@ -39,13 +38,13 @@ import torch.nn.functional as F
 
 from structvl.config import RunConfig
 from structvl.data.sampling import sample_frame_indices
+from structvl.engine.precision import autocast_dtype
 from structvl.objectives.svilm import cut_and_paste, embed_phrases
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
-    if cfg.train.precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    dtype = autocast_dtype(cfg.train.precision, device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _test_records(cfg: RunConfig, data_root: Path):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from structvl.data.records import VideoRecord
+from structvl.engine.precision import autocast_dtype
 from structvl.tasks.retrieval import embed_texts, embed_videos
 
 
@@ -67,7 +68,7 @@ def hard_negative_metrics(model, cfg, tokenizer, path: Path, video_root: Path, d
     rows = read_hard_negatives(path)
     records = [VideoRecord(video_id=r.get("video_id", str(i)), video=r["video"], captions=[r["caption"]])
                for i, r in enumerate(rows)]
-    autocast = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    autocast = autocast_dtype(cfg.train.precision, device)
     video_embed, kept = embed_videos(model, make_loader(records, cfg, video_root, tokenizer), device, autocast)
     true_embed = embed_texts(model, tokenizer, [rows[i]["caption"] for i in kept], device, autocast_dtype=autocast)
     flat = [(pos, factor, caption) for pos, i in enumerate(kept)

@@ -79,7 +79,7 @@ class SnippetWindows(Dataset):
 @torch.no_grad()
 def snippet_features(model, records: list[VideoRecord], video_root, *, num_frames: int, window: float,
                      stride: float, batch_size: int = 32, device=torch.device("cpu"),
-                     autocast_dtype=torch.bfloat16,
+                     autocast_dtype=None,
                      num_workers: int = 0) -> tuple[list[torch.Tensor], list[int], list[float]]:
     """Per readable video: (K_i, D) snippet features; also their record indices and durations."""
     model.eval()
@@ -205,7 +205,7 @@ def decode_detections(video: str, cls_prob: np.ndarray, bound_prob: np.ndarray, 
 
 # ----------------------------------------------------------------------------- the protocol
 def run_localization(model, task, root, *, device=torch.device("cpu"), batch_size: int = 32,
-                     seed: int = 0, num_workers: int = 0) -> dict[str, float]:
+                     seed: int = 0, num_workers: int = 0, autocast_dtype=None) -> dict[str, float]:
     """Train the head on the train split's snippet features, detect on the test split, return metrics."""
     from structvl.tasks.task_config import read_task_records, video_root
 
@@ -216,7 +216,8 @@ def run_localization(model, task, root, *, device=torch.device("cpu"), batch_siz
         records = read_task_records(task.data, root, split)
         feats, kept, durations = snippet_features(model, records, videos, num_frames=num_frames,
                                                   window=task.window_seconds, stride=task.stride_seconds,
-                                                  batch_size=batch_size, device=device, num_workers=num_workers)
+                                                  batch_size=batch_size, device=device, num_workers=num_workers,
+                                                  autocast_dtype=autocast_dtype)
         splits[split] = ([records[i] for i in kept], torch.stack([rescale(f, task.temporal_scale) for f in feats]),
                          durations)
     train_records, train_x, train_dur = splits["train"]

@@ -121,7 +121,8 @@ def _mc_items(model, records, videos, cache, tokenizer, device, keep_tokens):
     if k < 2 or any(len(r.candidates or []) != k for r in records):
         raise ValueError("multiple-choice QA needs the same number (>= 2) of candidates in every item")
     texts = [qa_text(r.question, c) for r in records for c in r.candidates]
-    text = extract_text_features(model, tokenizer, texts, keep_tokens=keep_tokens, device=device)
+    text = extract_text_features(model, tokenizer, texts, keep_tokens=keep_tokens, device=device,
+                                 autocast_dtype=cache.autocast_dtype)
     pairs = torch.stack([rows[keep].repeat_interleave(k), torch.arange(len(texts))], dim=1)
     return feats, text, pairs, torch.tensor([int(r.answer) for r in records]), k
 
@@ -182,7 +183,7 @@ def run_openqa(model, task, root, *, cache: FeatureCache, tokenizer, device=torc
         keep = torch.nonzero(rows >= 0).flatten()
         records = [records[i] for i in keep]
         text = extract_text_features(model, tokenizer, [qa_text(r.question) for r in records], keep_tokens=fused,
-                                     device=device)
+                                     device=device, autocast_dtype=cache.autocast_dtype)
         labels = torch.tensor([index.get(str(r.answer), -1) for r in records])  # -1: out of vocabulary
         splits[name] = (feats, text, torch.stack([rows[keep], torch.arange(len(records))], 1), labels)
         evaluated = records  # after the loop: the test questions whose video could be read

@@ -85,6 +85,7 @@ def finetune(model, run_cfg, task, train, test, videos, num_classes: int, out_di
     from structvl.data.dataset import VideoTextCollator, VideoTextDataset
     from structvl.data.text import Tokenizer
     from structvl.data.transforms import VideoTransform
+    from structvl.engine.precision import autocast_dtype
     from structvl.tasks.downstream import finetune_run_config, train_module
 
     (train_records, train_y), (test_records, test_y) = train, test
@@ -98,7 +99,7 @@ def finetune(model, run_cfg, task, train, test, videos, num_classes: int, out_di
                            device)
     feats = extract_clip_features(module.model, test_records, videos, num_frames=cfg.model.video.num_frames,
                                   temporal_views=task.temporal_views, spatial_crops=task.spatial_crops,
-                                  device=device)
+                                  device=device, autocast_dtype=autocast_dtype(cfg.train.precision, device))
     module.eval()
     with torch.no_grad():
         out = multiview_metrics(module.head(feats.pooled.to(device)).cpu(), test_y[feats.kept],
