@@ -90,6 +90,39 @@ def test_skp_loss_is_the_mean_bce_over_types(parsed):
     assert set(objective.types) == {"object", "attribute", "action"} | ({"relation"} if vocab.size("relation") else set())
 
 
+def _skp_for(parsed, *overrides):
+    from structvl.objectives.base import ObjectiveContext
+    cfg = load_config("clop", ["model.embed_dim=8", *overrides])
+    vocab = KnowledgeVocab.build(parsed, top_k=10)
+    torch.manual_seed(0)
+    context = ObjectiveContext(vocab=vocab, knowledge={k.caption: k for k in parsed})
+    return KnowledgePredictionObjective(cfg, None, context)
+
+
+def test_skp_heads_start_at_the_label_prior(parsed):
+    skp = _skp_for(parsed)
+    targets = skp.vocab.encode_batch(parsed)
+    for kind in skp.types:
+        p = targets[kind].mean(0).clamp(1e-4, 1 - 1e-4)
+        torch.testing.assert_close(skp.heads[kind][-1].bias, torch.log(p / (1 - p)))
+    off = _skp_for(parsed, "clop.skp_prior_init=false")
+    assert all(off.heads[k][-1].bias.abs().max() < 0.1 for k in off.types)  # nn.Linear's own small init
+
+
+def test_skp_first_gradient_tells_clips_apart_instead_of_moving_them_together(parsed):
+    # From a zero-mean start every clip's embedding gets much the same "every label less likely" gradient, which
+    # collapsed all video embeddings to one point in training; from the prior the shared part is (nearly) gone.
+    def shared_part(prior_init: bool) -> float:  # |mean gradient| / mean |gradient|: 1 = all clips pushed alike
+        skp = _skp_for(parsed, f"clop.skp_prior_init={str(prior_init).lower()}")
+        embed = F.normalize(torch.randn(len(parsed), 8, generator=torch.Generator().manual_seed(1)), dim=1)
+        embed.requires_grad_(True)
+        skp.bce(embed, skp.vocab.encode_batch(parsed)).backward()
+        return float(embed.grad.mean(0).norm() / embed.grad.norm(dim=1).mean())
+
+    with_prior, without = shared_part(True), shared_part(False)
+    assert with_prior < 0.1 and with_prior < without / 3
+
+
 def _changed_span(a: str, b: str) -> tuple[str, str]:
     """The differing middle of two strings (common prefix and suffix removed)."""
     i = 0

@@ -170,6 +170,10 @@ class ClopConfig:
     # "mean": BCE averaged over a type's labels (each positive label's gradient is 1/K of a cross-entropy's, K the
     # type's vocabulary size); "sum": summed over the labels, averaged over clips (a cross-entropy's scale).
     skp_reduction: str = "mean"
+    # Start each head's output bias at its label's log-odds in the training captions. From a zero-mean start the
+    # first steps' gradient is "every label less likely" for every clip alike, which moves all video embeddings
+    # the same way until they coincide (measured: cosine 1.0 within 20 steps, SKP then stuck at the label prior).
+    skp_prior_init: bool = True
     skp_similarity_weight: float = 0.0  # weight of the video-video vs knowledge-similarity alignment term
     # KCL (i) sampling: re-weight in-batch negatives by knowledge overlap, and/or build knowledge-sharing batches.
     kcl_negative_weighting: bool = True

@@ -74,6 +74,23 @@ class KnowledgePredictionObjective(nn.Module):
             kind: (nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, self.vocab.size(kind)))
                    if hidden > 0 else nn.Linear(dim, self.vocab.size(kind)))
             for kind in self.types})
+        if cfg.clop.skp_prior_init and context.knowledge:
+            self.init_biases_to_prior(list(context.knowledge.values()))
+
+    @torch.no_grad()
+    def init_biases_to_prior(self, knowledges: list[CaptionKnowledge]) -> None:
+        """Each output bias := log(p / (1 - p)), p the label's share of `knowledges` (the training captions), so
+        the heads start at the label prior and the first gradient on the video embedding tells clips apart
+        instead of pushing them all the same way (clop.skp_prior_init; the RetinaNet prior initialisation)."""
+        counts = {kind: torch.zeros(self.vocab.size(kind)) for kind in self.types}
+        for start in range(0, len(knowledges), 4096):  # chunked: a web-scale corpus has millions of captions
+            for kind, hot in self.vocab.encode_batch(knowledges[start:start + 4096]).items():
+                if kind in counts:
+                    counts[kind] += hot.sum(0)
+        for kind in self.types:
+            p = (counts[kind] / max(1, len(knowledges))).clamp(1e-4, 1 - 1e-4)
+            last = self.heads[kind][-1] if isinstance(self.heads[kind], nn.Sequential) else self.heads[kind]
+            last.bias.copy_(torch.log(p / (1 - p)))
 
     def predict(self, embed: torch.Tensor) -> dict[str, torch.Tensor]:
         return {kind: head(embed) for kind, head in self.heads.items()}
