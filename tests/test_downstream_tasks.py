@@ -301,8 +301,8 @@ def test_downstream_features_follow_the_runs_precision(corpus, run_cfg, monkeypa
     import structvl.tasks.features as features
 
     used = []
-    original = features._autocast
-    monkeypatch.setattr(features, "_autocast", lambda device, dtype: used.append(dtype) or original(device, dtype))
+    original = features.autocast
+    monkeypatch.setattr(features, "autocast", lambda device, dtype: used.append(dtype) or original(device, dtype))
     cfg = copy.deepcopy(run_cfg)
     cfg.train.precision = choice
     run_task("mcqa", tiny_model(cfg), cfg, load_task_config("finetune/structured", FAST), corpus)

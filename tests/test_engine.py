@@ -46,6 +46,9 @@ def test_tiny_run_loss_falls_and_metrics_written(tiny_corpus, tmp_path):
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("retrieval/t2v/R@1", "retrieval/v2t/R@1", "retrieval/chance/R@1", "hard_negative/overall"):
         assert key in saved and key in metrics
+    # demo.yaml's train.precision=auto: bf16 exactly where this CPU computes it natively, and the run says which
+    from structvl.engine.precision import native_bf16
+    assert saved["train/bf16"] == float(native_bf16("cpu"))
     assert (tmp_path / "run" / "config.yaml").exists()
     assert (tmp_path / "run" / "checkpoints" / "latest").exists()
 
@@ -56,7 +59,7 @@ def test_resume_reproduces_uninterrupted_weights(tiny_corpus, tmp_path):
     common = ["train.max_steps=12", "train.checkpoint_every=6", "train.keep_checkpoints=5",
               "train.precision=fp32"]
     full = tmp_path / "full"
-    run_pretraining(tiny_cfg(tiny_corpus, *common), full, evaluate=False)
+    assert run_pretraining(tiny_cfg(tiny_corpus, *common), full, evaluate=False)["train/bf16"] == 0.0  # fp32 kept
 
     stopped = tmp_path / "stopped"
     (stopped / "checkpoints").mkdir(parents=True)

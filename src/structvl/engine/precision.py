@@ -47,6 +47,11 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     return torch.bfloat16 if native else None
 
 
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """The autocast context for `dtype` on `device` (what `autocast_dtype` returned); a no-op for None."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
 def resolved_name(precision: str, device: torch.device | str) -> str:
     """"bf16" or "fp32": what `precision` means on `device` (for logs and the run's record)."""
     return "fp32" if autocast_dtype(precision, device) is None else "bf16"

@@ -21,7 +21,7 @@ from structvl.engine import checkpoint as ckpt
 from structvl.engine.distributed import DistInfo, all_reduce_mean
 from structvl.engine.logger import RunLogger
 from structvl.engine.optim import build_optimizer, build_scheduler
-from structvl.engine.precision import autocast_dtype
+from structvl.engine.precision import autocast, autocast_dtype
 from structvl.engine.sampler import ResumableDistributedSampler
 
 
@@ -220,6 +220,4 @@ class Trainer:
         return last_logs
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.info.device.type, dtype=self.autocast_dtype)
+        return autocast(self.info.device, self.autocast_dtype)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from structvl.data.masking import (apply_video_mask, corrupt_tokens, random_selection, semantic_selection,
                                    video_tube_masks)
 from structvl.engine.distributed import all_gather_with_grad, rank, world_size
-from structvl.engine.precision import autocast_dtype
+from structvl.engine.precision import autocast, autocast_dtype
 from structvl.models.video_text import projection_head
 
 
@@ -287,8 +287,7 @@ def evaluate_masked_words(model, cfg, tokenizer, device=torch.device("cpu")) -> 
         records = records[:cfg.clover.eval_max_captions]
     video_root = Path(cfg.data.videos) if cfg.data.videos else root
     cache_dir = Path(cfg.knowledge.cache_dir or root / "knowledge_cache")
-    dtype = autocast_dtype(cfg.train.precision, device)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    autocast_context = autocast(device, autocast_dtype(cfg.train.precision, device))
     was_training = model.training
     model.eval()
     correct = {"noun": 0, "verb": 0, "shuffled": 0}
@@ -314,7 +313,7 @@ def evaluate_masked_words(model, cfg, tokenizer, device=torch.device("cpu")) -> 
                 labels[r, tokens] = ids[r, tokens]
                 ids[r, tokens] = tokenizer.mask_token_id
             attention = enc["attention_mask"][owners]
-            with autocast:
+            with autocast_context:
                 video = model.video_encoder(batch["video"].to(device), batch["frame_mask"].to(device))
                 text = model.text_encoder(ids.to(device), attention.to(device))
                 n = len(captions)

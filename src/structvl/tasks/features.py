@@ -25,6 +25,7 @@ from structvl.data.records import VideoRecord
 from structvl.data.sampling import frame_window
 from structvl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_shorter_side
 from structvl.data.video import VideoDecodeError, open_video
+from structvl.engine.precision import autocast
 from structvl.models.text_encoder import TextEncoderOutput
 from structvl.models.video_encoder import VideoEncoderOutput
 
@@ -102,10 +103,6 @@ class ClipFeatures:
     tokens: torch.Tensor | None = None  # (N, T', P, D) patch states of the first view (for a fusion encoder)
 
 
-def _autocast(device: torch.device, dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 @torch.no_grad()
 def extract_clip_features(model, records: list[VideoRecord], video_root, *, num_frames: int, batch_size: int = 32,
                           temporal_views: int = 1, spatial_crops: int = 1, keep_tokens: bool = False,
@@ -122,7 +119,7 @@ def extract_clip_features(model, records: list[VideoRecord], video_root, *, num_
             continue
         views = batch["views"].to(device)
         b, v = views.shape[:2]
-        with _autocast(device, autocast_dtype):
+        with autocast(device, autocast_dtype):
             out = model.encode_video(views.flatten(0, 1))
         pooled.append(out.encoder.pooled.float().view(b, v, -1).cpu())
         embed.append(out.embed.float().view(b, v, -1).cpu())
@@ -201,7 +198,7 @@ def extract_text_features(model, tokenizer, texts: list[str], *, keep_tokens: bo
         if pad > 0:
             ids = torch.cat([ids, ids.new_full((ids.shape[0], pad), tokenizer.pad_token_id)], 1)
             mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], 1)
-        with _autocast(device, autocast_dtype):
+        with autocast(device, autocast_dtype):
             out = model.encode_text(ids.to(device), mask.to(device))
         embeds.append(out.embed.float().cpu())
         if keep_tokens:

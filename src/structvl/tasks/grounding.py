@@ -38,13 +38,12 @@ import torch.nn.functional as F
 
 from structvl.config import RunConfig
 from structvl.data.sampling import sample_frame_indices
-from structvl.engine.precision import autocast_dtype
+from structvl.engine.precision import autocast, autocast_dtype
 from structvl.objectives.svilm import cut_and_paste, embed_phrases
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
-    dtype = autocast_dtype(cfg.train.precision, device)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return autocast(device, autocast_dtype(cfg.train.precision, device))
 
 
 def _test_records(cfg: RunConfig, data_root: Path):

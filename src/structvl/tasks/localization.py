@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from structvl.data.records import VideoRecord
 from structvl.data.video import VideoDecodeError, open_video
+from structvl.engine.precision import autocast
 from structvl.tasks.features import crops, normalise, view_indices
 from structvl.tasks.heads import fit_head, loss_summary, standardise
 from structvl.tasks.tal_metrics import Segment, detection_map, nms_1d, random_detections
@@ -92,7 +93,7 @@ def snippet_features(model, records: list[VideoRecord], video_root, *, num_frame
         windows = torch.cat([w for _, w in pending])
         out = []
         for start in range(0, len(windows), batch_size):
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with autocast(device, autocast_dtype):
                 clips = windows[start:start + batch_size].to(device)
                 out.append(model.encode_video(clips).encoder.pooled.float().cpu())
         feats.extend(torch.cat(out).split([len(w) for _, w in pending]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from structvl.engine.precision import autocast
 from structvl.engine.trainer import move_to
 
 RECALL_KS = (1, 5, 10)
@@ -74,7 +75,7 @@ def embed_videos(model, loader, device: torch.device, autocast_dtype=None) -> tu
         if batch.get("video") is None:
             continue
         batch = move_to(batch, device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with autocast(device, autocast_dtype):
             emb = model.encode_video(batch["video"], batch["frame_mask"]).embed
         embeds.append(emb.float().cpu())
         record_ids.extend(batch["record_index"].tolist())
@@ -88,6 +89,6 @@ def embed_texts(model, tokenizer, texts: list[str], device: torch.device, batch_
     out = []
     for start in range(0, len(texts), batch_size):
         tok = move_to(tokenizer(texts[start:start + batch_size]), device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with autocast(device, autocast_dtype):
             out.append(model.encode_text(tok["input_ids"], tok["attention_mask"]).embed.float().cpu())
     return torch.cat(out) if out else torch.empty(0)
