@@ -74,6 +74,11 @@ class KnowledgePredictionObjective(nn.Module):
             kind: (nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, self.vocab.size(kind)))
                    if hidden > 0 else nn.Linear(dim, self.vocab.size(kind)))
             for kind in self.types})
+        # Batch-normalised head inputs (clop.skp_input_norm="batch"): the heads read how a clip's embedding differs
+        # from the batch's, not the direction all clips share. One norm per side; statistics are per rank.
+        sides = ["video", "text"] if self.from_text else ["video"]
+        self.input_norm = (nn.ModuleDict({side: nn.BatchNorm1d(dim, affine=False) for side in sides})
+                           if cfg.clop.skp_input_norm == "batch" else None)
         if cfg.clop.skp_prior_init and context.knowledge:
             self.init_biases_to_prior(list(context.knowledge.values()))
 
@@ -92,13 +97,22 @@ class KnowledgePredictionObjective(nn.Module):
             last = self.heads[kind][-1] if isinstance(self.heads[kind], nn.Sequential) else self.heads[kind]
             last.bias.copy_(torch.log(p / (1 - p)))
 
-    def predict(self, embed: torch.Tensor) -> dict[str, torch.Tensor]:
+    def normalised(self, embed: torch.Tensor, side: str) -> torch.Tensor:
+        if self.input_norm is None:
+            return embed
+        norm = self.input_norm[side]
+        if norm.training and embed.shape[0] < 2:  # one clip has no batch statistics: use the running ones
+            return F.batch_norm(embed.float(), norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+        return norm(embed.float())
+
+    def predict(self, embed: torch.Tensor, side: str = "video") -> dict[str, torch.Tensor]:
+        embed = self.normalised(embed, side)
         return {kind: head(embed) for kind, head in self.heads.items()}
 
-    def bce(self, embed: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    def bce(self, embed: torch.Tensor, targets: dict[str, torch.Tensor], side: str = "video") -> torch.Tensor:
         """Multi-label BCE per type, averaged over the types; within a type averaged over labels ("mean") or
         summed over them ("sum", clop.skp_reduction), then averaged over clips."""
-        logits = self.predict(embed)
+        logits = self.predict(embed, side)
         per_type = [F.binary_cross_entropy_with_logits(logits[k].float(), targets[k], reduction="none")
                     for k in self.types]
         per_type = [b.mean() if self.reduction == "mean" else b.sum(1).mean() for b in per_type]
@@ -110,7 +124,7 @@ class KnowledgePredictionObjective(nn.Module):
         out = {"video_bce": self.bce(outputs.video.embed, targets)}
         loss = out["video_bce"]
         if self.from_text:
-            out["text_bce"] = self.bce(outputs.text.embed, targets)
+            out["text_bce"] = self.bce(outputs.text.embed, targets, side="text")
             loss = loss + out["text_bce"]
         if self.similarity_weight > 0:
             # Video-video cosine similarity should follow the captions' knowledge overlap (off-diagonal pairs).
