@@ -126,7 +126,8 @@ def main() -> None:
             print(f"step {step:4d}  train BCE {loss.item():6.2f}  test mAP {100 * np.mean(ap):5.1f} "
                   f"(chance {100 * np.mean(chance):.1f})  {time.perf_counter() - began:.0f} s", flush=True)
     kept = [n for n, p in zip(names, present.tolist()) if p]
-    print("per label (AP / chance):", "  ".join(f"{n} {100 * a:.0f}/{100 * c:.0f}" for n, a, c in zip(kept, ap, chance)))
+    per_label = (f"{n} {100 * a:.0f}/{100 * c:.0f}" for n, a, c in zip(kept, ap, chance))
+    print("per label (AP / chance):", "  ".join(per_label))
 
 
 if __name__ == "__main__":
