@@ -52,9 +52,14 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """"bf16" or "fp32" for an autocast dtype (None = fp32), as logs and the run's record name it."""
+    return "fp32" if dtype is None else "bf16"
+
+
 def resolved_name(precision: str, device: torch.device | str) -> str:
-    """"bf16" or "fp32": what `precision` means on `device` (for logs and the run's record)."""
-    return "fp32" if autocast_dtype(precision, device) is None else "bf16"
+    """"bf16" or "fp32": what `precision` means on `device`."""
+    return dtype_name(autocast_dtype(precision, device))
 
 
 @functools.lru_cache(maxsize=None)

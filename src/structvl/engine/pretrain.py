@@ -121,6 +121,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     from structvl.data.dataset import SkipLedger
     from structvl.data.text import Tokenizer
     from structvl.engine.distributed import barrier, cleanup, init_distributed
+    from structvl.engine.precision import dtype_name
     from structvl.engine.trainer import Trainer
     from structvl.models.video_text import build_model
     from structvl.objectives.pretraining import PretrainingModule
@@ -150,7 +151,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
         from structvl.objectives.clop import build_knowledge_sampler
         sampler = build_knowledge_sampler(cfg, dataset, context, info.world_size, info.rank)
     trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger, sampler=sampler)
-    precision = "fp32" if trainer.autocast_dtype is None else "bf16"
+    precision = dtype_name(trainer.autocast_dtype)
     if info.is_main:
         log.info("train.precision=%s: %s on %s", cfg.train.precision, precision, info.device)
     if resume and trainer.resume():
