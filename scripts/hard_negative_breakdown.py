@@ -1,15 +1,16 @@
-"""Hard-negative accuracy per factor, split by how many objects the test clip shows, beside its video-blind score.
+"""Hard-negative accuracy per factor, split by how many objects the test clip shows, beside its controls.
 
     python scripts/hard_negative_breakdown.py CORPUS RUN [RUN ...]
 
 The structured corpus's clips show one to three objects, each with its own action. An action twin changes one
 object's action, so a model can win it by seeing that motion, by binding the caption's words to the right
 object - or without the video at all, when the twin reads less like a real caption than the truth does. The
-blind score (`hard_negative/blind/*`: the same pairs against the mean test video) measures that last part;
-single-object clips need no binding. Object counts come from the corpus's test annotations (`test.jsonl`,
-`meta.objects`). Prints one table per run (accuracy in %, pairs per cell in brackets) and merges the
-`hard_negative/blind/*` keys into the run's metrics.json (runs evaluated before that score existed); the other
-keys are left as they were.
+blind score (`hard_negative/blind/*`: the same pairs against the mean test video) measures that last part,
+the static score (`hard_negative/static/*`: against the clip frozen to its middle frame) what is won without
+motion; single-object clips need no binding. Object counts come from the corpus's test annotations
+(`test.jsonl`, `meta.objects`). Prints one table per run (accuracy in %, pairs per cell in brackets) and merges
+the `hard_negative/blind/*` and `hard_negative/static/*` keys into the run's metrics.json (runs evaluated before
+those scores existed); the other keys are left as they were.
 """
 
 from __future__ import annotations
@@ -50,14 +51,15 @@ def main(argv: list[str]) -> int:
         with torch.no_grad():
             metrics = hard_negative_metrics(model.eval(), cfg, Tokenizer(cfg.model.text.max_length), path, corpus,
                                             torch.device("cpu"), eval_loader, group_of=group_of)
-        write_json_merged(run_dir / "metrics.json",
-                          {k: v for k, v in metrics.items() if k.startswith("hard_negative/blind/")})
+        write_json_merged(run_dir / "metrics.json", {k: v for k, v in metrics.items()
+                                                     if k.startswith(("hard_negative/blind/", "hard_negative/static/"))})
         print(f"{run}: overall {metrics['hard_negative/overall']:.1f}, "
-              f"blind {metrics['hard_negative/blind/overall']:.1f}")
+              f"blind {metrics['hard_negative/blind/overall']:.1f}, static {metrics['hard_negative/static/overall']:.1f}")
         for factor in FACTORS:
             cells = [f"{g} {metrics[f'hard_negative/{factor}/{g}']:5.1f} ({pairs[(factor, g)]})"
                      for g in groups if f"hard_negative/{factor}/{g}" in metrics]
-            print(f"  {factor:9s}" + "  ".join(cells) + f"   blind {metrics[f'hard_negative/blind/{factor}']:5.1f}")
+            print(f"  {factor:9s}" + "  ".join(cells) + f"   blind {metrics[f'hard_negative/blind/{factor}']:5.1f}"
+                  f"   static {metrics[f'hard_negative/static/{factor}']:5.1f}")
     return 0
 
 

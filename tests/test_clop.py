@@ -282,6 +282,30 @@ def test_excluded_labels_leave_the_vocabulary_and_are_never_swapped(tmp_path):
     assert sum(map(len, excluded.values())) > 0
 
 
+def test_frequency_sampling_swaps_in_labels_as_often_as_captions_use_them(tmp_path):
+    # "stay" is 16 of the 20 mentions other than "bounce": uniform sampling puts it in about a third of a
+    # bouncing caption's swaps (one of stay/spin/hop), frequency sampling in about 80%.
+    colours, shapes = ["red", "blue", "green", "yellow"], ["square", "star", "triangle", "diamond"]
+    still = [f"a small {c} {s} is staying still" for c in colours for s in shapes]
+    bouncing = [f"a big {c} {s} is bouncing" for c in colours + ["purple", "white"] for s in shapes]
+    captions = still + bouncing + ["a big red cross is spinning", "a big blue cross is spinning",
+                                   "a big red cross is hopping", "a big blue cross is hopping"]
+    knowledges = extract_knowledge(captions)
+    vocab = KnowledgeVocab.build(knowledges, top_k=20, min_count=1)
+    assert set(vocab.labels("action")) == {"stay", "bounce", "spin", "hop"}
+
+    def share_made_still(sampling: str) -> float:
+        with KnowledgeCache(tmp_path / "cache") as cache:
+            negatives = build_swapped_negatives(knowledges, vocab, cache, ["action"], per_type=1,
+                                                sampling=sampling)
+        swaps = [n for c in bouncing for n, _ in negatives[c]]
+        assert len(swaps) == len(bouncing)  # one valid swap per caption
+        return sum(n.endswith("is staying") for n in swaps) / len(swaps)  # the span swapped is the verb
+
+    assert share_made_still("uniform") < 0.5
+    assert share_made_still("frequency") > 0.65
+
+
 def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_ranks():
     rng = np.random.default_rng(0)
     labels = (rng.random((64, 12)) < 0.2).astype(np.float32)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from structvl.tasks.hard_negative import hard_negative_accuracy
+from structvl.tasks.hard_negative import frozen_to_middle_frame, hard_negative_accuracy
 from structvl.tasks.retrieval import chance_metrics, metrics_from_ranks, ranks_blockwise, retrieval_metrics
 
 
@@ -89,11 +89,40 @@ def test_hard_negative_blind_score_uses_the_mean_video_only():
     assert out["hard_negative/overall"] == pytest.approx(200 / 3)
 
 
+def test_hard_negative_static_score_uses_each_clips_frozen_embedding():
+    """`static/*` scores every pair against the clip's own video frozen to one frame: a twin that only the
+    motion rejects is a win but not a static win; one its appearance rejects wins both."""
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    static = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # clip 0 looks different without its motion, clip 1 not
+    true = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    motion_twin = torch.tensor([0.0, 1.0])  # clip 0: own 0 < 1 (win); frozen 1 > 0 (loss)
+    appearance_twin = torch.tensor([1.0, 0.0])  # clip 1: own 0 < 1 and frozen 0 < 1 (win both)
+    out = hard_negative_accuracy(video, true, [(0, "action", motion_twin), (1, "shape", appearance_twin)],
+                                 static_embed=static)
+    assert out["hard_negative/action"] == 100.0 and out["hard_negative/static/action"] == 0.0
+    assert out["hard_negative/shape"] == 100.0 and out["hard_negative/static/shape"] == 100.0
+    assert out["hard_negative/static/overall"] == 50.0
+    assert not any("static" in k for k in hard_negative_accuracy(video, true, [(0, "action", motion_twin)]))
+
+
+def test_frozen_to_middle_frame_repeats_the_middle_real_frame():
+    video = torch.arange(2 * 6, dtype=torch.float32).view(2, 6, 1, 1, 1).expand(2, 6, 3, 2, 2)
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])  # clip 1: 3 real frames, then padding
+    frozen = frozen_to_middle_frame(video, mask)
+    assert frozen.shape == video.shape
+    assert (frozen[0] == video[0, 3]).all()  # frames 0-5: middle 3
+    assert (frozen[1] == video[1, 1]).all()  # real frames 0-2: middle 1, never a padded frame
+
+
 def test_metrics_table_puts_the_blind_score_beside_its_factor():
     from structvl.tasks.evaluate import format_metrics_table
 
     table = format_metrics_table({"hard_negative/action": 61.5, "hard_negative/blind/action": 45.6,
+                                  "hard_negative/static/action": 58.0,
                                   "hard_negative/overall": 73.5, "hard_negative/blind/overall": 50.1,
-                                  "hard_negative/chance": 50.0})
-    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:]}
-    assert rows == {"action": ["61.5", "45.6"], "overall": ["73.5", "50.1"]}
+                                  "hard_negative/static/overall": 72.2, "hard_negative/chance": 50.0})
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[4:]}
+    assert rows == {"action": ["61.5", "45.6", "58.0"], "overall": ["73.5", "50.1", "72.2"]}
+    # runs evaluated before the static control existed keep their two columns
+    table = format_metrics_table({"hard_negative/action": 61.5, "hard_negative/blind/action": 45.6})
+    assert [line.split()[1:] for line in table.splitlines()[4:]] == [["61.5", "45.6"]]

@@ -295,10 +295,12 @@ def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict
                   types: list[str], per_type: int, rng: random.Random,
                   paraphrases: set = frozenset(), combinable: set | None = None,
                   swappable_objects: set | None = None,
-                  excluded: set = frozenset()) -> list[tuple[str, str, str, str]]:
+                  excluded: set = frozenset(),
+                  label_weights: dict[str, dict[str, float]] | None = None) -> list[tuple[str, str, str, str]]:
     """Candidate hard negatives: (caption, type, old label, new label), each with one element's text
     replaced by a surface form of another label of the same type and inflection; objects only among
-    `swappable_objects` (all when None); no (type, label) in `excluded`. Unvalidated."""
+    `swappable_objects` (all when None); no (type, label) in `excluded`. The new label is drawn uniformly,
+    or in proportion to `label_weights[type][label]` when given. Unvalidated."""
     def swappable(kind: str, label: str) -> bool:  # the same rule for the element replaced and its replacement
         return ((kind, label) not in excluded
                 and (kind != "object" or swappable_objects is None or label in swappable_objects))
@@ -323,7 +325,10 @@ def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict
                        and (combinable is None or all((label, o) in combinable for o in others))]
             if not choices:
                 continue
-            new = rng.choice(choices)
+            if label_weights is None:
+                new = rng.choice(choices)
+            else:
+                new = rng.choices(choices, weights=[label_weights[kind].get(label, 0.0) for label in choices])[0]
             text = forms[(kind, new, tag)][0]
             caption = knowledge.caption[:start] + text + knowledge.caption[end:]
             if caption != knowledge.caption:
@@ -381,11 +386,14 @@ def differs_in_one_element(source: CaptionKnowledge, swapped: CaptionKnowledge, 
 def build_swapped_negatives(knowledges: list[CaptionKnowledge], vocab: KnowledgeVocab, cache, types: list[str],
                             per_type: int, seed: int = 0,
                             videos_captions: list[list[str]] | None = None,
-                            exclude: dict | None = None) -> dict[str, list[tuple[str, str]]]:
+                            exclude: dict | None = None,
+                            sampling: str = "uniform") -> dict[str, list[tuple[str, str]]]:
     """caption -> [(swapped caption, type)], every one parsed with spaCy and kept only when it differs from
     its source in exactly one knowledge element (see `differs_in_one_element`). Replacements that the
     corpus treats as paraphrases (`paraphrase_pairs`, from videos with several captions), modifiers never
     combined (`co_modifiers`) and nouns the corpus never describes (`described_objects`) are not proposed.
+    sampling: "uniform" over the vocabulary, or "frequency" - each label as often as the captions use it,
+    so that no label is rarer among the negatives than among the positives.
     Run once per corpus: the parses land in the knowledge cache."""
     forms = surface_forms(knowledges)
     by_caption = {k.caption: k for k in knowledges}
@@ -395,10 +403,16 @@ def build_swapped_negatives(knowledges: list[CaptionKnowledge], vocab: Knowledge
     labels_by_type = {kind: [_label({"type": kind, "label": label}) for label in vocab.labels(kind)]
                       for kind in types}
     labels_by_type = {kind: list(dict.fromkeys(labels)) for kind, labels in labels_by_type.items()}
+    label_weights = None
+    if sampling == "frequency":  # a relation's swappable part is its predicate: pool its labels' counts
+        label_weights = {kind: defaultdict(float) for kind in types}
+        for kind in types:
+            for label, count in zip(vocab.labels(kind), vocab.counts(kind)):
+                label_weights[kind][_label({"type": kind, "label": label})] += count
     rng = random.Random(seed)
     excluded = {(kind, label) for kind, labels in (exclude or {}).items() for label in labels}
     proposals = {k.caption: propose_swaps(k, forms, labels_by_type, types, per_type, rng, paraphrases, combinable,
-                                          swappable_objects, excluded) for k in knowledges}
+                                          swappable_objects, excluded, label_weights) for k in knowledges}
     parsed = knowledge_for([c for props in proposals.values() for c, *_ in props], cache)
     parsed_by_caption = {k.caption: k for k in parsed}
     source = {k.caption: k for k in knowledges}
@@ -458,7 +472,7 @@ class KnowledgeContrastiveObjective(nn.Module):
                 list(context.knowledge.values()), context.vocab, cache, list(cfg.clop.kcl_swap_types),
                 per_type=max(2, cfg.clop.kcl_negatives_per_caption // 2), seed=cfg.train.seed,
                 videos_captions=context.videos_captions,
-                exclude=cfg.knowledge.exclude)
+                exclude=cfg.knowledge.exclude, sampling=cfg.clop.kcl_swap_sampling)
 
     def _weights(self, batch: dict, device) -> torch.Tensor:
         labels = multi_hot(batch["knowledge"], self.vocab, list(self.cfg.skp_types)).to(device)

@@ -73,12 +73,13 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
                  if k.startswith("hard_negative/") and k.count("/") == 1 and k != "hard_negative/chance")
     if own:
         lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0); blind: the")
-        lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone")
-        lines.append(f"  {'factor':<32}{'own':>7}{'blind':>7}")
+        lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone;")
+        lines.append("static: against the clip's own video frozen to its middle frame, i.e. without motion")
+        lines.append(f"  {'factor':<32}{'own':>7}{'blind':>7}{'static':>7}")
         for f in own:
-            blind_value = metrics.get(f"hard_negative/blind/{f}")
+            controls = [metrics.get(f"hard_negative/{c}/{f}") for c in ("blind", "static")]
             lines.append(f"  {f:<32}{metrics['hard_negative/' + f]:7.1f}"
-                         + (f"{blind_value:7.1f}" if blind_value is not None else ""))
+                         + "".join(f"{v:7.1f}" if v is not None else " " * 7 for v in controls).rstrip())
     return "\n".join(lines)
 
 

@@ -1,0 +1,105 @@
+"""Hard-negative action accuracy per (true action -> twin's action) pair, with the clip, frozen, and blind.
+
+    python scripts/hard_negative_action_pairs.py CORPUS RUN [RUN ...]
+
+`hard_negative/action` is one number over ~3,400 pairs; this splits it by which action the twin puts in place of
+which. Each pair is scored three ways: against the clip's own video (the benchmark), against the clip frozen to
+its middle frame (`static`: no motion to see) and against the mean test video (`blind`: no clip at all). A model
+that sees motion wins both "still -> moving" and "moving -> still" pairs with the clip and loses its edge when
+frozen; one with a preference for a phrase wins one direction and loses the other, clip or no clip.
+
+The structured corpus's twins change one object's action; which one, and into what, is read from the changed
+span of the caption with the generator's phrase table (`data/synth/captions.py`). Prints, per run and score, a
+10x10 table of accuracies in % (rows: the clip's action, columns: the twin's), each row's accuracy and pairs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from structvl.data.records import VideoRecord
+from structvl.data.synth.captions import ACTION_PHRASES
+from structvl.data.synth.vocab import ACTIONS
+from structvl.data.text import Tokenizer
+from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.tasks.hard_negative import frozen_to_middle_frame, read_hard_negatives
+from structvl.tasks.retrieval import embed_texts, embed_videos
+
+PHRASES = {action: [p for forms in ACTION_PHRASES[action] for p in forms if p] for action in ACTIONS}
+
+
+def changed_span(a: str, b: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where two captions differ: (start, end) in each, after their common prefix and suffix."""
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - start and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    return (start, len(a) - tail), (start, len(b) - tail)
+
+
+def action_at(text: str, start: int, end: int) -> str | None:
+    """The action whose longest phrase occurrence in `text` overlaps [start, end) (a point when empty)."""
+    best, length = None, 0
+    for action, phrases in PHRASES.items():
+        for phrase in phrases:
+            i = text.find(phrase)
+            while i >= 0:
+                if i < max(end, start + 1) and i + len(phrase) > start and len(phrase) > length:
+                    best, length = action, len(phrase)
+                i = text.find(phrase, i + 1)
+    return best
+
+
+def print_table(title: str, wins: dict[tuple[str, str], list[float]]) -> None:
+    short = {a: a.replace("moving ", "").replace("staying ", "")[:7] for a in ACTIONS}
+    total = [w for cell in wins.values() for w in cell]
+    print(f"{title}: {100 * sum(total) / max(1, len(total)):.1f}% of {len(total)} pairs")
+    print(f"  {'clip / twin':<12}" + "".join(f"{short[a]:>8}" for a in ACTIONS) + "     row")
+    for true in ACTIONS:
+        cells = [wins.get((true, new), []) for new in ACTIONS]
+        row = [w for cell in cells for w in cell]
+        print(f"  {short[true]:<12}" + "".join(f"{100 * sum(c) / len(c):8.0f}" if c else f"{'-':>8}" for c in cells)
+              + f"  {100 * sum(row) / max(1, len(row)):5.1f} ({len(row)})")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    corpus = Path(argv[0])
+    rows = read_hard_negatives(corpus / "eval" / "hard_negatives.jsonl")
+    records = [VideoRecord(video_id=r["video_id"], video=r["video"], captions=[r["caption"]]) for r in rows]
+    for run in argv[1:]:
+        model, cfg, _ = load_run_model(run)
+        tokenizer, device = Tokenizer(cfg.model.text.max_length), torch.device("cpu")
+        with torch.no_grad():
+            video, kept = embed_videos(model, eval_loader(records, cfg, corpus, tokenizer), device)
+            frozen, _ = embed_videos(model, eval_loader(records, cfg, corpus, tokenizer), device,
+                                     transform=frozen_to_middle_frame)
+            true = embed_texts(model, tokenizer, [rows[i]["caption"] for i in kept], device)
+            pairs = []  # (clip position, true action, twin's action, twin caption)
+            for pos, i in enumerate(kept):
+                for twin in rows[i]["negatives"].get("action", []):
+                    (a0, a1), (b0, b1) = changed_span(rows[i]["caption"], twin)
+                    old, new = action_at(rows[i]["caption"], a0, a1), action_at(twin, b0, b1)
+                    if old and new and old != new:
+                        pairs.append((pos, old, new, twin))
+            twins = embed_texts(model, tokenizer, [p[3] for p in pairs], device)
+        mean_video = video.mean(0, keepdim=True).expand_as(video)
+        print(f"{run}")
+        for title, clips in (("own clip", video), ("static (middle frame)", frozen), ("blind (mean video)", mean_video)):
+            wins = defaultdict(list)
+            for j, (pos, old, new, _) in enumerate(pairs):
+                wins[(old, new)].append(float(clips[pos] @ true[pos] > clips[pos] @ twins[j]))
+            print_table(title, wins)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
