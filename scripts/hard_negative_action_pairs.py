@@ -8,9 +8,12 @@ its middle frame (`static`: no motion to see) and against the mean test video (`
 that sees motion wins both "still -> moving" and "moving -> still" pairs with the clip and loses its edge when
 frozen; one with a preference for a phrase wins one direction and loses the other, clip or no clip.
 
-The structured corpus's twins change one object's action; which one, and into what, is read from the changed
-span of the caption with the generator's phrase table (`data/synth/captions.py`). Prints, per run and score, a
-10x10 table of accuracies in % (rows: the clip's action, columns: the twin's), each row's accuracy and pairs.
+The structured corpus's twins change one object's action; the file names the action before and after
+(`changes`; a corpus written before it had them must be regenerated). Prints, per run and score, a
+10x10 table of accuracies in % (rows: the clip's action, columns: the twin's), each row's accuracy and pairs,
+and the balanced accuracy (the mean over cells). The benchmark's pairs are not balanced: an object that stays
+still gets nine twins, each moving object one "still" twin, so a model that calls every clip still wins the 30%
+of the pairs that are a still object's (and about 61% of all, with the rest a coin toss) without seeing motion.
 """
 
 from __future__ import annotations
@@ -22,44 +25,19 @@ from pathlib import Path
 import torch
 
 from structvl.data.records import VideoRecord
-from structvl.data.synth.captions import ACTION_PHRASES
 from structvl.data.synth.vocab import ACTIONS
 from structvl.data.text import Tokenizer
 from structvl.tasks.evaluate import eval_loader, load_run_model
 from structvl.tasks.hard_negative import frozen_to_middle_frame, read_hard_negatives
 from structvl.tasks.retrieval import embed_texts, embed_videos
 
-PHRASES = {action: [p for forms in ACTION_PHRASES[action] for p in forms if p] for action in ACTIONS}
-
-
-def changed_span(a: str, b: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Where two captions differ: (start, end) in each, after their common prefix and suffix."""
-    start = 0
-    while start < min(len(a), len(b)) and a[start] == b[start]:
-        start += 1
-    tail = 0
-    while tail < min(len(a), len(b)) - start and a[-1 - tail] == b[-1 - tail]:
-        tail += 1
-    return (start, len(a) - tail), (start, len(b) - tail)
-
-
-def action_at(text: str, start: int, end: int) -> str | None:
-    """The action whose longest phrase occurrence in `text` overlaps [start, end) (a point when empty)."""
-    best, length = None, 0
-    for action, phrases in PHRASES.items():
-        for phrase in phrases:
-            i = text.find(phrase)
-            while i >= 0:
-                if i < max(end, start + 1) and i + len(phrase) > start and len(phrase) > length:
-                    best, length = action, len(phrase)
-                i = text.find(phrase, i + 1)
-    return best
-
 
 def print_table(title: str, wins: dict[tuple[str, str], list[float]]) -> None:
     short = {a: a.replace("moving ", "").replace("staying ", "")[:7] for a in ACTIONS}
     total = [w for cell in wins.values() for w in cell]
-    print(f"{title}: {100 * sum(total) / max(1, len(total)):.1f}% of {len(total)} pairs")
+    balanced = sum(sum(cell) / len(cell) for cell in wins.values()) / max(1, len(wins))
+    print(f"{title}: {100 * sum(total) / max(1, len(total)):.1f}% of {len(total)} pairs, "
+          f"{100 * balanced:.1f}% balanced (the mean of the cells: a fixed preference for one phrase scores 50)")
     print(f"  {'clip / twin':<12}" + "".join(f"{short[a]:>8}" for a in ACTIONS) + "     row")
     for true in ACTIONS:
         cells = [wins.get((true, new), []) for new in ACTIONS]
@@ -74,6 +52,8 @@ def main(argv: list[str]) -> int:
         return 2
     corpus = Path(argv[0])
     rows = read_hard_negatives(corpus / "eval" / "hard_negatives.jsonl")
+    if not all("changes" in r for r in rows):
+        raise SystemExit(f"{corpus}/eval/hard_negatives.jsonl names no changes: regenerate it with `structvl synth`")
     records = [VideoRecord(video_id=r["video_id"], video=r["video"], captions=[r["caption"]]) for r in rows]
     for run in argv[1:]:
         model, cfg, _ = load_run_model(run)
@@ -83,13 +63,8 @@ def main(argv: list[str]) -> int:
             frozen, _ = embed_videos(model, eval_loader(records, cfg, corpus, tokenizer), device,
                                      transform=frozen_to_middle_frame)
             true = embed_texts(model, tokenizer, [rows[i]["caption"] for i in kept], device)
-            pairs = []  # (clip position, true action, twin's action, twin caption)
-            for pos, i in enumerate(kept):
-                for twin in rows[i]["negatives"].get("action", []):
-                    (a0, a1), (b0, b1) = changed_span(rows[i]["caption"], twin)
-                    old, new = action_at(rows[i]["caption"], a0, a1), action_at(twin, b0, b1)
-                    if old and new and old != new:
-                        pairs.append((pos, old, new, twin))
+            pairs = [(pos, old, new, twin) for pos, i in enumerate(kept)  # (clip, true action, twin's, twin)
+                     for twin, (old, new) in zip(rows[i]["negatives"]["action"], rows[i]["changes"]["action"])]
             twins = embed_texts(model, tokenizer, [p[3] for p in pairs], device)
         mean_video = video.mean(0, keepdim=True).expand_as(video)
         print(f"{run}")

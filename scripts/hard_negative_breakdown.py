@@ -9,8 +9,8 @@ blind score (`hard_negative/blind/*`: the same pairs against the mean test video
 the static score (`hard_negative/static/*`: against the clip frozen to its middle frame) what is won without
 motion; single-object clips need no binding. Object counts come from the corpus's test annotations
 (`test.jsonl`, `meta.objects`). Prints one table per run (accuracy in %, pairs per cell in brackets) and merges
-the `hard_negative/blind/*` and `hard_negative/static/*` keys into the run's metrics.json (runs evaluated before
-those scores existed); the other keys are left as they were.
+the `hard_negative/blind/*`, `static/*` and `balanced/*` keys into the run's metrics.json (runs evaluated
+before those scores existed); the other keys are left as they were.
 """
 
 from __future__ import annotations
@@ -52,14 +52,17 @@ def main(argv: list[str]) -> int:
             metrics = hard_negative_metrics(model.eval(), cfg, Tokenizer(cfg.model.text.max_length), path, corpus,
                                             torch.device("cpu"), eval_loader, group_of=group_of)
         write_json_merged(run_dir / "metrics.json", {k: v for k, v in metrics.items()
-                                                     if k.startswith(("hard_negative/blind/", "hard_negative/static/"))})
+                                                     if k.startswith(("hard_negative/blind/", "hard_negative/static/",
+                                                                      "hard_negative/balanced/"))})
         print(f"{run}: overall {metrics['hard_negative/overall']:.1f}, "
               f"blind {metrics['hard_negative/blind/overall']:.1f}, static {metrics['hard_negative/static/overall']:.1f}")
         for factor in FACTORS:
             cells = [f"{g} {metrics[f'hard_negative/{factor}/{g}']:5.1f} ({pairs[(factor, g)]})"
                      for g in groups if f"hard_negative/{factor}/{g}" in metrics]
             print(f"  {factor:9s}" + "  ".join(cells) + f"   blind {metrics[f'hard_negative/blind/{factor}']:5.1f}"
-                  f"   static {metrics[f'hard_negative/static/{factor}']:5.1f}")
+                  f"   static {metrics[f'hard_negative/static/{factor}']:5.1f}"
+                  + (f"   balanced {metrics[f'hard_negative/balanced/{factor}']:5.1f}"
+                     if f"hard_negative/balanced/{factor}" in metrics else ""))
     return 0
 
 

@@ -45,7 +45,7 @@ def test_tiny_run_loss_falls_and_metrics_written(tiny_corpus, tmp_path):
     assert last < first - 0.2, (first, last)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("retrieval/t2v/R@1", "retrieval/v2t/R@1", "retrieval/chance/R@1", "hard_negative/overall",
-                "hard_negative/static/action"):
+                "hard_negative/static/action", "hard_negative/balanced/action"):
         assert key in saved and key in metrics
     # demo.yaml's train.precision=auto: bf16 exactly where this CPU computes it natively, and the run says which
     from structvl.engine.precision import native_bf16

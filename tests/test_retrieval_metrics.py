@@ -105,6 +105,19 @@ def test_hard_negative_static_score_uses_each_clips_frozen_embedding():
     assert not any("static" in k for k in hard_negative_accuracy(video, true, [(0, "action", motion_twin)]))
 
 
+def test_balanced_accuracy_gives_a_fixed_preference_fifty():
+    """A model that always prefers "still" wins the still object's many twins and loses the moving object's
+    one "still" twin: 75% of the pairs, but 50 balanced (the mean over the two kinds of change)."""
+    still_text, moving_text = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    video = torch.tensor([[1.0, 0.2], [1.0, 0.2]])  # both clips look "still" to this model
+    true = torch.stack([still_text, moving_text])  # clip 0 stays still, clip 1 moves
+    negatives = [(0, "action", moving_text)] * 3 + [(1, "action", still_text)]
+    changes = ["staying still>moving left"] * 3 + ["moving left>staying still"]
+    out = hard_negative_accuracy(video, true, negatives, changes=changes)
+    assert out["hard_negative/action"] == 75.0 and out["hard_negative/balanced/action"] == 50.0
+    assert "hard_negative/balanced/action" not in hard_negative_accuracy(video, true, negatives)
+
+
 def test_frozen_to_middle_frame_repeats_the_middle_real_frame():
     video = torch.arange(2 * 6, dtype=torch.float32).view(2, 6, 1, 1, 1).expand(2, 6, 3, 2, 2)
     mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])  # clip 1: 3 real frames, then padding
@@ -121,8 +134,8 @@ def test_metrics_table_puts_the_blind_score_beside_its_factor():
                                   "hard_negative/static/action": 58.0,
                                   "hard_negative/overall": 73.5, "hard_negative/blind/overall": 50.1,
                                   "hard_negative/static/overall": 72.2, "hard_negative/chance": 50.0})
-    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[4:]}
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[5:]}
     assert rows == {"action": ["61.5", "45.6", "58.0"], "overall": ["73.5", "50.1", "72.2"]}
     # runs evaluated before the static control existed keep their two columns
     table = format_metrics_table({"hard_negative/action": 61.5, "hard_negative/blind/action": 45.6})
-    assert [line.split()[1:] for line in table.splitlines()[4:]] == [["61.5", "45.6"]]
+    assert [line.split()[1:] for line in table.splitlines()[5:]] == [["61.5", "45.6"]]

@@ -41,9 +41,12 @@ def many_clips() -> list[tuple[dict, dict]]:
 
     planned = [plan_clip(seed=7, split="test", index=k, msrvtt_index=k, frame=64, num_frames=FRAMES, heldout=[])
                for k in range(200)]
-    return [(clip_record(c, FPS).to_dict(),
-             {"caption": c.captions[0].text, "negatives": hard_negatives(c.scene, c.facts, c.captions[0].wording)})
-            for c in planned]
+    rows = []
+    for c in planned:
+        negatives, changes = hard_negatives(c.scene, c.facts, c.captions[0].wording)
+        rows.append((clip_record(c, FPS).to_dict(), {"caption": c.captions[0].text, "negatives": negatives,
+                                                     "changes": changes}))
+    return rows
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -263,20 +266,24 @@ def test_captions_parse_with_spacy(corpus):
 # ----------------------------------------------------------------------------- evaluation sets
 def check_hard_negatives(row: dict, meta: dict) -> None:
     """Each negative re-words the true caption with exactly one factor of one object (or the relation's
-    predicate) changed, and is false of the scene."""
+    predicate) changed, and is false of the scene; `changes` names the value it replaced and the new one."""
     true_mentions, true_relation = parse(row["caption"])
     assert set(row["negatives"]) == {"shape", "colour", "size", "action", "relation"}
+    assert {f: len(n) for f, n in row["negatives"].items()} == {f: len(c) for f, c in row["changes"].items()}
     assert row["negatives"]["colour"] and row["negatives"]["action"]
     assert bool(row["negatives"]["relation"]) == (meta["relation"] is not None)
     for factor, negatives in row["negatives"].items():
         assert len(set(negatives)) == len(negatives)
-        for negative in negatives:
+        for negative, change in zip(negatives, row["changes"][factor]):
             assert negative != row["caption"]
             mentions, relation = parse(negative)
             changed = [(m, t) for m, t in zip(mentions, true_mentions) if m != t]
             if factor == "relation":
                 assert not changed and relation[1] != true_relation[1]
                 assert (relation[0], relation[2]) == (true_relation[0], true_relation[2])
+                # in the scene's order of subject and object, which the caption may state the other way round
+                stated = [true_relation[1], relation[1]]
+                assert change in (stated, [CONVERSE[p] for p in stated]), negative
                 # mention k of the caption is the object its phrase span names
                 order = [p["object"] for p in meta["phrases"] if p["caption_index"] == 0]
                 s, o = (meta["objects"][order[k]] for k in (relation[0], relation[2]))
@@ -286,6 +293,7 @@ def check_hard_negatives(row: dict, meta: dict) -> None:
                 (new, old), = changed
                 field = ("size", "colour", "shape", "action").index(factor)
                 assert [k for k in range(4) if new[k] != old[k]] == [field], negative
+                assert change == [old[field], new[field]], negative
                 assert Counter(mentions) != Counter(object_tuple(o) for o in meta["objects"]), negative
 
 

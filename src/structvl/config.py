@@ -199,7 +199,8 @@ class ClopConfig:
     kcl_negatives_train_text: bool = True
     # Weight of a penalty on that shortcut (0: off, the paper's KCL): for the *other* clips of the batch, a
     # caption and its swaps should score the same on average (objectives/clop.py, `text_shortcut_penalty`).
-    # Measured at 1: the action gain then comes from the video, not a text prior; v2t retrieval pays for it.
+    # Measured at 1: the action gain then depends on the clip, not a text prior (but not on its motion: see the
+    # static control, hard_negative/static/*); v2t retrieval pays for it.
     kcl_shortcut_penalty: float = 0.0
 
 

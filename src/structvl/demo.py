@@ -61,6 +61,7 @@ TABLE_COLUMNS = ["retrieval/t2v/R@1", "retrieval/t2v/R@5", "retrieval/t2v/R@10",
                  "hard_negative/colour", "hard_negative/size", "hard_negative/action", "hard_negative/relation",
                  "hard_negative/blind/action",  # the action pairs scored with the mean test video: a text prior
                  "hard_negative/static/action",  # ... with the clip frozen to one frame: what needs no motion
+                 "hard_negative/balanced/action",  # the mean over kinds of action change: no reward for a fixed preference
                  "mcqa/accuracy", "openqa/accuracy", "recognition/linear/top1", "localization/mAP@0.5",
                  "localization/mAP_avg",
                  "localization/agnostic/mAP_avg",  # the same detections without their class: the boundaries alone
@@ -143,7 +144,8 @@ def aggregate(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
 def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[str, float]) -> str:
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
     short = [c.replace("retrieval/", "").replace("hard_negative/blind/", "hn_blind/")
-             .replace("hard_negative/static/", "hn_static/").replace("hard_negative/", "hn/")
+             .replace("hard_negative/static/", "hn_static/").replace("hard_negative/balanced/", "hn_bal/")
+             .replace("hard_negative/", "hn/")
              .replace("/accuracy", "/acc").replace("recognition/linear/", "rec/").replace("localization/agnostic/", "tal_agn/")
              .replace("localization/", "tal/").replace("grounding/", "gr/")
              .replace("pointing_best_patch", "best_patch").replace("temporal/scene_change_acc", "scene_chg")

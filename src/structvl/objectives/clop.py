@@ -451,9 +451,15 @@ class KnowledgeContrastiveObjective(nn.Module):
     other clips' videos a caption and its swaps must score alike on average, so the text side keeps what tells
     "rotates" from "bounces" for the clip's own video and loses what tells a constructed caption from a real
     one. At 1 (400 steps, 3 seeds) the blind score falls to 45.6 and action accuracy stays (61.5 vs 60.7): the
-    gain now comes from the video, at a retrieval cost (v2t R@1 53.3 vs 58.7 default, 62.2 baseline). With
+    gain now depends on the clip, at a retrieval cost (v2t R@1 53.3 vs 58.7 default, 62.2 baseline). With
     the swaps restricted to actions (the demo's `clop_grounded` recipe) the cost goes: hard negatives 75.5 vs
     74.2 default and 70.2 baseline, R@1 level with the baseline both ways at 400 steps (t2v trails at 150).
+    But the clip's *motion* is not what wins the action pairs: scored against the clip frozen to one frame
+    (`hard_negative/static/action`) `clop_grounded` keeps 57.5 of its 60.3 (baseline 46.8 of 50.9), and the
+    gain is a preference for "staying still" over any motion, which the benchmark's unbalanced pairs reward
+    (`hard_negative/balanced/action`: 51.0 vs the baseline's 53.2; scripts/hard_negative_action_pairs.py).
+    Uniform swaps teach that preference: a frequent label such as "stay" is rarely swapped in, so it is far
+    more often the truth than the negative; `kcl_swap_sampling: frequency` draws labels as captions use them.
     """
 
     needs_knowledge = True

@@ -74,10 +74,11 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
     if own:
         lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0); blind: the")
         lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone;")
-        lines.append("static: against the clip's own video frozen to its middle frame, i.e. without motion")
-        lines.append(f"  {'factor':<32}{'own':>7}{'blind':>7}{'static':>7}")
+        lines.append("static: against the clip's own video frozen to its middle frame, i.e. without motion;")
+        lines.append("balanced: own, averaged over the kinds of change instead of the pairs (where the file names them)")
+        lines.append(f"  {'factor':<32}{'own':>7}{'blind':>7}{'static':>7}{'bal':>7}")
         for f in own:
-            controls = [metrics.get(f"hard_negative/{c}/{f}") for c in ("blind", "static")]
+            controls = [metrics.get(f"hard_negative/{c}/{f}") for c in ("blind", "static", "balanced")]
             lines.append(f"  {f:<32}{metrics['hard_negative/' + f]:7.1f}"
                          + "".join(f"{v:7.1f}" if v is not None else " " * 7 for v in controls).rstrip())
     return "\n".join(lines)

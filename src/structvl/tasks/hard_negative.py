@@ -10,6 +10,12 @@ clip's own content, only what the text side prefers. Above 50 there, part of the
 twin reads less like a real caption - not something seen in the video. That matters for any objective trained
 on one-element swaps, which are built like these twins (CLOP's constructed negatives).
 
+Where the file names what each twin changed (`changes`, as the structured corpus writes it), each factor also
+gets a balanced accuracy (`hard_negative/balanced/*`): the mean over the kinds of change ("staying still ->
+moving left", ...) of their accuracy. The pairs are far from balanced: an object that stays still gets nine
+action twins, a moving one a single "still" twin, so a model that calls every clip still wins about 60% of
+the action pairs; balanced, any fixed preference for one phrase scores 50.
+
 And they are scored against each clip's own video frozen to its middle frame (`hard_negative/static/*`): the
 clip's content without its motion. Shape, colour and size survive in one frame, so there the static score
 should equal the real one; for actions, real minus static is what the motion contributes. A model can pass
@@ -47,18 +53,24 @@ def read_hard_negatives(path: Path) -> list[dict]:
 def hard_negative_accuracy(video_embed: torch.Tensor, true_embed: torch.Tensor,
                            negatives: list[tuple[int, str, torch.Tensor]],
                            clip_groups: list[str] | None = None,
-                           static_embed: torch.Tensor | None = None) -> dict[str, float]:
+                           static_embed: torch.Tensor | None = None,
+                           changes: list[str] | None = None) -> dict[str, float]:
     """negatives: (clip position, factor, caption embedding). Returns per-factor and overall accuracy in %.
     clip_groups: optional group name per clip position; adds `hard_negative/<factor>/<group>` per group.
-    static_embed: optional embedding of each clip frozen to one frame; adds `hard_negative/static/*`."""
+    static_embed: optional embedding of each clip frozen to one frame; adds `hard_negative/static/*`.
+    changes: optional name of what each negative changed ("staying still>moving left"); adds
+    `hard_negative/balanced/<factor>`, the mean over the factor's changes of their accuracy."""
     own, blind, static, grouped = (defaultdict(list) for _ in range(4))  # key -> wins (1.0 / 0.0)
+    by_change = defaultdict(lambda: defaultdict(list))  # factor -> change -> wins
     true_scores = (video_embed * true_embed).sum(-1)
     mean_video = video_embed.mean(0)
     blind_true_scores = true_embed @ mean_video
     static_true_scores = None if static_embed is None else (static_embed * true_embed).sum(-1)
-    for clip, factor, neg in negatives:
+    for j, (clip, factor, neg) in enumerate(negatives):
         win = float(true_scores[clip] > video_embed[clip] @ neg)
         own[factor].append(win)
+        if changes is not None:
+            by_change[factor][changes[j]].append(win)
         blind[factor].append(float(blind_true_scores[clip] > mean_video @ neg))
         if static_embed is not None:
             static[factor].append(float(static_true_scores[clip] > static_embed[clip] @ neg))
@@ -71,6 +83,8 @@ def hard_negative_accuracy(video_embed: torch.Tensor, true_embed: torch.Tensor,
     for prefix, table in controls:  # each pair once, whatever its group
         every = [x for w in table.values() for x in w]
         out[f"hard_negative/{prefix}overall"] = 100.0 * sum(every) / max(1, len(every))
+    for factor, cells in sorted(by_change.items()):
+        out[f"hard_negative/balanced/{factor}"] = 100.0 * sum(sum(w) / len(w) for w in cells.values()) / len(cells)
     out["hard_negative/chance"] = 50.0
     return out
 
@@ -99,7 +113,14 @@ def hard_negative_metrics(model, cfg, tokenizer, path: Path, video_root: Path, d
     flat = [(pos, factor, caption) for pos, i in enumerate(kept)
             for factor, captions in rows[i]["negatives"].items() for caption in captions]
     neg_embed = embed_texts(model, tokenizer, [c for _, _, c in flat], device, autocast_dtype=autocast)
+    changes = None  # files that name each negative's change (the structured corpus's) get balanced scores
+    if all("changes" in rows[i] for i in kept):
+        for i in kept:
+            if any(len(rows[i]["changes"].get(f, ())) != len(c) for f, c in rows[i]["negatives"].items()):
+                raise ValueError(f"{path}, row {i + 1}: 'changes' must name one change per negative caption")
+        changes = [">".join(change) for i in kept for factor in rows[i]["negatives"]
+                   for change in rows[i]["changes"][factor]]
     return hard_negative_accuracy(video_embed, true_embed,
                                   [(pos, factor, neg_embed[j]) for j, (pos, factor, _) in enumerate(flat)],
                                   None if group_of is None else [group_of(rows[i]) for i in kept],
-                                  static_embed=static_embed)
+                                  static_embed=static_embed, changes=changes)

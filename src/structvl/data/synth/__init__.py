@@ -26,7 +26,8 @@ Layout of `out_dir` (video paths in native records are relative to `out_dir`):
     msrvtt/videos/video{N}.mp4        relative symlinks to ../../videos/{clip_id}.mp4
     eval/retrieval_test.jsonl         one caption per test clip (native)
     eval/hard_negatives.jsonl         {video_id, video, msrvtt_id, caption, negatives: {shape, colour, size,
-                                      action, relation: [captions differing in exactly that factor]}}
+                                      action, relation: [captions differing in exactly that factor]},
+                                      changes: {factor: [[old value, new value] per negative]}}
     eval/mc_test.csv                  MSRVTT-MC layout (tab-separated key vid_key video_id a1..a5 answer),
                                       answer 0-based
     eval/openqa_{train,test}.json     MSRVTT-QA layout [{answer, id, question, video_id: N}]

@@ -51,29 +51,25 @@ def _drawable(facts: SceneFacts) -> bool:
             and all(o.action in actions_for(o.shape) for o in facts.objects))
 
 
-def _variants(facts: SceneFacts, factor: str) -> list[SceneFacts]:
+def _variants(facts: SceneFacts, factor: str) -> list[tuple[SceneFacts, str, str]]:
     """Every copy of the facts with `factor` changed once, over all objects (or the relation), restricted
-    to scenes the generator could have drawn (never a rotating circle, say)."""
+    to scenes the generator could have drawn (never a rotating circle, say); each with the changed value
+    before and after ("moving left", "staying still")."""
     if factor == "relation":
         if facts.relation is None:
             return []
-        return [facts.with_predicate(p) for p in RELATIONS if p != facts.relation[1]]
-    out = []
-    for i, obj in enumerate(facts.objects):
-        if factor == "shape":
-            out += [facts.with_object(i, shape=s) for s in SHAPES if s != obj.shape]
-        elif factor == "colour":
-            out += [facts.with_object(i, colour=c) for c in COLOURS if c != obj.colour]
-        elif factor == "size":
-            out += [facts.with_object(i, size=s) for s in SIZES if s != obj.size]
-        elif factor == "action":
-            out += [facts.with_object(i, action=a) for a in ACTIONS if a != obj.action]
-    return [changed for changed in out if _drawable(changed)]
+        return [(facts.with_predicate(p), facts.relation[1], p) for p in RELATIONS if p != facts.relation[1]]
+    values = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "action": ACTIONS}[factor]
+    out = [(facts.with_object(i, **{factor: v}), getattr(obj, factor), v)
+           for i, obj in enumerate(facts.objects) for v in values if v != getattr(obj, factor)]
+    return [(changed, old, new) for changed, old, new in out if _drawable(changed)]
 
 
-def hard_negatives(scene: Scene, facts: SceneFacts, wording: Wording) -> dict[str, list[str]]:
+def hard_negatives(scene: Scene, facts: SceneFacts,
+                   wording: Wording) -> tuple[dict[str, list[str]], dict[str, list[list[str]]]]:
     """Per factor, the captions that say what the true caption says with that one factor changed, each
-    false of the scene. A factor with no valid change (no relation stated, say) gets an empty list.
+    false of the scene, and beside them what each one changed ([old value, new value]). A factor with no
+    valid change (no relation stated, say) gets empty lists.
 
     A negative must also fit the caption length budget whenever the true caption does: a text encoder that
     truncates it might cut off exactly the changed words and score a copy of the truth.
@@ -81,16 +77,19 @@ def hard_negatives(scene: Scene, facts: SceneFacts, wording: Wording) -> dict[st
     true_caption, _ = realise(facts, wording)
     budget = max(MAX_PIECES, word_pieces(true_caption))
     negatives: dict[str, list[str]] = {}
+    changes: dict[str, list[list[str]]] = {}
     for factor in FACTORS:
         captions: list[str] = []
+        changes[factor] = []
         if factor != "relation" or wording.relation is not None:
-            for changed in _variants(facts, factor):
+            for changed, old, new in _variants(facts, factor):
                 caption, _ = realise(changed, wording)
                 if (caption != true_caption and caption not in captions and word_pieces(caption) <= budget
                         and not facts_hold(changed, scene)):
                     captions.append(caption)
+                    changes[factor].append([old, new])
         negatives[factor] = captions
-    return negatives
+    return negatives, changes
 
 
 def multiple_choice(rng: np.random.Generator, true_caption: str,

@@ -162,9 +162,9 @@ def write_eval(files: CorpusFiles, clips: list[Clip], fps: int, seed: int) -> di
     rows, mc_items = [], []
     for k, clip in enumerate(test):
         caption, msrvtt_id = clip.captions[0], f"video{clip.msrvtt_index}"
-        negatives = hard_negatives(clip.scene, clip.facts, caption.wording)
+        negatives, changes = hard_negatives(clip.scene, clip.facts, caption.wording)
         rows.append({"video_id": clip.clip_id, "video": clip.video, "msrvtt_id": msrvtt_id,
-                     "caption": caption.text, "negatives": negatives})
+                     "caption": caption.text, "negatives": negatives, "changes": changes})
         candidates, answer = multiple_choice(np.random.default_rng([seed, STREAM_EVAL, k]), caption.text, negatives)
         mc_items.append(VideoRecord(video_id=msrvtt_id, video=f"{msrvtt_id}.mp4", candidates=candidates,
                                     answer=answer, meta={"key": f"mc{k}", "vid_key": f"msr{clip.msrvtt_index}"}))
