@@ -191,7 +191,7 @@ class ClopConfig:
     kcl_swap_types: list = field(default_factory=lambda: ["object", "attribute", "action", "relation"])
     # Which label replaces the swapped element: "uniform" over the type's vocabulary, or "frequency", as often as
     # captions use it. Uniform makes a frequent label rare among negatives (the demo corpus's "stay"/"remain"
-    # are 18% of action mentions, 6% of uniform swaps), so a model gains by preferring it whatever the clip shows.
+    # are 21% of action mentions, 6% of uniform swaps), so a model gains by preferring it whatever the clip shows.
     kcl_swap_sampling: str = "uniform"
     kcl_negative_weight: float = 1.0  # multiplies the constructed negatives' exp-logits in the denominator
     # Let the constructed negatives' gradient reach the text encoder (see objectives/clop.py,
