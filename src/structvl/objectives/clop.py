@@ -325,10 +325,11 @@ def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict
                        and (combinable is None or all((label, o) in combinable for o in others))]
             if not choices:
                 continue
-            if label_weights is None:
+            weights = None if label_weights is None else [label_weights[kind].get(label, 0.0) for label in choices]
+            if weights is None or sum(weights) <= 0:  # a vocabulary saved without counts falls back to uniform
                 new = rng.choice(choices)
             else:
-                new = rng.choices(choices, weights=[label_weights[kind].get(label, 0.0) for label in choices])[0]
+                new = rng.choices(choices, weights=weights)[0]
             text = forms[(kind, new, tag)][0]
             caption = knowledge.caption[:start] + text + knowledge.caption[end:]
             if caption != knowledge.caption:
@@ -455,9 +456,10 @@ class KnowledgeContrastiveObjective(nn.Module):
     the swaps restricted to actions (the demo's `clop_grounded` recipe) the cost goes: hard negatives 75.5 vs
     74.2 default and 70.2 baseline, R@1 level with the baseline both ways at 400 steps (t2v trails at 150).
     But the clip's *motion* is not what wins the action pairs: scored against the clip frozen to one frame
-    (`hard_negative/static/action`) `clop_grounded` keeps 57.5 of its 60.3 (baseline 46.8 of 50.9), and the
-    gain is a preference for "staying still" over any motion, which the benchmark's unbalanced pairs reward
-    (`hard_negative/balanced/action`: 51.0 vs the baseline's 53.2; scripts/hard_negative_action_pairs.py).
+    (`hard_negative/static/action`; 400 steps, lr 5e-4, 2 seeds) `clop_grounded` keeps 58.5 of its 60.9
+    (baseline 46.6 of 49.7), and the gain is a preference for "staying still" over any motion, which the
+    benchmark's unbalanced pairs reward (`hard_negative/balanced/action`: 51.9 vs the baseline's 52.2;
+    scripts/hard_negative_action_pairs.py).
     Uniform swaps teach that preference: a frequent label such as "stay" is rarely swapped in, so it is far
     more often the truth than the negative; `kcl_swap_sampling: frequency` draws labels as captions use them.
     """
