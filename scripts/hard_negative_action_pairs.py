@@ -28,14 +28,14 @@ from structvl.data.records import VideoRecord
 from structvl.data.synth.vocab import ACTIONS
 from structvl.data.text import Tokenizer
 from structvl.tasks.evaluate import eval_loader, load_run_model
-from structvl.tasks.hard_negative import frozen_to_middle_frame, read_hard_negatives
+from structvl.tasks.hard_negative import balanced_accuracy, frozen_to_middle_frame, read_hard_negatives
 from structvl.tasks.retrieval import embed_texts, embed_videos
 
 
 def print_table(title: str, wins: dict[tuple[str, str], list[float]]) -> None:
     short = {a: a.replace("moving ", "").replace("staying ", "")[:7] for a in ACTIONS}
     total = [w for cell in wins.values() for w in cell]
-    balanced = sum(sum(cell) / len(cell) for cell in wins.values()) / max(1, len(wins))
+    balanced = balanced_accuracy(wins)
     print(f"{title}: {100 * sum(total) / max(1, len(total)):.1f}% of {len(total)} pairs, "
           f"{100 * balanced:.1f}% balanced (the mean of the cells: a fixed preference for one phrase scores 50)")
     print(f"  {'clip / twin':<12}" + "".join(f"{short[a]:>8}" for a in ACTIONS) + "     row")
