@@ -113,6 +113,54 @@ def _skp_for(parsed, *overrides):
     return KnowledgePredictionObjective(cfg, None, context)
 
 
+def test_skp_video_targets_are_the_union_over_the_videos_captions(parsed):
+    """clop.skp_targets=video: a clip is trained on every label any of its video's captions names, so a
+    paraphrase's other verb is not taught as absent; "caption" keeps the paired caption's labels only."""
+    from structvl.objectives.base import ObjectiveContext
+    vocab = KnowledgeVocab.build(parsed, top_k=10)
+    knowledge = {k.caption: k for k in parsed}
+    # video "v0" has two captions that name different actions; "v1" has one caption
+    videos = {"v0": [CAPTIONS[0], CAPTIONS[1]], "v1": [CAPTIONS[2]]}
+    batch = {"video_id": ["v0", "v1"], "knowledge": [knowledge[CAPTIONS[0]], knowledge[CAPTIONS[2]]]}
+    per_caption = KnowledgePredictionObjective(load_config("clop", ["model.embed_dim=8"]), None, ObjectiveContext(
+        vocab=vocab, knowledge=knowledge, videos_captions=videos)).targets(batch)
+    per_video = KnowledgePredictionObjective(load_config("clop", ["model.embed_dim=8", "clop.skp_targets=video"]),
+                                             None, ObjectiveContext(vocab=vocab, knowledge=knowledge,
+                                                                    videos_captions=videos)).targets(batch)
+    both = vocab.encode_batch([knowledge[CAPTIONS[0]], knowledge[CAPTIONS[1]]])
+    first, second = vocab.encode_batch([knowledge[CAPTIONS[0]]]), vocab.encode_batch([knowledge[CAPTIONS[2]]])
+    for kind in ("object", "attribute", "action"):
+        torch.testing.assert_close(per_caption[kind][0], first[kind][0])
+        torch.testing.assert_close(per_video[kind][0], both[kind].amax(0))
+        torch.testing.assert_close(per_video[kind][1], second[kind][0])  # one caption: the same either way
+    actions = vocab.labels("action")
+    assert per_video["action"][0].sum() == 2 and per_caption["action"][0].sum() == 1, actions
+
+
+def test_skp_encoder_input_trains_the_encoder_feature_not_the_shared_embedding(parsed):
+    """clop.skp_input=encoder: the heads read the video encoder's pooled feature (its width, not embed_dim), so
+    SKP's gradient reaches the encoder without passing through the retrieval embedding; "shared" is the reverse."""
+    from types import SimpleNamespace
+
+    from structvl.objectives.base import ObjectiveContext
+    vocab = KnowledgeVocab.build(parsed, top_k=10)
+    model = SimpleNamespace(video_encoder=SimpleNamespace(width=6))
+    batch = {"knowledge": parsed[:4], "video_id": ["a", "b", "c", "d"]}
+    grads = {}
+    for source in ("shared", "encoder"):
+        cfg = load_config("clop", ["model.embed_dim=8", f"clop.skp_input={source}"])
+        objective = KnowledgePredictionObjective(cfg, model, ObjectiveContext(vocab=vocab))
+        embed, pooled = torch.randn(4, 8, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+        outputs = SimpleNamespace(video=SimpleNamespace(embed=embed, encoder=SimpleNamespace(pooled=pooled)))
+        objective(batch, outputs, None)["loss"].backward()
+        grads[source] = (embed.grad, pooled.grad)
+    assert grads["shared"][0] is not None and grads["shared"][1] is None
+    assert grads["encoder"][0] is None and grads["encoder"][1].abs().sum() > 0
+    with pytest.raises(ValueError, match="skp_from_text"):
+        KnowledgePredictionObjective(load_config("clop", ["clop.skp_input=encoder", "clop.skp_from_text=true"]),
+                                     model, ObjectiveContext(vocab=vocab))
+
+
 def test_skp_heads_start_at_the_label_prior(parsed):
     skp = _skp_for(parsed)
     targets = skp.vocab.encode_batch(parsed)

@@ -99,8 +99,11 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
                                          exclude=cfg.knowledge.exclude)
             if is_main:
                 vocab.save(vocab_path)
+        videos_captions: dict[str, list[str]] = {}
+        for record in records:
+            videos_captions.setdefault(record.video_id, []).extend(record.captions)
         context = ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge={k.caption: k for k in parsed},
-                                   videos_captions=[list(r.captions) for r in records])
+                                   videos_captions=videos_captions)
         # Objectives may precompute from the parsed corpus once (e.g. CLOP's validated swapped captions).
         for name in enabled_objectives(cfg):
             prepare = getattr(OBJECTIVES[name], "prepare_context", None)

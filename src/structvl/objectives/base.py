@@ -33,11 +33,12 @@ class ObjectiveContext:
         swapped captions, or mask tokens, e.g. Clover).
     vocab: the knowledge label vocabulary of the training captions (None when no objective needs knowledge).
     knowledge: caption -> CaptionKnowledge for every training caption (empty when not needed).
-    videos_captions: the captions of each training video (paraphrases of one another, where there are several).
+    videos_captions: video id -> the captions of that training video (paraphrases of one another, where there
+        are several; a video listed twice in the annotations has the captions of both entries).
     """
 
     tokenizer: object = None
     vocab: KnowledgeVocab | None = None
     knowledge: dict[str, CaptionKnowledge] = field(default_factory=dict)
-    videos_captions: list[list[str]] = field(default_factory=list)  # each training video's captions
+    videos_captions: dict[str, list[str]] = field(default_factory=dict)  # video id -> its training captions
     extras: dict = field(default_factory=dict)  # what objectives' prepare_context computed, by their own keys

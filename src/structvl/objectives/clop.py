@@ -58,6 +58,10 @@ class KnowledgePredictionObjective(nn.Module):
 
     Predicting from the *shared* embedding (the one retrieval uses) is what makes videos with the same
     knowledge move together there; a head on a deeper feature would leave the retrieval space untouched.
+    That is also its cost: action labels strong enough to teach the encoder motion (weight 4) bend the shared
+    space to them and t2v retrieval falls (R@1 46.0 vs 63.5). `clop.skp_input=encoder` puts the heads on the
+    encoder's pooled feature instead; the motion they teach then reaches retrieval only through the contrastive
+    terms (KCL's action swaps), and the action hard negatives rise furthest (README, stop 17).
     """
 
     needs_knowledge = True
@@ -69,7 +73,14 @@ class KnowledgePredictionObjective(nn.Module):
         self.vocab, self.types = context.vocab, [t for t in cfg.clop.skp_types if context.vocab.size(t) > 0]
         self.from_text, self.similarity_weight = cfg.clop.skp_from_text, cfg.clop.skp_similarity_weight
         self.reduction = cfg.clop.skp_reduction
-        dim, hidden = cfg.model.embed_dim, cfg.clop.skp_hidden
+        self.video_targets = cfg.clop.skp_targets == "video"
+        self.knowledge, self.videos_captions = context.knowledge, context.videos_captions
+        self.encoder_input = cfg.clop.skp_input == "encoder"
+        if self.encoder_input and self.from_text:
+            raise ValueError("config keys 'clop.skp_input=encoder' and 'clop.skp_from_text': the text embedding has "
+                             "no place in the video encoder's feature space; use skp_input=shared")
+        dim = model.video_encoder.width if self.encoder_input else cfg.model.embed_dim
+        hidden = cfg.clop.skp_hidden
         self.heads = nn.ModuleDict({
             kind: (nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, self.vocab.size(kind)))
                    if hidden > 0 else nn.Linear(dim, self.vocab.size(kind)))
@@ -118,10 +129,23 @@ class KnowledgePredictionObjective(nn.Module):
         per_type = [b.mean() if self.reduction == "mean" else b.sum(1).mean() for b in per_type]
         return sum(per_type) / len(self.types)
 
+    def targets(self, batch: dict) -> dict[str, torch.Tensor]:
+        """{type: (B, size)} 0/1 labels of each clip: its caption's knowledge, or with skp_targets="video" the
+        union over all training captions of its video."""
+        if not self.video_targets:
+            return self.vocab.encode_batch(batch["knowledge"])
+        per_clip = []
+        for video_id, knowledge in zip(batch["video_id"], batch["knowledge"]):
+            captions = self.videos_captions.get(video_id, [])
+            knowledges = [self.knowledge[c] for c in captions if c in self.knowledge] or [knowledge]
+            per_clip.append({k: v.amax(0) for k, v in self.vocab.encode_batch(knowledges).items()})
+        return {kind: torch.stack([t[kind] for t in per_clip]) for kind in per_clip[0]}
+
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
         device = outputs.video.embed.device
-        targets = {k: v.to(device) for k, v in self.vocab.encode_batch(batch["knowledge"]).items()}
-        out = {"video_bce": self.bce(outputs.video.embed, targets)}
+        targets = {k: v.to(device) for k, v in self.targets(batch).items()}
+        video = outputs.video.encoder.pooled if self.encoder_input else outputs.video.embed
+        out = {"video_bce": self.bce(video, targets)}
         loss = out["video_bce"]
         if self.from_text:
             out["text_bce"] = self.bce(outputs.text.embed, targets, side="text")
@@ -157,7 +181,8 @@ class KnowledgePredictionObjective(nn.Module):
         video_root = Path(cfg.data.videos) if cfg.data.videos else root
         was_training = self.training
         self.eval()
-        video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device, autocast)
+        video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device, autocast,
+                                         pooled=self.encoder_input)
         with KnowledgeCache(Path(cfg.knowledge.cache_dir or root / "knowledge_cache")) as cache:
             # a test video's knowledge: the labels of all of its captions
             per_caption = knowledge_for([c for i in kept for c in records[i].captions], cache)
@@ -479,7 +504,7 @@ class KnowledgeContrastiveObjective(nn.Module):
             context.extras["clop_swapped_negatives"] = build_swapped_negatives(
                 list(context.knowledge.values()), context.vocab, cache, list(cfg.clop.kcl_swap_types),
                 per_type=max(2, cfg.clop.kcl_negatives_per_caption // 2), seed=cfg.train.seed,
-                videos_captions=context.videos_captions,
+                videos_captions=list(context.videos_captions.values()),
                 exclude=cfg.knowledge.exclude, sampling=cfg.clop.kcl_swap_sampling)
 
     def _weights(self, batch: dict, device) -> torch.Tensor:

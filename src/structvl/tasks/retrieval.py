@@ -67,11 +67,11 @@ def retrieval_metrics(video_embed: torch.Tensor, text_embed: torch.Tensor, text_
 
 @torch.no_grad()
 def embed_videos(model, loader, device: torch.device, autocast_dtype=None,
-                 transform=None) -> tuple[torch.Tensor, list[int]]:
+                 transform=None, pooled: bool = False) -> tuple[torch.Tensor, list[int]]:
     """Video embeddings for every item the loader yields; also returns their record indices (skipped
     corrupt videos are absent, and the caller must drop their captions). transform: optional function of each
     batch's (B, T, C, H, W) video and (B, T) frame mask, returning the video to encode (a control such as a
-    frozen frame)."""
+    frozen frame). pooled: the encoder's pooled features instead of the shared-space embeddings."""
     model.eval()
     embeds, record_ids = [], []
     for batch in loader:
@@ -80,7 +80,8 @@ def embed_videos(model, loader, device: torch.device, autocast_dtype=None,
         batch = move_to(batch, device)
         video = batch["video"] if transform is None else transform(batch["video"], batch["frame_mask"])
         with autocast(device, autocast_dtype):
-            emb = model.encode_video(video, batch["frame_mask"]).embed
+            out = model.encode_video(video, batch["frame_mask"])
+            emb = out.encoder.pooled if pooled else out.embed
         embeds.append(emb.float().cpu())
         record_ids.extend(batch["record_index"].tolist())
     return torch.cat(embeds), record_ids
