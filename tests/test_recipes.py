@@ -38,6 +38,14 @@ def test_each_recipe_switches_what_its_label_says():
     grounded = _resolve("clop_grounded")
     assert _on(grounded) == {"clop_kcl", "clop_skp"} and grounded.clop.kcl_shortcut_penalty > 0
     assert list(grounded.clop.kcl_swap_types) == ["action"] and _resolve("clop").clop.kcl_shortcut_penalty == 0
+    motion, motion_skp, motion_construct = (_resolve(n) for n in
+                                            ("clop_motion", "clop_motion_skp", "clop_motion_construct"))
+    assert _on(motion) == {"clop_kcl", "clop_skp"} and _on(motion_skp) == {"contrastive", "clop_skp"}
+    for cfg in (motion, motion_skp):  # the same SKP in the full recipe and its SKP-only switch
+        assert (list(cfg.clop.skp_types), cfg.clop.skp_input, cfg.objectives["clop_skp"]) == (["action"], "encoder", 4)
+    assert _on(motion_construct) == {"clop_kcl"} and not motion_construct.clop.kcl_batch_sampler
+    for cfg in (motion, motion_construct):  # the same swaps in the full recipe and its construction-only switch
+        assert (list(cfg.clop.kcl_swap_types), cfg.clop.kcl_shortcut_penalty) == (["action"], 1)
     assert _resolve("clover_random").clover.text_masking == "random"
     assert _on(_resolve("clover_norank")) == {"clover_align", "clover_mlm"}
     assert _on(_resolve("clover_mlm_only")) == {"contrastive", "clover_mlm"}
