@@ -25,35 +25,34 @@ RECIPES = {
     "all": ("+ CLOP + S-ViLM + Clover", "all.yaml"),
 }
 
+# CLOP's swaps restricted to actions, up to 8 per caption, with the penalty that keeps the text side from spotting
+# a swapped caption without the video (not the paper's KCL).
+_GROUNDED_SWAPS = ["clop.kcl_shortcut_penalty=1", "clop.kcl_swap_types=[action]",
+                   "clop.kcl_negatives_per_caption=8"]
+# SKP on the action labels only, 4x weight, summed BCE, its heads on the video encoder's pooled feature.
+_ACTION_SKP_ON_ENCODER = ["clop.skp_types=[action]", "objectives.clop_skp=4", "clop.skp_input=encoder",
+                          "clop.skp_reduction=sum"]
+# KCL's construction alone: no SKP, no knowledge-weighted negatives, no knowledge-grouped batches.
+_CONSTRUCTION_ONLY = ["objectives.clop_skp=0", "clop.kcl_negative_weighting=false", "clop.kcl_batch_sampler=false"]
+
 # Single-switch ablations, run only when named (`--recipes baseline,clop_skp,...`): (label, config, overrides).
 ABLATIONS = {
     "clop_skp": ("+ CLOP SKP only", "demo.yaml", ["objectives.clop_skp=1"]),
     "clop_kcl_sampling": ("+ CLOP KCL sampling only", "clop.yaml",
                           ["objectives.clop_skp=0", "clop.kcl_construct=false"]),
-    "clop_kcl_construct": ("+ CLOP KCL construction only", "clop.yaml",
-                           ["objectives.clop_skp=0", "clop.kcl_negative_weighting=false",
-                            "clop.kcl_batch_sampler=false"]),
-    # CLOP's swaps restricted to actions, with the penalty that keeps the text side from spotting a swapped
-    # caption without the video (not the paper's KCL: the best-measured CLOP variant, README).
-    "clop_grounded": ("+ CLOP, action swaps + shortcut penalty", "clop.yaml",
-                      ["clop.kcl_shortcut_penalty=1", "clop.kcl_swap_types=[action]",
-                       "clop.kcl_negatives_per_caption=8"]),
+    "clop_kcl_construct": ("+ CLOP KCL construction only", "clop.yaml", _CONSTRUCTION_ONLY),
+    # The best CLOP variant before stop 18 (README).
+    "clop_grounded": ("+ CLOP, action swaps + shortcut penalty", "clop.yaml", _GROUNDED_SWAPS),
     # clop_grounded with SKP on the action labels only, at 4x weight, its heads on the video encoder's pooled
     # feature: the action hard negatives then need the clip's motion (400 steps, 3 seeds: 79.2 vs 70.3; README,
     # stop 18).
     "clop_motion": ("+ CLOP, action swaps + penalty + SKP on actions from the encoder", "clop.yaml",
-                    ["clop.kcl_shortcut_penalty=1", "clop.kcl_swap_types=[action]",
-                     "clop.kcl_negatives_per_caption=8", "clop.skp_types=[action]", "objectives.clop_skp=4",
-                     "clop.skp_input=encoder", "clop.skp_reduction=sum"]),
+                    _GROUNDED_SWAPS + _ACTION_SKP_ON_ENCODER),
     # clop_motion's switches one at a time (KCL sampling alone is clop_kcl_sampling: swaps play no part in it).
     # SKP alone is the best CLOP variant measured: 81.0 vs 70.3 and t2v R@1 70.8 vs 62.2 (README, stop 18).
-    "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder", "demo.yaml",
-                        ["clop.skp_types=[action]", "objectives.clop_skp=4", "clop.skp_input=encoder",
-                         "clop.skp_reduction=sum"]),
+    "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder", "demo.yaml", _ACTION_SKP_ON_ENCODER),
     "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty", "clop.yaml",
-                              ["objectives.clop_skp=0", "clop.kcl_negative_weighting=false",
-                               "clop.kcl_batch_sampler=false", "clop.kcl_shortcut_penalty=1",
-                               "clop.kcl_swap_types=[action]", "clop.kcl_negatives_per_caption=8"]),
+                              _CONSTRUCTION_ONLY + _GROUNDED_SWAPS),
     # S-ViLM with each phrase taken as the mean of the caption's token states over its span (the previous
     # default): those states carry the whole caption, and grounding then picks the background group.
     "svilm_span": ("+ S-ViLM, phrases as caption spans", "svilm.yaml", ["svilm.phrase_encoding=span"]),
