@@ -288,6 +288,30 @@ def test_paraphrases_are_found_when_two_objects_use_both_words_in_one_caption():
     assert ("attribute", "big", "large") in paraphrase_pairs(videos, knowledge)
 
 
+def test_relation_paraphrases_are_found_on_the_predicate_a_swap_replaces(tmp_path):
+    # Six videos say "beneath" in one caption and "below" in the other, about the same two objects.
+    videos = [[f"a {c} star is beneath a square", f"a {c} star is below a square"]
+              for c in ("red", "blue", "green", "cyan", "white", "black")]
+    videos += [["a red star is above a square"]]
+    # Two squares described from either side: "above" and "below" alternate, yet are not paraphrases.
+    videos += [[f"a {c} square is above a white square", f"the white square is below the {c} square"]
+               for c in ("red", "blue", "green", "cyan", "black", "orange")]
+    knowledges = extract_knowledge([c for v in videos for c in v])
+    assert {e["label"] for e in knowledges[0].element_spans if e["type"] == "relation"} == {"star|beneath|square"}
+    pairs = paraphrase_pairs(videos, {k.caption: k for k in knowledges})
+    assert ("relation", "beneath", "below") in pairs and ("relation", "below", "beneath") in pairs
+    assert ("relation", "beneath", "above") not in pairs and ("relation", "above", "below") not in pairs
+    # and the construction then never swaps one for the other
+    vocab = KnowledgeVocab.build(knowledges, top_k={"object": 20, "attribute": 20, "action": 20, "relation": 20},
+                                 min_count=1)
+    with KnowledgeCache(tmp_path / "cache") as cache:
+        negatives = build_swapped_negatives(knowledges, vocab, cache, ["relation"], per_type=6,
+                                            videos_captions=videos)
+    swaps = negatives["a red star is beneath a square"]
+    assert ("a red star is above a square", "relation") in swaps
+    assert not any("below" in caption for caption, _ in swaps)
+
+
 def test_swaps_leave_undescribed_nouns_alone(parsed, tmp_path):
     # "video" is never described by an attribute: not swapped, and never put in place of a shape.
     captions = CAPTIONS + ["in this video a small red circle moves to the left",

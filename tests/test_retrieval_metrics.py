@@ -56,6 +56,8 @@ def test_hard_negative_accuracy_per_factor():
     out = hard_negative_accuracy(video, true, [(0, "colour", good), (1, "colour", bad), (0, "shape", good)])
     # clip 1's colour twin equals clip 0's truth direction: for clip 1 score 0 vs true 1 -> win.
     assert out["hard_negative/colour"] == 100.0 and out["hard_negative/shape"] == 100.0
+    assert (out["hard_negative/pairs/colour"], out["hard_negative/pairs/shape"]) == (2, 1)
+    assert out["hard_negative/pairs/overall"] == 3
     out = hard_negative_accuracy(video, true, [(0, "colour", torch.tensor([1.0, 0.0]))])
     assert out["hard_negative/colour"] == 0.0  # a tie is not a win
 
@@ -134,8 +136,28 @@ def test_metrics_table_puts_the_blind_score_beside_its_factor():
                                   "hard_negative/static/action": 58.0,
                                   "hard_negative/overall": 73.5, "hard_negative/blind/overall": 50.1,
                                   "hard_negative/static/overall": 72.2, "hard_negative/chance": 50.0})
-    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[5:]}
+    rows = {line.split()[0]: line.split()[1:] for line in _factor_rows(table)}
     assert rows == {"action": ["61.5", "45.6", "58.0"], "overall": ["73.5", "50.1", "72.2"]}
     # runs evaluated before the static control existed keep their two columns
     table = format_metrics_table({"hard_negative/action": 61.5, "hard_negative/blind/action": 45.6})
-    assert [line.split()[1:] for line in table.splitlines()[5:]] == [["61.5", "45.6"]]
+    assert [line.split()[1:] for line in _factor_rows(table)] == [["61.5", "45.6"]]
+
+
+def _factor_rows(table: str) -> list[str]:
+    lines = table.splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.split()[:1] == ["factor"]) + 1:]
+
+
+def test_metrics_table_gives_each_factor_its_pairs_and_standard_error():
+    from structvl.tasks.evaluate import format_metrics_table
+
+    table = format_metrics_table({"hard_negative/relation": 50.0, "hard_negative/pairs/relation": 126.0,
+                                  "hard_negative/balanced/relation": 44.1,
+                                  "hard_negative/shape": 64.0, "hard_negative/pairs/shape": 2273.0})
+    rows = {line.split()[0]: line for line in _factor_rows(table)}
+    # 100 * sqrt(0.5 * 0.5 / 126) = 4.45; 100 * sqrt(0.64 * 0.36 / 2273) = 1.01
+    assert rows["relation"].split()[-3:] == ["44.1", "126", "4.5"]
+    assert rows["shape"].split()[-2:] == ["2273", "1.0"]
+    # the columns stay aligned when controls are missing: the count ends where its header does
+    header = next(line for line in table.splitlines() if line.split()[:1] == ["factor"])
+    assert rows["shape"].index("2273") + len("2273") == header.index("pairs") + len("pairs")

@@ -264,7 +264,13 @@ def paraphrase_pairs(videos_captions: list[list[str]], knowledge: dict[str, Capt
     Evidence from videos with several captions (MSR-VTT has 20): a and b alternate when one caption of a
     video says a, another says b, and no caption of it says both. Attributes are compared on the same noun
     ("big|square" vs "large|square"): a caption of two objects may well say "a big square and a large
-    circle", so unbound attribute labels would look used together. Pairs that alternate in at least
+    circle", so unbound attribute labels would look used together. Relations are compared by their predicate,
+    the part a swap replaces, on the same subject and object ("beneath" vs "below" in "triangle|beneath|cross"
+    and "triangle|below|cross"); compared as whole triples they never matched a swap, and "the triangle is
+    beneath the cross" got "... below the cross" as a negative. Relations between two objects of the same
+    name give no evidence: "the white triangle is above the orange triangle" and "the orange triangle is
+    below the white triangle" are both "triangle|...|triangle", and would make "above" and "below" look like
+    paraphrases. Pairs that alternate in at least
     `min_videos` videos and `ratio` times more often than they appear together in one caption are taken
     as paraphrases. A corpus with one caption per video gives no evidence and no pairs.
     """
@@ -272,7 +278,15 @@ def paraphrase_pairs(videos_captions: list[list[str]], knowledge: dict[str, Capt
         out = set()
         for kind, elements in knowledge_elements(k).items():
             for element in elements:
-                label, _, noun = element.partition("|") if kind == "attribute" else (element, "", "")
+                if kind == "attribute":
+                    label, _, noun = element.partition("|")
+                elif kind == "relation":
+                    subject, label, obj = element.split("|")
+                    if subject == obj:
+                        continue
+                    noun = f"{subject}|{obj}"
+                else:
+                    label, noun = element, ""
                 out.add((kind, label, noun))
         return out
 

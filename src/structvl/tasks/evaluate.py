@@ -59,6 +59,12 @@ def evaluate_model(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
     return metrics
 
 
+def standard_error(accuracy_percent: float, pairs: float) -> float:
+    """The binomial standard error, in points, of an accuracy measured on `pairs` independent pairs."""
+    p = accuracy_percent / 100.0
+    return 100.0 * (p * (1.0 - p) / pairs) ** 0.5
+
+
 def format_metrics_table(metrics: dict[str, float]) -> str:
     """A readable table: retrieval both ways beside chance, then hard-negative accuracy per factor."""
     lines = []
@@ -75,12 +81,15 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
         lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0); blind: the")
         lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone;")
         lines.append("static: against the clip's own video frozen to its middle frame, i.e. without motion;")
-        lines.append("balanced: own, averaged over the kinds of change instead of the pairs (where the file names them)")
-        lines.append(f"  {'factor':<32}{'own':>7}{'blind':>7}{'static':>7}{'bal':>7}")
+        lines.append("balanced: own, averaged over the kinds of change instead of the pairs (where the file names them);")
+        lines.append("pairs and se: how many pairs the factor has and own's binomial standard error")
+        lines.append(f"  {'factor':<32}{'own':>7}{'blind':>7}{'static':>7}{'bal':>7}{'pairs':>7}{'se':>7}")
         for f in own:
+            accuracy, pairs = metrics["hard_negative/" + f], metrics.get(f"hard_negative/pairs/{f}")
             controls = [metrics.get(f"hard_negative/{c}/{f}") for c in ("blind", "static", "balanced")]
-            lines.append(f"  {f:<32}{metrics['hard_negative/' + f]:7.1f}"
-                         + "".join(f"{v:7.1f}" if v is not None else " " * 7 for v in controls).rstrip())
+            counted = f"{int(pairs):7d}{standard_error(accuracy, pairs):7.1f}" if pairs else ""
+            lines.append((f"  {f:<32}{accuracy:7.1f}"
+                          + "".join(f"{v:7.1f}" if v is not None else " " * 7 for v in controls) + counted).rstrip())
     return "\n".join(lines)
 
 

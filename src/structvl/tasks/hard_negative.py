@@ -85,6 +85,12 @@ def hard_negative_accuracy(video_embed: torch.Tensor, true_embed: torch.Tensor,
         out[f"hard_negative/{prefix}overall"] = 100.0 * sum(every) / max(1, len(every))
     for factor, cells in sorted(by_change.items()):
         out[f"hard_negative/balanced/{factor}"] = 100.0 * balanced_accuracy(cells)
+    # How many pairs each factor has: its accuracy's binomial standard error is 100 * sqrt(p (1 - p) / pairs),
+    # e.g. 4.5 points for the structured corpus's 126 relation pairs, so a smaller difference between two runs
+    # is not evidence that one binds relations better.
+    for factor, wins in sorted(own.items()):
+        out[f"hard_negative/pairs/{factor}"] = float(len(wins))
+    out["hard_negative/pairs/overall"] = float(len(negatives))
     out["hard_negative/chance"] = 50.0
     return out
 
