@@ -500,7 +500,7 @@ class KnowledgeContrastiveObjective(nn.Module):
     (`hard_negative/static/action`; 400 steps, lr 5e-4, 2 seeds) `clop_grounded` keeps 58.5 of its 60.9
     (baseline 46.6 of 49.7), and the gain is a preference for "staying still" over any motion, which the
     benchmark's unbalanced pairs reward (`hard_negative/balanced/action`: 51.9 vs the baseline's 52.2;
-    scripts/hard_negative_action_pairs.py).
+    scripts/hard_negative_pairs.py).
     Uniform swaps teach that preference: a frequent label such as "stay" is rarely swapped in, so it is far
     more often the truth than the negative; `kcl_swap_sampling: frequency` draws labels as captions use them.
     """

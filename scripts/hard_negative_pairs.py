@@ -1,6 +1,9 @@
-"""Hard-negative action accuracy per (true action -> twin's action) pair, with the clip, frozen, and blind.
+"""Hard-negative accuracy per (true label -> twin's label) pair, with the clip, frozen, and blind.
 
-    python scripts/hard_negative_action_pairs.py CORPUS RUN [RUN ...]
+    python scripts/hard_negative_pairs.py [--factor action|shape|colour|size|relation] CORPUS RUN [RUN ...]
+
+The factor is action unless `--factor` names another: then the table says which shape (colour, ...) the twin
+puts in place of which.
 
 `hard_negative/action` is one number over ~3,400 pairs; this splits it by which action the twin puts in place of
 which. Each pair is scored three ways: against the clip's own video (the benchmark), against the clip frozen to
@@ -25,29 +28,35 @@ from pathlib import Path
 import torch
 
 from structvl.data.records import VideoRecord
-from structvl.data.synth.vocab import ACTIONS
+from structvl.data.synth.vocab import ACTIONS, COLOURS, RELATIONS, SHAPES, SIZES
 from structvl.data.text import Tokenizer
 from structvl.tasks.evaluate import eval_loader, load_run_model
 from structvl.tasks.hard_negative import balanced_accuracy, frozen_to_middle_frame, read_hard_negatives
 from structvl.tasks.retrieval import embed_texts, embed_videos
 
 
-def print_table(title: str, wins: dict[tuple[str, str], list[float]]) -> None:
-    short = {a: a.replace("moving ", "").replace("staying ", "")[:7] for a in ACTIONS}
+LABELS = {"action": ACTIONS, "shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "relation": RELATIONS}
+
+
+def print_table(title: str, wins: dict[tuple[str, str], list[float]], labels: tuple[str, ...] = ACTIONS) -> None:
+    short = {a: a.replace("moving ", "").replace("staying ", "")[:7] for a in labels}
     total = [w for cell in wins.values() for w in cell]
     balanced = balanced_accuracy(wins)
     print(f"{title}: {100 * sum(total) / max(1, len(total)):.1f}% of {len(total)} pairs, "
           f"{100 * balanced:.1f}% balanced (the mean of the cells: a fixed preference for one phrase scores 50)")
-    print(f"  {'clip / twin':<12}" + "".join(f"{short[a]:>8}" for a in ACTIONS) + "     row")
-    for true in ACTIONS:
-        cells = [wins.get((true, new), []) for new in ACTIONS]
+    print(f"  {'clip / twin':<12}" + "".join(f"{short[a]:>8}" for a in labels) + "     row")
+    for true in labels:
+        cells = [wins.get((true, new), []) for new in labels]
         row = [w for cell in cells for w in cell]
         print(f"  {short[true]:<12}" + "".join(f"{100 * sum(c) / len(c):8.0f}" if c else f"{'-':>8}" for c in cells)
               + f"  {100 * sum(row) / max(1, len(row)):5.1f} ({len(row)})")
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
+    factor = "action"
+    if argv[:1] == ["--factor"] and len(argv) > 1:
+        factor, argv = argv[1], argv[2:]
+    if factor not in LABELS or len(argv) < 2:
         print(__doc__)
         return 2
     corpus = Path(argv[0])
@@ -63,8 +72,8 @@ def main(argv: list[str]) -> int:
             frozen, _ = embed_videos(model, eval_loader(records, cfg, corpus, tokenizer), device,
                                      transform=frozen_to_middle_frame)
             true = embed_texts(model, tokenizer, [rows[i]["caption"] for i in kept], device)
-            pairs = [(pos, old, new, twin) for pos, i in enumerate(kept)  # (clip, true action, twin's, twin)
-                     for twin, (old, new) in zip(rows[i]["negatives"]["action"], rows[i]["changes"]["action"])]
+            pairs = [(pos, old, new, twin) for pos, i in enumerate(kept)  # (clip, true label, twin's, twin)
+                     for twin, (old, new) in zip(rows[i]["negatives"][factor], rows[i]["changes"][factor])]
             twins = embed_texts(model, tokenizer, [p[3] for p in pairs], device)
         mean_video = video.mean(0, keepdim=True).expand_as(video)
         print(f"{run}")
@@ -72,7 +81,7 @@ def main(argv: list[str]) -> int:
             wins = defaultdict(list)
             for j, (pos, old, new, _) in enumerate(pairs):
                 wins[(old, new)].append(float(clips[pos] @ true[pos] > clips[pos] @ twins[j]))
-            print_table(title, wins)
+            print_table(title, wins, LABELS[factor])
     return 0
 
 
