@@ -136,16 +136,18 @@ def test_metrics_table_puts_the_blind_score_beside_its_factor():
                                   "hard_negative/static/action": 58.0,
                                   "hard_negative/overall": 73.5, "hard_negative/blind/overall": 50.1,
                                   "hard_negative/static/overall": 72.2, "hard_negative/chance": 50.0})
-    rows = {line.split()[0]: line.split()[1:] for line in _factor_rows(table)}
+    rows = {line.split()[0]: line.split()[1:] for line in _factor_table(table)[1]}
     assert rows == {"action": ["61.5", "45.6", "58.0"], "overall": ["73.5", "50.1", "72.2"]}
     # runs evaluated before the static control existed keep their two columns
     table = format_metrics_table({"hard_negative/action": 61.5, "hard_negative/blind/action": 45.6})
-    assert [line.split()[1:] for line in _factor_rows(table)] == [["61.5", "45.6"]]
+    assert [line.split()[1:] for line in _factor_table(table)[1]] == [["61.5", "45.6"]]
 
 
-def _factor_rows(table: str) -> list[str]:
+def _factor_table(table: str) -> tuple[str, list[str]]:
+    """The hard-negative table's header line and the factor rows under it."""
     lines = table.splitlines()
-    return lines[next(i for i, line in enumerate(lines) if line.split()[:1] == ["factor"]) + 1:]
+    at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["factor"])
+    return lines[at], lines[at + 1:]
 
 
 def test_metrics_table_gives_each_factor_its_pairs_and_standard_error():
@@ -154,10 +156,10 @@ def test_metrics_table_gives_each_factor_its_pairs_and_standard_error():
     table = format_metrics_table({"hard_negative/relation": 50.0, "hard_negative/pairs/relation": 126.0,
                                   "hard_negative/balanced/relation": 44.1,
                                   "hard_negative/shape": 64.0, "hard_negative/pairs/shape": 2273.0})
-    rows = {line.split()[0]: line for line in _factor_rows(table)}
+    header, lines = _factor_table(table)
+    rows = {line.split()[0]: line for line in lines}
     # 100 * sqrt(0.5 * 0.5 / 126) = 4.45; 100 * sqrt(0.64 * 0.36 / 2273) = 1.01
     assert rows["relation"].split()[-3:] == ["44.1", "126", "4.5"]
     assert rows["shape"].split()[-2:] == ["2273", "1.0"]
     # the columns stay aligned when controls are missing: the count ends where its header does
-    header = next(line for line in table.splitlines() if line.split()[:1] == ["factor"])
     assert rows["shape"].index("2273") + len("2273") == header.index("pairs") + len("pairs")

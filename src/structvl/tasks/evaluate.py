@@ -81,8 +81,8 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
         lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0); blind: the")
         lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone;")
         lines.append("static: against the clip's own video frozen to its middle frame, i.e. without motion;")
-        lines.append("balanced: own, averaged over the kinds of change instead of the pairs (where the file names them);")
-        lines.append("pairs and se: how many pairs the factor has and own's binomial standard error")
+        lines.append("balanced: own, averaged over the kinds of change instead of the pairs (where the file names")
+        lines.append("them); pairs and se: how many pairs the factor has and own's binomial standard error")
         lines.append(f"  {'factor':<32}{'own':>7}{'blind':>7}{'static':>7}{'bal':>7}{'pairs':>7}{'se':>7}")
         for f in own:
             accuracy, pairs = metrics["hard_negative/" + f], metrics.get(f"hard_negative/pairs/{f}")
