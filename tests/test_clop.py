@@ -15,7 +15,8 @@ from structvl.config import ConfigError, load_config
 from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, extract_knowledge, knowledge_for
 from structvl.objectives.clop import (
     KnowledgeGroupedSampler, KnowledgePredictionObjective, average_precision, build_swapped_negatives,
-    described_objects, differs_in_one_element, jaccard, knowledge_elements, paraphrase_pairs, text_shortcut_penalty,
+    described_objects, differs_in_one_element, jaccard, knowledge_elements, multi_hot, paraphrase_pairs,
+    text_shortcut_penalty,
 )
 from structvl.objectives.contrastive import info_nce
 from structvl.objectives.pretraining import PretrainOutputs
@@ -101,6 +102,12 @@ def test_skp_loss_is_the_mean_bce_over_types(parsed):
     summed = sum(F.binary_cross_entropy_with_logits(logits[k], targets[k], reduction="sum") / 3
                  for k in objective.types) / len(objective.types)
     assert float(objective.bce(embed, targets)) == pytest.approx(float(summed), rel=1e-5)
+    # clop.skp_type_weights: each type's term times its weight (a type not named weighs 1), still over 4 types
+    objective.type_weights = {**objective.type_weights, "object": 0.25, "action": 3.0}
+    weighted = sum(objective.type_weights[k] * F.binary_cross_entropy_with_logits(logits[k], targets[k],
+                                                                                   reduction="sum") / 3
+                   for k in objective.types) / len(objective.types)
+    assert float(objective.bce(embed, targets)) == pytest.approx(float(weighted), rel=1e-5)
     assert set(objective.types) == {"object", "attribute", "action"} | ({"relation"} if vocab.size("relation") else set())
 
 
@@ -146,16 +153,22 @@ def test_skp_encoder_input_trains_the_encoder_feature_not_the_shared_embedding(p
     vocab = KnowledgeVocab.build(parsed, top_k=10)
     model = SimpleNamespace(video_encoder=SimpleNamespace(width=6))
     batch = {"knowledge": parsed[:4], "video_id": ["a", "b", "c", "d"]}
-    grads = {}
-    for source in ("shared", "encoder"):
-        cfg = load_config("clop", ["model.embed_dim=8", f"clop.skp_input={source}"])
+    grads, mixed = {}, ["clop.skp_input=encoder", "clop.skp_type_inputs.object=shared"]
+    for source, overrides in (("shared", ["clop.skp_input=shared"]), ("encoder", ["clop.skp_input=encoder"]),
+                              ("mixed", mixed), ("object only", mixed + ["clop.skp_types=[object]"])):
+        cfg = load_config("clop", ["model.embed_dim=8", *overrides])
         objective = KnowledgePredictionObjective(cfg, model, ObjectiveContext(vocab=vocab))
         embed, pooled = torch.randn(4, 8, requires_grad=True), torch.randn(4, 6, requires_grad=True)
         outputs = SimpleNamespace(video=SimpleNamespace(embed=embed, encoder=SimpleNamespace(pooled=pooled)))
         objective(batch, outputs, None)["loss"].backward()
         grads[source] = (embed.grad, pooled.grad)
+        if source == "mixed":  # clop.skp_type_inputs: the object head reads the shared embedding, the others the encoder
+            assert {k: head[0].in_features for k, head in objective.heads.items()} == {
+                k: 8 if k == "object" else 6 for k in objective.types}
     assert grads["shared"][0] is not None and grads["shared"][1] is None
     assert grads["encoder"][0] is None and grads["encoder"][1].abs().sum() > 0
+    assert grads["mixed"][0].abs().sum() > 0 and grads["mixed"][1].abs().sum() > 0
+    assert grads["object only"][0].abs().sum() > 0 and grads["object only"][1] is None
     with pytest.raises(ValueError, match="skp_from_text"):
         KnowledgePredictionObjective(load_config("clop", ["clop.skp_input=encoder", "clop.skp_from_text=true"]),
                                      model, ObjectiveContext(vocab=vocab))
@@ -405,9 +418,44 @@ def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_r
     assert list(ranks[0]) == epoch1[5:]
 
 
+def test_kcl_sampling_weighs_the_kcl_types_whatever_skp_predicts(parsed):
+    """The sampler's and the negative weights' knowledge is clop.kcl_types (all four by default), not SKP's
+    types: SKP on actions alone once made the sampler group batches by action alone (README, stop 20)."""
+    from types import SimpleNamespace
+
+    from structvl.objectives.base import ObjectiveContext
+    from structvl.objectives.clop import KnowledgeContrastiveObjective, build_knowledge_sampler
+    vocab = KnowledgeVocab.build(parsed, top_k=10)
+    context = ObjectiveContext(vocab=vocab, knowledge={k.caption: k for k in parsed})
+    dataset = SimpleNamespace(items=[(i, 0) for i in range(len(CAPTIONS))],
+                              records=[SimpleNamespace(captions=[c]) for c in CAPTIONS])
+    batch = {"knowledge": parsed}
+    for kcl_types in (None, ["action"]):
+        overrides = ["clop.skp_types=[action]", "clop.kcl_construct=false"]
+        overrides += [f"clop.kcl_types=[{','.join(kcl_types)}]"] if kcl_types else []
+        cfg = load_config("clop", overrides)
+        types = kcl_types or ["object", "attribute", "action", "relation"]
+        labels = multi_hot(parsed, vocab, types)
+        sampler = build_knowledge_sampler(cfg, dataset, context, world_size=1, rank=0)
+        assert sampler.labels.shape[1] == sum(vocab.size(t) for t in types)
+        weights = KnowledgeContrastiveObjective(cfg, None, context)._weights(batch, torch.device("cpu"))
+        torch.testing.assert_close(weights, 1.0 + jaccard(labels, labels))
+
+
 def test_contrastive_and_kcl_together_is_a_config_error():
     with pytest.raises(ConfigError, match="clop_kcl"):
         load_config("clop", ["objectives.contrastive=1"])
+
+
+def test_skp_type_weights_and_inputs_name_a_knowledge_type(parsed):
+    objective = _skp_for(parsed, "clop.skp_type_weights.object=0.25")
+    assert objective.type_weights == {k: 0.25 if k == "object" else 1.0 for k in objective.types}
+    with pytest.raises(ConfigError, match="clop.skp_type_weights.objects"):
+        load_config("clop", ["clop.skp_type_weights.objects=0.25"])
+    with pytest.raises(ConfigError, match="clop.skp_type_weights.object"):
+        load_config("clop", ["clop.skp_type_weights.object=-1"])
+    with pytest.raises(ConfigError, match="clop.skp_type_inputs.object"):
+        load_config("clop", ["clop.skp_type_inputs.object=fused"])
 
 
 def test_exclude_names_a_knowledge_type_and_lists_labels():

@@ -75,22 +75,31 @@ class KnowledgePredictionObjective(nn.Module):
         self.vocab, self.types = context.vocab, [t for t in cfg.clop.skp_types if context.vocab.size(t) > 0]
         self.from_text, self.similarity_weight = cfg.clop.skp_from_text, cfg.clop.skp_similarity_weight
         self.reduction = cfg.clop.skp_reduction
+        self.type_weights = {kind: float(cfg.clop.skp_type_weights.get(kind, 1.0)) for kind in self.types}
         self.video_targets = cfg.clop.skp_targets == "video"
         self.knowledge, self.videos_captions = context.knowledge, context.videos_captions
-        self.encoder_input = cfg.clop.skp_input == "encoder"
-        if self.encoder_input and self.from_text:
-            raise ValueError("config keys 'clop.skp_input=encoder' and 'clop.skp_from_text': the text embedding has "
-                             "no place in the video encoder's feature space; use skp_input=shared")
-        dim = model.video_encoder.width if self.encoder_input else cfg.model.embed_dim
+        # What each type's head reads: "shared" (the retrieval embedding) or "encoder" (the pooled encoder feature);
+        # clop.skp_type_inputs overrides clop.skp_input per type.
+        self.inputs = {kind: cfg.clop.skp_type_inputs.get(kind, cfg.clop.skp_input) for kind in self.types}
+        if self.from_text and "encoder" in self.inputs.values():
+            raise ValueError("config keys 'clop.skp_input=encoder' (or skp_type_inputs) and 'clop.skp_from_text': the "
+                             "text embedding has no place in the video encoder's feature space; use skp_input=shared")
+        dims = {"shared": cfg.model.embed_dim, "encoder": model.video_encoder.width if model is not None else None}
         hidden = cfg.clop.skp_hidden
         self.heads = nn.ModuleDict({
-            kind: (nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, self.vocab.size(kind)))
-                   if hidden > 0 else nn.Linear(dim, self.vocab.size(kind)))
+            kind: (nn.Sequential(nn.Linear(dims[self.inputs[kind]], hidden), nn.GELU(),
+                                 nn.Linear(hidden, self.vocab.size(kind)))
+                   if hidden > 0 else nn.Linear(dims[self.inputs[kind]], self.vocab.size(kind)))
             for kind in self.types})
         # Batch-normalised head inputs (clop.skp_input_norm="batch"): the heads read how a clip's embedding differs
-        # from the batch's, not the direction all clips share. One norm per side; statistics are per rank.
-        sides = ["video", "text"] if self.from_text else ["video"]
-        self.input_norm = (nn.ModuleDict({side: nn.BatchNorm1d(dim, affine=False) for side in sides})
+        # from the batch's, not the direction all clips share. One norm per side and input ("video" is the video
+        # side's skp_input, "video_shared"/"video_encoder" a per-type other); statistics are per rank.
+        self.norm_keys = {("video", cfg.clop.skp_input): "video", ("text", "shared"): "text"}
+        for used in set(self.inputs.values()) - {cfg.clop.skp_input}:
+            self.norm_keys[("video", used)] = f"video_{used}"
+        norm_dims = {key: dims[used] for (side, used), key in self.norm_keys.items()
+                     if (side == "video" and used in self.inputs.values()) or (side == "text" and self.from_text)}
+        self.input_norm = (nn.ModuleDict({key: nn.BatchNorm1d(dim, affine=False) for key, dim in norm_dims.items()})
                            if cfg.clop.skp_input_norm == "batch" else None)
         if cfg.clop.skp_prior_init and context.knowledge:
             self.init_biases_to_prior(list(context.knowledge.values()))
@@ -110,26 +119,30 @@ class KnowledgePredictionObjective(nn.Module):
             last = self.heads[kind][-1] if isinstance(self.heads[kind], nn.Sequential) else self.heads[kind]
             last.bias.copy_(torch.log(p / (1 - p)))
 
-    def normalised(self, embed: torch.Tensor, side: str) -> torch.Tensor:
+    def normalised(self, embed: torch.Tensor, side: str, used: str) -> torch.Tensor:
         if self.input_norm is None:
             return embed
-        norm = self.input_norm[side]
+        norm = self.input_norm[self.norm_keys[(side, used)]]
         if norm.training and embed.shape[0] < 2:  # one clip has no batch statistics: use the running ones
             return F.batch_norm(embed.float(), norm.running_mean, norm.running_var, training=False, eps=norm.eps)
         return norm(embed.float())
 
-    def predict(self, embed: torch.Tensor, side: str = "video") -> dict[str, torch.Tensor]:
-        embed = self.normalised(embed, side)
-        return {kind: head(embed) for kind, head in self.heads.items()}
+    def predict(self, embed: torch.Tensor | dict[str, torch.Tensor], side: str = "video") -> dict[str, torch.Tensor]:
+        """Logits per type from `embed`: one tensor that every head reads, or {"shared"/"encoder": tensor} by input."""
+        features = embed if isinstance(embed, dict) else {used: embed for used in set(self.inputs.values())}
+        normed = {used: self.normalised(features[used], side, used) for used in set(self.inputs.values())}
+        return {kind: head(normed[self.inputs[kind]]) for kind, head in self.heads.items()}
 
-    def bce(self, embed: torch.Tensor, targets: dict[str, torch.Tensor], side: str = "video") -> torch.Tensor:
-        """Multi-label BCE per type, averaged over the types; within a type averaged over labels ("mean") or
-        summed over them ("sum", clop.skp_reduction), then averaged over clips."""
+    def bce(self, embed: torch.Tensor | dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+            side: str = "video") -> torch.Tensor:
+        """Multi-label BCE per type, times the type's weight (clop.skp_type_weights), averaged over the types;
+        within a type averaged over labels ("mean") or summed over them ("sum", clop.skp_reduction), then
+        averaged over clips."""
         logits = self.predict(embed, side)
         per_type = [F.binary_cross_entropy_with_logits(logits[k].float(), targets[k], reduction="none")
                     for k in self.types]
         per_type = [b.mean() if self.reduction == "mean" else b.sum(1).mean() for b in per_type]
-        return sum(per_type) / len(self.types)
+        return sum(self.type_weights[k] * b for k, b in zip(self.types, per_type)) / len(self.types)
 
     def targets(self, batch: dict) -> dict[str, torch.Tensor]:
         """{type: (B, size)} 0/1 labels of each clip: its caption's knowledge, or with skp_targets="video" the
@@ -146,7 +159,7 @@ class KnowledgePredictionObjective(nn.Module):
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
         device = outputs.video.embed.device
         targets = {k: v.to(device) for k, v in self.targets(batch).items()}
-        video = outputs.video.encoder.pooled if self.encoder_input else outputs.video.embed
+        video = {"shared": outputs.video.embed, "encoder": outputs.video.encoder.pooled}
         out = {"video_bce": self.bce(video, targets)}
         loss = out["video_bce"]
         if self.from_text:
@@ -183,8 +196,10 @@ class KnowledgePredictionObjective(nn.Module):
         video_root = Path(cfg.data.videos) if cfg.data.videos else root
         was_training = self.training
         self.eval()
-        video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device, autocast,
-                                         pooled=self.encoder_input)
+        video_embed = {}
+        for used in sorted(set(self.inputs.values())):
+            video_embed[used], kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device,
+                                                   autocast, pooled=used == "encoder")
         with KnowledgeCache(Path(cfg.knowledge.cache_dir or root / "knowledge_cache")) as cache:
             # a test video's knowledge: the labels of all of its captions
             per_caption = knowledge_for([c for i in kept for c in records[i].captions], cache)
@@ -194,7 +209,7 @@ class KnowledgePredictionObjective(nn.Module):
             merged = self.vocab.encode_batch(per_caption[position:position + n])
             per_video.append({k: v.amax(0) for k, v in merged.items()})
             position += n
-        scores = self.predict(video_embed.to(device).float())
+        scores = self.predict({used: e.to(device).float() for used, e in video_embed.items()})
         self.train(was_training)
         metrics, all_ap, all_chance = {}, [], []
         for kind in self.types:
@@ -524,7 +539,7 @@ class KnowledgeContrastiveObjective(nn.Module):
                 exclude=cfg.knowledge.exclude, sampling=cfg.clop.kcl_swap_sampling)
 
     def _weights(self, batch: dict, device) -> torch.Tensor:
-        labels = multi_hot(batch["knowledge"], self.vocab, list(self.cfg.skp_types)).to(device)
+        labels = multi_hot(batch["knowledge"], self.vocab, list(self.cfg.kcl_types)).to(device)
         all_labels = torch.cat(_gather_no_grad(labels))
         return 1.0 + self.cfg.kcl_weight_strength * jaccard(labels, all_labels)
 
@@ -633,7 +648,7 @@ class KnowledgeGroupedSampler(ResumableDistributedSampler):
 
 def build_knowledge_sampler(cfg, dataset, context, world_size: int, rank: int) -> KnowledgeGroupedSampler:
     """The KCL sampler for a map-style VideoTextDataset: a clip's labels are the union over its captions."""
-    types = list(cfg.clop.skp_types)
+    types = list(cfg.clop.kcl_types)
     rows = []
     for record_index, _ in dataset.items:
         captions = dataset.records[record_index].captions
