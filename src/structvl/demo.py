@@ -53,6 +53,10 @@ ABLATIONS = {
     "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder", "demo.yaml", _ACTION_SKP_ON_ENCODER),
     "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty", "clop.yaml",
                               _CONSTRUCTION_ONLY + _GROUNDED_SWAPS),
+    # clop_motion_skp with KCL's sampling, its batches grouped (and negatives weighted) by shared attributes only:
+    # clips of one colour and size meet, so the InfoNCE must tell them apart by shape and motion (README, stop 20).
+    "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes", "clop.yaml",
+                             _ACTION_SKP_ON_ENCODER + ["clop.kcl_construct=false", "clop.kcl_types=[attribute]"]),
     # S-ViLM with each phrase taken as the mean of the caption's token states over its span (the previous
     # default): those states carry the whole caption, and grounding then picks the background group.
     "svilm_span": ("+ S-ViLM, phrases as caption spans", "svilm.yaml", ["svilm.phrase_encoding=span"]),
