@@ -41,9 +41,9 @@ def test_each_recipe_switches_what_its_label_says():
     motion, motion_skp, motion_construct = (_resolve(n) for n in
                                             ("clop_motion", "clop_motion_skp", "clop_motion_construct"))
     assert _on(motion) == {"clop_kcl", "clop_skp"} and _on(motion_skp) == {"contrastive", "clop_skp"}
-    for cfg in (motion, motion_skp, _resolve("clop_motion_sampling")):  # the same SKP in each
-        assert (list(cfg.clop.skp_types), cfg.clop.skp_input, cfg.objectives["clop_skp"]) == (["action"], "encoder", 4)
     motion_sampling = _resolve("clop_motion_sampling")  # SKP + KCL sampling grouped by attributes, no swaps
+    for cfg in (motion, motion_skp, motion_sampling):  # the same SKP in each
+        assert (list(cfg.clop.skp_types), cfg.clop.skp_input, cfg.objectives["clop_skp"]) == (["action"], "encoder", 4)
     assert _on(motion_sampling) == {"clop_kcl", "clop_skp"} and not motion_sampling.clop.kcl_construct
     assert motion_sampling.clop.kcl_batch_sampler and list(motion_sampling.clop.kcl_types) == ["attribute"]
     assert _on(motion_construct) == {"clop_kcl"} and not motion_construct.clop.kcl_batch_sampler

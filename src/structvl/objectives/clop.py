@@ -82,7 +82,8 @@ class KnowledgePredictionObjective(nn.Module):
         # What each type's head reads: "shared" (the retrieval embedding) or "encoder" (the pooled encoder feature);
         # clop.skp_type_inputs overrides clop.skp_input per type.
         self.inputs = {kind: cfg.clop.skp_type_inputs.get(kind, cfg.clop.skp_input) for kind in self.types}
-        if self.from_text and "encoder" in self.inputs.values():
+        self.used_inputs = sorted(set(self.inputs.values()))
+        if self.from_text and "encoder" in self.used_inputs:
             raise ValueError("config keys 'clop.skp_input=encoder' (or skp_type_inputs) and 'clop.skp_from_text': the "
                              "text embedding has no place in the video encoder's feature space; use skp_input=shared")
         dims = {"shared": cfg.model.embed_dim, "encoder": model.video_encoder.width if model is not None else None}
@@ -93,13 +94,13 @@ class KnowledgePredictionObjective(nn.Module):
                    if hidden > 0 else nn.Linear(dims[self.inputs[kind]], self.vocab.size(kind)))
             for kind in self.types})
         # Batch-normalised head inputs (clop.skp_input_norm="batch"): the heads read how a clip's embedding differs
-        # from the batch's, not the direction all clips share. One norm per side and input ("video" is the video
-        # side's skp_input, "video_shared"/"video_encoder" a per-type other); statistics are per rank.
-        self.norm_keys = {("video", cfg.clop.skp_input): "video", ("text", "shared"): "text"}
-        for used in set(self.inputs.values()) - {cfg.clop.skp_input}:
-            self.norm_keys[("video", used)] = f"video_{used}"
-        norm_dims = {key: dims[used] for (side, used), key in self.norm_keys.items()
-                     if (side == "video" and used in self.inputs.values()) or (side == "text" and self.from_text)}
+        # from the batch's, not the direction all clips share. One norm per video input - "video" for skp_input (the
+        # name checkpoints have always used), "video_shared"/"video_encoder" for a per-type other - and "text" for
+        # the caption side; statistics are per rank.
+        self.norm_keys = {used: "video" if used == cfg.clop.skp_input else f"video_{used}" for used in self.used_inputs}
+        norm_dims = {self.norm_keys[used]: dims[used] for used in self.used_inputs}
+        if self.from_text:
+            norm_dims["text"] = dims["shared"]
         self.input_norm = (nn.ModuleDict({key: nn.BatchNorm1d(dim, affine=False) for key, dim in norm_dims.items()})
                            if cfg.clop.skp_input_norm == "batch" else None)
         if cfg.clop.skp_prior_init and context.knowledge:
@@ -123,15 +124,15 @@ class KnowledgePredictionObjective(nn.Module):
     def normalised(self, embed: torch.Tensor, side: str, used: str) -> torch.Tensor:
         if self.input_norm is None:
             return embed
-        norm = self.input_norm[self.norm_keys[(side, used)]]
+        norm = self.input_norm["text" if side == "text" else self.norm_keys[used]]
         if norm.training and embed.shape[0] < 2:  # one clip has no batch statistics: use the running ones
             return F.batch_norm(embed.float(), norm.running_mean, norm.running_var, training=False, eps=norm.eps)
         return norm(embed.float())
 
     def predict(self, embed: torch.Tensor | dict[str, torch.Tensor], side: str = "video") -> dict[str, torch.Tensor]:
         """Logits per type from `embed`: one tensor that every head reads, or {"shared"/"encoder": tensor} by input."""
-        features = embed if isinstance(embed, dict) else {used: embed for used in set(self.inputs.values())}
-        normed = {used: self.normalised(features[used], side, used) for used in set(self.inputs.values())}
+        features = embed if isinstance(embed, dict) else {used: embed for used in self.used_inputs}
+        normed = {used: self.normalised(features[used], side, used) for used in self.used_inputs}
         return {kind: head(normed[self.inputs[kind]]) for kind, head in self.heads.items()}
 
     def bce(self, embed: torch.Tensor | dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
@@ -198,7 +199,7 @@ class KnowledgePredictionObjective(nn.Module):
         was_training = self.training
         self.eval()
         video_embed = {}
-        for used in sorted(set(self.inputs.values())):
+        for used in self.used_inputs:
             video_embed[used], kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device,
                                                    autocast, pooled=used == "encoder")
         with KnowledgeCache(Path(cfg.knowledge.cache_dir or root / "knowledge_cache")) as cache:
