@@ -97,6 +97,53 @@ def test_verb_misread_as_a_noun_is_repaired(knowledge):
     assert next(w for w in k.words if w["text"] == "slides")["pos"] == "VERB"
 
 
+def _one(nlp, caption: str) -> CaptionKnowledge:
+    return extract_knowledge([caption], nlp=nlp)[0]
+
+
+def test_the_recording_and_how_idioms_are_not_objects(nlp):
+    k = _one(nlp, "in this video a man is running in place")
+    assert k.objects == ["man"] and k.relations == []  # no "video", no "man | run in | place"
+    assert [np["text"] for np in k.noun_phrases] == ["a man"]  # nothing to ground "this video" in
+    # What the recording shows still counts: "music" describes the video's content.
+    assert _one(nlp, "a music video of a band").attributes == [["music", "video"]]
+    assert ["man", "stand in", "place"] in _one(nlp, "a man stands in the place near the river").relations
+
+
+def test_passive_see_and_show_present_their_subject(nlp):
+    k = _one(nlp, "a man is seen talking to the camera")
+    assert k.actions == ["talk"]  # not "see": nobody in the clip is seeing
+    assert k.relations == [["man", "talk to", "camera"]]  # the passive subject is the one talking
+    assert _one(nlp, "two snakes are shown in containers").actions == []
+    assert _one(nlp, "a man is showing the door").actions == ["show"]  # active: something he does
+
+
+def test_a_verb_of_change_keeps_its_adjective(nlp):
+    k = _one(nlp, "the red circle is getting bigger")
+    assert k.actions == ["get bigger"]  # "get" alone would not tell growing from shrinking
+    assert k.attributes == [["red", "circle"]]  # "bigger" is what happens, not how the circle looks
+    assert _spans_of(k, "action", "get bigger") == ["getting bigger"]
+    assert _one(nlp, "the ball is red").attributes == [["red", "ball"]]  # a stative linking verb: attribute
+
+
+def test_direction_misread_as_the_verb_leave_is_repaired(nlp):
+    assert _one(nlp, "a small blue square is heading left").actions == ["head left"]
+    k = _one(nlp, "the large yellow ring is moving left against a brown background")
+    assert k.actions == ["move left"]
+    assert k.relations == [["ring", "move left against", "background"]]
+    assert _one(nlp, "the man has left the room").actions == ["leave"]  # a real "leave" stays
+
+
+def test_absolute_with_gives_the_relation_of_its_noun(nlp):
+    k = _one(nlp, "a big triangle is staying still with the triangle under the star")
+    assert k.relations == [["triangle", "under", "star"]]  # not "triangle | stay with | triangle"
+    # spaCy hangs "on the right of the ring" on the verb: the flickering circle is not the one on the right.
+    k = _one(nlp, "a red circle is flickering on a brown background with the circle on the right of the ring")
+    assert ["circle", "right of", "ring"] in k.relations
+    assert not any(p == "with" or p.startswith("flicker right") for _, p, _ in k.relations)
+    assert _one(nlp, "a man with a hat is singing").relations == [["man", "with", "hat"]]  # not absolute
+
+
 # ---------------------------------------------------------------- spans
 def test_noun_phrase_spans_slice_the_caption_and_map_onto_tokens(knowledge):
     tokenizer = Tokenizer(max_length=32)

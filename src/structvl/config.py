@@ -155,8 +155,8 @@ class KnowledgeConfig:
     # Top-K labels per type kept as CLOP's label vocabulary (saved with the run as knowledge_vocab.json).
     top_k: dict = field(default_factory=lambda: {"object": 200, "attribute": 100, "action": 100, "relation": 300})
     min_count: int = 2  # a label must occur in this many training captions to enter the vocabulary
-    # Labels never kept (nor swapped by CLOP), per type, e.g. {action: [get, become, see]}: verbs the parser
-    # reads as actions that are not ("gets bigger", "can be seen moving").
+    # Labels never kept (nor swapped by CLOP), per type, e.g. {action: [start, begin]}: verbs the parser
+    # reads as actions that are not what anything does ("starts spinning").
     exclude: dict = field(default_factory=dict)
 
 
