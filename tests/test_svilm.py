@@ -9,11 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from structvl.config import ConfigError, VideoEncoderConfig, load_config
 from structvl.models.grouping import GroupingBlock
 from structvl.models.video_encoder import VideoEncoder
-from structvl.objectives.svilm import cut_and_paste, embed_phrases, grounding_loss, temporal_grouping_loss
+from structvl.objectives.svilm import (cut_and_paste, embed_phrases, grounding_loss, reverse_steps,
+                                       temporal_grouping_loss)
 from structvl.tasks.grounding import group_peak, permutation_accuracy, random_label_chance, two_means
 
 from test_engine import TINY, tiny_corpus  # noqa: F401  (the module-scoped corpus fixture)
@@ -65,13 +67,29 @@ def test_encoder_returns_groups_and_leaves_the_plain_path_unchanged():
 
 
 # ----------------------------------------------------------------------------- cut-and-paste
+def numbered_clips(b: int, t: int) -> torch.Tensor:
+    """(b, t, 3, 2, 2) clips whose frame f of clip i is filled with 100 * i + f: every frame says where it came from."""
+    video = (100 * torch.arange(b)[:, None] + torch.arange(t)[None]).float()[:, :, None, None, None]
+    return video.expand(b, t, 3, 2, 2).contiguous()
+
+
+def last_frame_padded(b: int, t: int, clip: int) -> torch.Tensor:
+    """(b, t) frame mask, all real but the last frame of `clip`."""
+    frame_mask = torch.ones(b, t, dtype=torch.bool)
+    frame_mask[clip, -1] = False
+    return frame_mask
+
+
+def assert_one_pasted_interval(is_a: torch.Tensor) -> None:
+    """One clip's (T',) part mask: both parts present, the pasted steps contiguous."""
+    pasted = (~is_a).nonzero().flatten()
+    assert 1 <= len(pasted) <= len(is_a) - 1
+    assert torch.equal(pasted, torch.arange(int(pasted[0]), int(pasted[-1]) + 1))
+
+
 def test_cut_and_paste_masks_and_frame_provenance():
     b, t, steps = 5, 8, 4
-    # Frame f of clip i is filled with the value 100 * i + f, so every output frame says where it came from.
-    video = (100 * torch.arange(b)[:, None] + torch.arange(t)[None]).float()[:, :, None, None, None]
-    video = video.expand(b, t, 3, 2, 2).contiguous()
-    frame_mask = torch.ones(b, t, dtype=torch.bool)
-    frame_mask[2, -1] = False
+    video, frame_mask = numbered_clips(b, t), last_frame_padded(b, t, clip=2)
     for seed in range(20):
         cut = cut_and_paste(video, steps, frame_mask=frame_mask, generator=torch.Generator().manual_seed(seed))
         value = cut.video[:, :, 0, 0, 0]
@@ -81,9 +99,7 @@ def test_cut_and_paste_masks_and_frame_provenance():
         assert torch.equal(cut.source == torch.arange(b)[:, None], frame_is_a)
         assert torch.equal(cut.source[~frame_is_a], cut.partner[:, None].expand(b, t)[~frame_is_a])
         for i in range(b):
-            pasted = (~cut.is_a[i]).nonzero().flatten()
-            assert 1 <= len(pasted) <= steps - 1  # both scenes present
-            assert torch.equal(pasted, torch.arange(int(pasted[0]), int(pasted[-1]) + 1))  # contiguous
+            assert_one_pasted_interval(cut.is_a[i])
             assert torch.equal(cut.frame_mask[i], frame_mask[cut.source[i], torch.arange(t)])
     fixed = cut_and_paste(video, steps, min_steps=2, max_steps=2, generator=torch.Generator().manual_seed(0))
     assert torch.all((~fixed.is_a).sum(1) == 2)
@@ -93,6 +109,88 @@ def test_cut_and_paste_masks_and_frame_provenance():
         cut_and_paste(video[:1], steps)
     with pytest.raises(ValueError, match="own partner"):
         cut_and_paste(video, steps, partner=torch.tensor([0, 0, 1, 2, 3]))
+
+
+def test_reverse_steps_plays_each_pasted_step_backwards_and_keeps_the_rest():
+    b, t, steps = 4, 8, 4
+    video, frame_mask = numbered_clips(b, t), last_frame_padded(b, t, clip=1)
+    for seed in range(20):
+        cut = reverse_steps(video, steps, frame_mask=frame_mask, generator=torch.Generator().manual_seed(seed))
+        value = cut.video[:, :, 0, 0, 0] - 100 * torch.arange(b)[:, None]  # the frame index each position shows
+        assert torch.equal(cut.source, torch.arange(b)[:, None].expand(b, t))  # only the clip's own frames
+        for i in range(b):
+            assert_one_pasted_interval(cut.is_a[i])
+            for k in range(steps):
+                shown, own = value[i, 2 * k:2 * k + 2].tolist(), [2 * k, 2 * k + 1]
+                # Every step keeps its own two frames (same appearance); a pasted step shows them backwards.
+                assert shown == (own if cut.is_a[i, k] else own[::-1])
+            assert torch.equal(cut.frame_mask[i], frame_mask[i, value[i].long()])
+    with pytest.raises(ValueError, match="2 frames per time step"):
+        reverse_steps(video, t)
+
+
+@pytest.mark.parametrize("source", ["batch", "reversed_steps"])
+def test_temporal_objective_pastes_from_the_configured_source(source):
+    from structvl.objectives.svilm import TemporalGroupingObjective
+
+    b, t, steps = 6, 8, 4
+    video = numbered_clips(b, t)
+    seen = {}
+
+    class RecordingEncoder:  # records the clips the objective encodes; per-step features = the step's pixels
+        time = steps
+
+        def __call__(self, clips, frame_mask):
+            seen["video"] = clips
+            features = clips.reshape(b, steps, -1).requires_grad_()
+            return SimpleNamespace(per_time_features=lambda: features,
+                                   frame_mask=torch.ones(b, steps, dtype=torch.bool))
+
+    model = SimpleNamespace(video_encoder=RecordingEncoder())
+    cfg = SimpleNamespace(svilm=SimpleNamespace(paste_source=source, cut_min_steps=1, cut_max_steps=0,
+                                                temporal_temperature=0.1, detach_centroids=False, temporal_centroids="all",
+                                                temporal_contrastive="uncut"))
+    objective = TemporalGroupingObjective(cfg, model, None)
+    out = objective({"video": video, "frame_mask": torch.ones(b, t, dtype=torch.bool)}, None, model)
+    assert torch.isfinite(out["loss"])
+    shown = seen["video"][:, :, 0, 0, 0]
+    own_clip = (shown // 100 == torch.arange(b)[:, None]).all(1)
+    own_frames = torch.equal(shown.sort(1).values, video[:, :, 0, 0, 0])
+    if source == "batch":
+        assert not own_clip.any()  # every clip got another clip's steps
+    else:
+        assert own_clip.all() and own_frames and not torch.equal(shown, video[:, :, 0, 0, 0])
+
+
+@pytest.mark.parametrize("centroids", ["all", "leave_one_out"])
+def test_temporal_objective_uses_the_configured_centroids(centroids):
+    from structvl.objectives.svilm import TemporalGroupingObjective
+
+    b, steps = 6, 4
+
+    class DistinctStepsEncoder:  # every step's feature unlike every other's: the degenerate solution
+        time = steps
+
+        def __call__(self, clips, frame_mask):
+            features = torch.eye(steps).expand(b, steps, steps).clone().requires_grad_()
+            return SimpleNamespace(per_time_features=lambda: features,
+                                   frame_mask=torch.ones(b, steps, dtype=torch.bool))
+
+    model = SimpleNamespace(video_encoder=DistinctStepsEncoder())
+    cfg = SimpleNamespace(svilm=SimpleNamespace(paste_source="batch", cut_min_steps=1, cut_max_steps=0,
+                                                temporal_temperature=0.1, detach_centroids=False,
+                                                temporal_centroids=centroids, temporal_contrastive="uncut"))
+    out = TemporalGroupingObjective(cfg, model, None)({"video": torch.zeros(b, 8, 3, 2, 2)}, None, model)
+    if centroids == "all":
+        assert out["accuracy"].item() == 1.0 and out["loss"].item() < 0.01
+    else:
+        assert out["loss"].item() == pytest.approx(math.log(2))
+
+
+def test_reversed_steps_needs_two_frames_per_step(tiny_corpus):  # noqa: F811
+    with pytest.raises(ConfigError, match="svilm.paste_source"):
+        load_config("svilm", TINY + [f"data.root={tiny_corpus}", "svilm.paste_source=reversed_steps",
+                                     "model.video.tubelet_size=1"])
 
 
 # ----------------------------------------------------------------------------- losses
@@ -114,6 +212,37 @@ def test_temporal_grouping_loss_hand_computed():
     valid = torch.tensor([[True, True, True, False]])
     out2 = temporal_grouping_loss(f2, torch.tensor([[True, True, False, True]]), valid, tau)
     assert out2["loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_temporal_grouping_leave_one_out_hand_computed():
+    f = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]]])
+    is_a = torch.tensor([[True, True, False, False]])
+    tau = 0.5
+    expected = 0.0
+    parts = {0: [0, 1], 1: [2, 3]}
+    for step in range(4):
+        label = 0 if step < 2 else 1
+        centroids = []
+        for part in (0, 1):
+            members = [k for k in parts[part] if k != step]  # the step itself is left out of its own part
+            centroids.append(F.normalize(f[0, members].mean(0), dim=0))
+        logits = torch.stack([f[0, step] @ c for c in centroids]) / tau
+        expected += float(torch.logsumexp(logits, 0) - logits[label]) / 4
+    out = temporal_grouping_loss(f, is_a, None, tau, leave_one_out=True)
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert out["loss"].item() != pytest.approx(temporal_grouping_loss(f, is_a, None, tau)["loss"].item(), rel=1e-3)
+    # Every step unlike every other: with itself in its centroid each step finds its part; left out, none can.
+    distinct = torch.eye(4)[None]
+    assert temporal_grouping_loss(distinct, is_a, None, 0.1)["accuracy"].item() == 1.0
+    assert temporal_grouping_loss(distinct, is_a, None, 0.1, leave_one_out=True)["loss"].item() == pytest.approx(math.log(2))
+    # A step alone in its part is not scored (its part has no other step); it is still the other part's centroid.
+    single = temporal_grouping_loss(f[:, :3], torch.tensor([[True, True, False]]), None, tau, leave_one_out=True)
+    c_b = f[0, 2]
+    expected_single = 0.0
+    for step, other in ((0, 1), (1, 0)):
+        logits = torch.stack([f[0, step] @ f[0, other], f[0, step] @ c_b]) / tau
+        expected_single += float(torch.logsumexp(logits, 0) - logits[0]) / 2
+    assert single["loss"].item() == pytest.approx(expected_single, rel=1e-5)
 
 
 def test_grounding_loss_hand_computed():
@@ -225,5 +354,5 @@ def test_few_steps_lower_both_svilm_losses(tiny_corpus, tmp_path):  # noqa: F811
         last = sum(r[key] for r in rows[-4:]) / 4
         assert last < first, (key, first, last)
     for key in ("grounding/pointing", "grounding/pointing_random", "grounding/pointing_best_patch",
-                "temporal/scene_change_acc", "retrieval/t2v/R@1"):
+                "temporal/scene_change_acc", "temporal/scene_change_acc_reversed_steps", "retrieval/t2v/R@1"):
         assert key in metrics

@@ -246,6 +246,14 @@ class SvilmConfig:
     cut_min_steps: int = 1  # pasted interval length in encoder time steps (tubelets)
     cut_max_steps: int = 0  # 0: all time steps but one
     detach_centroids: bool = False  # stop the gradient through the scene centroids
+    # "all": a step counts in its own part's centroid (the spec's reading). "leave_one_out": its own part's
+    # centroid is of the part's other steps, so the loss cannot be met by making every step unlike the rest.
+    temporal_centroids: str = "all"
+    # Where the pasted steps come from. "batch": another clip of the batch (the paper). "reversed_steps"
+    # [extension, not in the paper]: the clip itself, each step of the interval playing its own frames
+    # backwards - the same appearance and positions, so only the direction of motion tells the parts apart
+    # (on the demo corpus "batch" is solved from appearance alone; see objectives/svilm.py).
+    paste_source: str = "batch"
     temporal_contrastive: str = "uncut"  # "uncut": captions meet their uncut clip only (the shared InfoNCE);
     # "a_part": also an InfoNCE between the cut clip's A part (pooled patch states) and A's caption
     # Evaluation (tasks/grounding.py)
@@ -381,6 +389,8 @@ _CHOICES = {
     "clop.skp_input_norm": ("batch", "none"),
     "clop.kcl_swap_sampling": ("uniform", "frequency"),
     "svilm.temporal_contrastive": ("uncut", "a_part"),
+    "svilm.paste_source": ("batch", "reversed_steps"),
+    "svilm.temporal_centroids": ("all", "leave_one_out"),
 }
 
 
@@ -400,6 +410,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'model.video.tubelet_size': {v.tubelet_size} does not divide num_frames {v.num_frames}")
     if v.width % v.heads:
         raise ConfigError(f"config key 'model.video.heads': {v.heads} does not divide width {v.width}")
+    if cfg.svilm.paste_source == "reversed_steps" and v.tubelet_size < 2:
+        raise ConfigError("config key 'svilm.paste_source': reversed_steps plays each encoder time step's frames "
+                          f"backwards, which needs model.video.tubelet_size >= 2 (got {v.tubelet_size})")
     if cfg.data.num_frames != v.num_frames or cfg.eval.num_frames != v.num_frames:
         raise ConfigError(
             f"config key 'data.num_frames'/'eval.num_frames' ({cfg.data.num_frames}/{cfg.eval.num_frames}) must equal "

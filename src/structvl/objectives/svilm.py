@@ -24,6 +24,13 @@ step is classified to its own part's centroid (cross-entropy over the two cosine
 meet their *uncut* clip in the shared contrastive loss; `temporal_contrastive: a_part` also contrasts the
 cut clip's A part with A's caption. Intervals are whole encoder time steps (tubelets), so no tubelet mixes
 two clips.
+
+[extension] `paste_source: reversed_steps` pastes the clip's own steps played backwards instead: on the
+demo corpus another clip differs in its objects and background, so the parts are told apart by appearance
+(training accuracy 1.0 within a few steps) and the loss never asks the encoder to see motion; a step played
+backwards looks the same and differs only in the direction of its motion. `temporal_centroids:
+leave_one_out` keeps each step out of its own part's centroid: with the step inside it, making every step
+unlike every other meets the loss without any scenes (see `temporal_grouping_loss`).
 """
 
 from __future__ import annotations
@@ -162,31 +169,36 @@ class CutAndPaste:
     source: torch.Tensor  # (B, T) batch index of the clip each frame came from
 
 
+def _draw_intervals(b: int, time_steps: int, min_steps: int, max_steps: int,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """(B, T') True where a step keeps the clip (A), False on one random contiguous interval per clip.
+    Its length is drawn from [min_steps, max_steps] (max_steps 0: T' - 1), capped so A keeps a step."""
+    hi = min(max_steps or time_steps - 1, time_steps - 1)
+    lo = max(1, min(min_steps, hi))
+    lengths = torch.randint(lo, hi + 1, (b,), generator=generator)
+    starts = (torch.rand(b, generator=generator) * (time_steps - lengths + 1)).long()
+    steps = torch.arange(time_steps)
+    return ~((steps >= starts[:, None]) & (steps < (starts + lengths)[:, None]))
+
+
 def cut_and_paste(video: torch.Tensor, time_steps: int, min_steps: int = 1, max_steps: int = 0,
                   frame_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
                   partner: torch.Tensor | None = None) -> CutAndPaste:
     """Replace a random contiguous interval of each clip's time steps with the same steps of another clip.
 
     time_steps: the encoder's time steps T' (frames T must be a multiple: a step is a tubelet). The interval
-    length is drawn from [min_steps, max_steps] (max_steps 0: T' - 1), capped so that A keeps at least one
-    step; the partner of clip i is a random other clip of the batch (never i itself) unless `partner` (B,)
-    names it. Needs a batch of >= 2.
+    is drawn by `_draw_intervals`; the partner of clip i is a random other clip of the batch (never i itself)
+    unless `partner` (B,) names it. Needs a batch of >= 2.
     """
     b, t = video.shape[:2]
     if b < 2:
         raise ValueError("cut-and-paste needs at least two clips in the batch")
     tubelet = t // time_steps
-    hi = min(max_steps or time_steps - 1, time_steps - 1)
-    lo = max(1, min(min_steps, hi))
-    cpu = dict(generator=generator)
-    drawn = (torch.arange(b) + torch.randint(1, b, (b,), **cpu)) % b
+    drawn = (torch.arange(b) + torch.randint(1, b, (b,), generator=generator)) % b
     partner = drawn if partner is None else partner.cpu()
     if bool((partner == torch.arange(b)).any()):
         raise ValueError("cut-and-paste: a clip cannot be its own partner")
-    lengths = torch.randint(lo, hi + 1, (b,), **cpu)
-    starts = (torch.rand(b, **cpu) * (time_steps - lengths + 1)).long()
-    steps = torch.arange(time_steps)
-    is_a = ~((steps >= starts[:, None]) & (steps < (starts + lengths)[:, None]))
+    is_a = _draw_intervals(b, time_steps, min_steps, max_steps, generator)
     frame_is_a = is_a.repeat_interleave(tubelet, dim=1)
     source = torch.where(frame_is_a, torch.arange(b)[:, None], partner[:, None])
     dev = video.device
@@ -196,27 +208,71 @@ def cut_and_paste(video: torch.Tensor, time_steps: int, min_steps: int = 1, max_
     return CutAndPaste(cut, mask, is_a, partner, source)
 
 
+def reverse_steps(video: torch.Tensor, time_steps: int, min_steps: int = 1, max_steps: int = 0,
+                  frame_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> CutAndPaste:
+    """[extension] The "pasted" part is the clip itself, each step of a random interval playing its frames
+    backwards (frames 2k, 2k+1 of a 2-frame tubelet shown as 2k+1, 2k).
+
+    Every step keeps its own frames, so its appearance and its objects' positions are those of the uncut clip;
+    only the direction of motion inside the step differs. (Reversing the whole interval would also reorder
+    the steps, and an object's position would then tell the parts apart without any motion.) Returns a
+    CutAndPaste whose partner and source are the clip itself; `is_a` marks the steps played forwards.
+    """
+    b, t = video.shape[:2]
+    tubelet = t // time_steps
+    if tubelet < 2:
+        raise ValueError(f"reverse_steps needs at least 2 frames per time step, got {t} frames in {time_steps} steps")
+    is_a = _draw_intervals(b, time_steps, min_steps, max_steps, generator)
+    frame_is_a = is_a.repeat_interleave(tubelet, dim=1)
+    forward = torch.arange(t).expand(b, t)
+    backward = forward - forward % tubelet + (tubelet - 1 - forward % tubelet)
+    order = torch.where(frame_is_a, forward, backward).to(video.device)
+    rows = torch.arange(b, device=video.device)[:, None]
+    mask = None if frame_mask is None else frame_mask[rows, order]
+    own = torch.arange(b, device=video.device)
+    return CutAndPaste(video[rows, order], mask, is_a.to(video.device), own, own[:, None].expand(b, t))
+
+
 def temporal_grouping_loss(features: torch.Tensor, is_a: torch.Tensor, valid: torch.Tensor | None,
-                           temperature: float, detach_centroids: bool = False) -> dict[str, torch.Tensor]:
+                           temperature: float, detach_centroids: bool = False,
+                           leave_one_out: bool = False) -> dict[str, torch.Tensor]:
     """Classify each time step to its own scene's centroid.
 
     features (B, T', D) per-time-step features; is_a (B, T') which part each step belongs to; valid (B, T')
     real time steps. c_A, c_B = normalised means of the normalised features of each part; logits =
     [f . c_A, f . c_B] / temperature; label 0 for A, 1 for B; mean cross-entropy over valid steps.
+
+    leave_one_out: a step's own part's centroid is the mean of the part's *other* steps, and a step alone in
+    its part is not scored. With the step inside its own centroid the loss has a solution that needs no
+    scenes at all: make every step's feature unlike every other's (each is then nearest the centroid it is
+    part of), which scripts/temporal_one_batch.py shows the encoder finding when the parts look alike.
     """
     valid = torch.ones_like(is_a) if valid is None else valid
     f = F.normalize(features.float(), dim=-1)
 
-    def centroid(part: torch.Tensor) -> torch.Tensor:
+    def part_sums(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = (part & valid).float()[..., None]
-        c = F.normalize((f * w).sum(1) / w.sum(1).clamp(min=1.0), dim=-1)
+        return (f * w).sum(1, keepdim=True), w.sum(1, keepdim=True)  # (B, 1, D), (B, 1, 1)
+
+    def centroid(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        c = F.normalize(total / count.clamp(min=1.0), dim=-1)
         return c.detach() if detach_centroids else c
 
-    c_a, c_b = centroid(is_a), centroid(~is_a)
-    logits = torch.stack([(f * c_a[:, None]).sum(-1), (f * c_b[:, None]).sum(-1)], dim=-1) / temperature
+    (sum_a, n_a), (sum_b, n_b) = part_sums(is_a), part_sums(~is_a)
+    own = is_a[..., None]
+    if leave_one_out:  # (B, T', D): per step, its own part without it; the other part whole
+        c_a = centroid(torch.where(own, sum_a - f, sum_a), torch.where(own, n_a - 1, n_a))
+        c_b = centroid(torch.where(own, sum_b, sum_b - f), torch.where(own, n_b, n_b - 1))
+        scored = valid & (torch.where(is_a, n_a[..., 0], n_b[..., 0]) > 1)
+    else:
+        c_a, c_b, scored = centroid(sum_a, n_a), centroid(sum_b, n_b), valid
+    logits = torch.stack([(f * c_a).sum(-1), (f * c_b).sum(-1)], dim=-1) / temperature
     labels = (~is_a).long()
-    loss = F.cross_entropy(logits[valid], labels[valid])
-    accuracy = (logits.argmax(-1) == labels)[valid].float().mean()
+    if not scored.any():  # every part a single step: nothing to classify
+        zero = features.sum() * 0.0
+        return {"loss": zero, "accuracy": zero.detach()}
+    loss = F.cross_entropy(logits[scored], labels[scored])
+    accuracy = (logits.argmax(-1) == labels)[scored].float().mean()
     return {"loss": loss, "accuracy": accuracy.detach()}
 
 
@@ -229,15 +285,16 @@ class TemporalGroupingObjective(nn.Module):
 
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
         video = batch["video"]
-        if video.shape[0] < 2:  # no partner clip to paste from
+        if video.shape[0] < 2 and self.cfg.paste_source == "batch":  # no partner clip to paste from
             zero = outputs.video.embed.sum() * 0.0
             return {"loss": zero, "accuracy": zero.detach()}
-        cut = cut_and_paste(video, model.video_encoder.time, self.cfg.cut_min_steps, self.cfg.cut_max_steps,
-                            batch.get("frame_mask"))
+        paste = cut_and_paste if self.cfg.paste_source == "batch" else reverse_steps
+        cut = paste(video, model.video_encoder.time, self.cfg.cut_min_steps, self.cfg.cut_max_steps,
+                    batch.get("frame_mask"))
         enc = model.video_encoder(cut.video, cut.frame_mask)
         per_time = enc.per_time_features()
         out = temporal_grouping_loss(per_time, cut.is_a, enc.frame_mask, self.cfg.temporal_temperature,
-                                     self.cfg.detach_centroids)
+                                     self.cfg.detach_centroids, self.cfg.temporal_centroids == "leave_one_out")
         if self.cfg.temporal_contrastive == "a_part":
             w = (cut.is_a & enc.frame_mask).to(per_time.dtype)[..., None]
             a_part = F.normalize(model.video_proj((per_time * w).sum(1) / w.sum(1).clamp(min=1.0)), dim=-1)

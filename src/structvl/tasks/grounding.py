@@ -23,6 +23,9 @@ of the two label permutations. `scene_change_pixels` runs the same clustering on
 `scene_change_chance` is the expected score of random labels, so the number can be read against both.
 `scene_change_acc_same_background` (and `scene_change_same_background_pixels`) is a harder variant reported
 beside it: the pasted clip shares the test clip's background, so only the objects and motion change.
+`scene_change_acc_reversed_steps` (and `scene_change_reversed_steps_pixels`) is the hardest: the "pasted"
+steps are the clip's own, each playing its frames backwards (`svilm.paste_source: reversed_steps`), so only
+the direction of motion inside a step tells the parts apart.
 All metrics are percentages.
 """
 
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 from structvl.config import RunConfig
 from structvl.data.sampling import sample_frame_indices
 from structvl.engine.precision import autocast, autocast_dtype
-from structvl.objectives.svilm import cut_and_paste, embed_phrases
+from structvl.objectives.svilm import cut_and_paste, embed_phrases, reverse_steps
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
@@ -242,7 +245,9 @@ def evaluate_scene_change(model, cfg: RunConfig, tokenizer, device=torch.device(
     same_generator, rng = torch.Generator().manual_seed(seed + 1), np.random.default_rng(seed)
     steps = model.video_encoder.time
     model.eval()
-    acc: dict[str, list[float]] = {"": [], "_pixels": [], "_same_background": [], "_same_background_pixels": []}
+    reversed_generator = torch.Generator().manual_seed(seed + 2)
+    acc: dict[str, list[float]] = {k + p: [] for k in ("", "_same_background", "_reversed_steps")
+                                   for p in ("", "_pixels")}
 
     def score(cut, keep: list[bool], suffix: str) -> None:
         with _autocast(cfg, device):
@@ -269,6 +274,9 @@ def evaluate_scene_change(model, cfg: RunConfig, tokenizer, device=torch.device(
         cut = cut_and_paste(batch["video"], steps, frame_mask=batch["frame_mask"], generator=same_generator,
                             partner=torch.tensor(partner))
         score(cut, keep, "_same_background")
+        if batch["video"].shape[1] // steps >= 2:  # a step of one frame has no direction to reverse
+            score(reverse_steps(batch["video"], steps, frame_mask=batch["frame_mask"], generator=reversed_generator),
+                  [True] * b, "_reversed_steps")
     if not acc[""]:
         return {}
     out = {f"temporal/scene_change_acc{k}" if not k.endswith("pixels") else f"temporal/scene_change{k}":
