@@ -163,3 +163,26 @@ def test_metrics_table_gives_each_factor_its_pairs_and_standard_error():
     assert rows["shape"].split()[-2:] == ["2273", "1.0"]
     # the columns stay aligned when controls are missing: the count ends where its header does
     assert rows["shape"].index("2273") + len("2273") == header.index("pairs") + len("pairs")
+
+
+def test_retrieval_miss_kinds_name_what_differs():
+    """scripts/retrieval_errors.py: a miss is classed by what tells the caption's clip from the retrieved one."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "retrieval_errors.py"
+    spec = importlib.util.spec_from_file_location("retrieval_errors", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def obj(shape, colour="red", size="large", action="rotating"):
+        return {"shape": shape, "colour": colour, "size": size, "action": action}
+
+    own = [obj("star"), obj("ring", colour="blue")]
+    assert module.miss_kinds(own, list(reversed(own))) == {"same content"}  # object order does not matter
+    assert module.miss_kinds(own, [obj("star", action="growing"), own[1]]) == {"action only"}
+    assert module.miss_kinds(own, [obj("square"), own[1]]) == {"shape"}
+    assert module.miss_kinds(own, [obj("square", size="small"), own[1]]) == {"shape", "size"}
+    assert module.miss_kinds(own, own[:1]) == {"count"}
+    # the same shapes and colours, bound to each other the other way round
+    assert module.miss_kinds(own, [obj("star", colour="blue"), obj("ring")]) == {"binding"}

@@ -1,0 +1,82 @@
+"""What a run's text->video retrieval misses: each wrong top-1 clip against the caption's own, by what differs.
+
+    python scripts/retrieval_errors.py CORPUS RUN [RUN ...]
+
+The structured corpus's test clips record their objects (`test.jsonl`, `meta.objects`: shape, colour, size and
+action of each). For every caption whose own clip is not ranked first, the clip ranked first is compared with
+it object by object:
+    same content       the same objects doing the same things: the caption fits both (no model can win these)
+    action only        the same objects (shape, colour, size) with different actions: only motion tells them apart
+    size / colour / shape / count   what else differs (a miss can count under several), actions aside
+The "action only" share of the misses is what an encoder that saw motion could still win; the demo's retrieval
+is capped there, which is why recipes that learn the actions (`clop_motion_sampling`) lead it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from structvl.data.formats import read_annotations
+from structvl.data.text import Tokenizer
+from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.tasks.retrieval import embed_texts, embed_videos
+
+APPEARANCE = ("shape", "colour", "size")
+
+
+def miss_kinds(own: list[dict], retrieved: list[dict]) -> set[str]:
+    """How the retrieved clip's objects differ from the caption's own clip's (see the module docstring)."""
+    def content(objects, keys):
+        return sorted(tuple(o[k] for k in keys) for o in objects)
+
+    if content(own, APPEARANCE + ("action",)) == content(retrieved, APPEARANCE + ("action",)):
+        return {"same content"}
+    if len(own) != len(retrieved):
+        return {"count"}
+    if content(own, APPEARANCE) == content(retrieved, APPEARANCE):
+        return {"action only"}
+    return {key for key in APPEARANCE if content(own, (key,)) != content(retrieved, (key,))} or {"binding"}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    corpus = Path(argv[0])
+    for run in argv[1:]:
+        model, cfg, _ = load_run_model(run)
+        records = read_annotations(cfg.data.format, corpus / cfg.eval.split)
+        objects = {r.video_id: r.meta["objects"] for r in read_annotations("jsonl", corpus / "test.jsonl")}
+        tokenizer = Tokenizer(cfg.model.text.max_length)
+        video_embed, kept = embed_videos(model.eval(), eval_loader(records, cfg, corpus, tokenizer), torch.device("cpu"))
+        kept_records = [records[i] for i in kept]
+        captions = [(position, caption) for position, r in enumerate(kept_records) for caption in r.captions]
+        text_embed = embed_texts(model, tokenizer, [c for _, c in captions], torch.device("cpu"))
+        top1 = (text_embed @ video_embed.t()).argmax(dim=1).tolist()
+        kinds, shape_swaps, misses = Counter(), Counter(), 0
+        for (own, _), best in zip(captions, top1):
+            if best == own:
+                continue
+            misses += 1
+            own_objects, best_objects = objects[kept_records[own].video_id], objects[kept_records[best].video_id]
+            kinds.update(miss_kinds(own_objects, best_objects))
+            own_shapes, best_shapes = Counter(o["shape"] for o in own_objects), Counter(o["shape"] for o in best_objects)
+            if len(own_objects) == len(best_objects) and own_shapes != best_shapes:
+                shape_swaps[" / ".join(sorted((own_shapes - best_shapes).elements())) + " -> "
+                            + " / ".join(sorted((best_shapes - own_shapes).elements()))] += 1
+        total = len(captions)
+        print(f"{run}: t2v R@1 {100 * (total - misses) / total:.1f} ({total} captions, {misses} misses)")
+        for kind in ("same content", "action only", "count", "shape", "colour", "size", "binding"):
+            print(f"  {kind:13s} {kinds[kind]:4d}  {100 * kinds[kind] / max(misses, 1):5.1f}% of misses"
+                  f"  {100 * kinds[kind] / total:5.1f}% of captions")
+        print("  shapes taken for others (caption's -> retrieved's): "
+              + ", ".join(f"{swap} {n}" for swap, n in shape_swaps.most_common(6)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
