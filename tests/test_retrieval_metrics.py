@@ -186,3 +186,9 @@ def test_retrieval_miss_kinds_name_what_differs():
     assert module.miss_kinds(own, own[:1]) == {"count"}
     # the same shapes and colours, bound to each other the other way round
     assert module.miss_kinds(own, [obj("star", colour="blue"), obj("ring")]) == {"binding"}
+
+    # the clip a miss is compared with: the best-scored clip that is not the caption's own, in any block size
+    videos = torch.eye(3)
+    texts = torch.tensor([[1.0, 0.9, 0.0], [0.0, 0.2, 1.0], [0.0, 0.3, 1.0]])
+    for block_size in (1, 2, 1024):
+        assert module.best_other_clip(texts, videos, [0, 1, 2], block_size) == [1, 2, 1]
