@@ -192,3 +192,41 @@ def test_retrieval_miss_kinds_name_what_differs():
     texts = torch.tensor([[1.0, 0.9, 0.0], [0.0, 0.2, 1.0], [0.0, 0.3, 1.0]])
     for block_size in (1, 2, 1024):
         assert module.best_other_clip(texts, videos, [0, 1, 2], block_size) == [1, 2, 1]
+
+
+def test_knowledge_probe_finds_what_features_hold_and_only_that():
+    """scripts/knowledge_probe.py: a linear probe reads a kind that the features encode and no other."""
+    import importlib.util
+    from pathlib import Path
+
+    from structvl.data.records import VideoRecord
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "knowledge_probe.py"
+    spec = importlib.util.spec_from_file_location("knowledge_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    shapes, colours = ["star", "ring", "cross", "square"], ["red", "blue", "green"]
+    gen = torch.Generator().manual_seed(0)
+    records = []
+    for i in range(240):
+        count = 1 + i % 3
+        picked = torch.randperm(len(shapes), generator=gen)[:count].tolist()
+        objects = [{"shape": shapes[s], "colour": colours[int(torch.randint(3, (1,), generator=gen))],
+                    "size": "large", "action": "rotating"} for s in picked]
+        records.append(VideoRecord(video_id=f"v{i}", video=f"v{i}.mp4", captions=["c"], meta={"objects": objects}))
+    labels = module.clip_labels(records)
+    assert labels["shape"].shape == (240, 4) and labels["colour"].shape == (240, 3)
+    assert labels["shape"].sum(1).tolist() == labels["count"].float().tolist()  # each object's shape, once
+    assert labels["colour+shape"].sum(1).tolist() == labels["count"].float().tolist()
+
+    # features = which shapes are present (plus noise): shapes and count are readable, colours are not
+    features = labels["shape"] + 0.1 * torch.randn(240, 4, generator=gen)
+    features = torch.cat([features, torch.randn(240, 4, generator=gen)], dim=1)
+    train = {k: v[:160] for k, v in labels.items()}
+    test = {k: v[160:] for k, v in labels.items()}
+    scores = module.probe_scores(features[:160], train, features[160:], test)
+    chance = module.chance_scores(test)
+    assert scores["shape"] > 95 and chance["shape"] < 60
+    assert scores["count"] > 90 and chance["count"] < 40
+    assert abs(scores["colour"] - chance["colour"]) < 15
