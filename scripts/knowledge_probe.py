@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     train_labels = {k: v[:split] for k, v in labels.items()}
     test_labels = {k: v[split:] for k, v in labels.items()}
     header = f"  {'stage':8s}" + "".join(f"{k:>14s}" for k in (*MULTI_LABEL, "count"))
+    chance_row = format_row("chance", chance_scores(test_labels))  # the same for every run
     for run in args.runs:
         model, cfg, _ = load_run_model(run)
         tokenizer = Tokenizer(cfg.model.text.max_length)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(header)
         for stage in STAGES:
             print(format_row(stage, probe_scores(train_feats[stage], train_labels, test_feats[stage], test_labels)))
-        print(format_row("chance", chance_scores(test_labels)))
+        print(chance_row)
     return 0
 
 
