@@ -20,10 +20,11 @@ def test_video_encoder_shapes(attention):
     assert out.per_time_features().shape == (2, 2, 32)
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
 @pytest.mark.parametrize("attention", ["joint", "divided"])
-def test_padded_frames_do_not_change_the_valid_part(attention):
+def test_padded_frames_do_not_change_the_valid_part(attention, pooling):
     """A short video's padded (invalid) frames must not influence the pooled embedding."""
-    enc = VideoEncoder(tiny_video_cfg(attention=attention, tubelet_size=1)).eval()
+    enc = VideoEncoder(tiny_video_cfg(attention=attention, tubelet_size=1, pooling=pooling)).eval()
     video = torch.randn(1, 4, 3, 32, 32)
     mask = torch.tensor([[True, True, False, False]])
     a = enc(video, mask).pooled
@@ -33,6 +34,21 @@ def test_padded_frames_do_not_change_the_valid_part(attention):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     c = enc(video2).pooled  # without the mask the padding does leak in
     assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_mean_pooling_is_the_mean_of_the_real_frames_patch_states():
+    """model.video.pooling=mean (Video Swin's global average pool): the clip vector is the mean final patch
+    state over the real time steps only, and it is not the [CLS] state."""
+    torch.manual_seed(0)
+    cls_enc = VideoEncoder(tiny_video_cfg(tubelet_size=1)).eval()
+    mean_enc = VideoEncoder(tiny_video_cfg(tubelet_size=1, pooling="mean")).eval()
+    mean_enc.load_state_dict(cls_enc.state_dict())  # same weights: only the pooling differs
+    video, mask = torch.randn(2, 4, 3, 32, 32), torch.tensor([[True, True, True, False], [True] * 4])
+    out, ref = mean_enc(video, mask), cls_enc(video, mask)
+    torch.testing.assert_close(out.tokens, ref.tokens)
+    torch.testing.assert_close(out.pooled[0], out.tokens[0, :3].mean((0, 1)))
+    torch.testing.assert_close(out.pooled[1], out.tokens[1].mean((0, 1)))
+    assert not torch.allclose(out.pooled, ref.pooled, atol=1e-3)
 
 
 def test_inflate_image_vit_checkpoint(tmp_path):

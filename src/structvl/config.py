@@ -50,6 +50,9 @@ class VideoEncoderConfig:
     heads: int = 3
     mlp_ratio: float = 4.0
     attention: str = "joint"  # "joint" space-time attention or "divided" (time then space, TimeSformer)
+    # The clip vector: the final [CLS] state ("cls", ViT) or the mean of the valid patch states ("mean", the
+    # global average pool of Video Swin, Clover's video encoder, and VideoMAE).
+    pooling: str = "cls"
     drop_path: float = 0.0
     init_checkpoint: Optional[str] = None  # local image-ViT weights (timm naming) to inflate over time
     # S-ViLM group tokens (models/grouping.py). 0 = no groups: the encoder is exactly the plain one.
@@ -370,6 +373,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None, open_prefixes:
 
 _CHOICES = {
     "model.video.attention": ("joint", "divided"),
+    "model.video.pooling": ("cls", "mean"),
     "model.text.init": ("minilm", "scratch"),
     "model.text.pooling": ("mean", "cls"),
     "model.projection": ("mlp", "linear"),

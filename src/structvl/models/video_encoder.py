@@ -106,7 +106,7 @@ class Block(nn.Module):
 
 @dataclass
 class VideoEncoderOutput:
-    pooled: torch.Tensor  # (B, D) final [CLS] state
+    pooled: torch.Tensor  # (B, D) the clip vector: final [CLS] state, or mean patch state (model.video.pooling)
     tokens: torch.Tensor  # (B, T', N, D) final patch states
     frame_mask: torch.Tensor  # (B, T') True where the tubelet holds a real frame
     # S-ViLM groups (only when model.video.num_group_tokens > 0; see models/grouping.py):
@@ -182,8 +182,9 @@ class VideoEncoder(nn.Module):
             if self.cfg.num_group_tokens and i in self.group_layers:  # groups read this block's patch states
                 groups, assign, probs = self.grouping[self.group_layers.index(i)](groups, x[:, 1:], patch_mask)
         x = self.norm(x)
-        out = VideoEncoderOutput(pooled=x[:, 0], tokens=x[:, 1:].reshape(b, t, n, d),
-                                 frame_mask=tube_mask if tube_mask is not None else x.new_ones(b, t, dtype=torch.bool))
+        valid = tube_mask if tube_mask is not None else x.new_ones(b, t, dtype=torch.bool)
+        tokens = x[:, 1:].reshape(b, t, n, d)
+        out = VideoEncoderOutput(pooled=self._pool(x[:, 0], tokens, valid), tokens=tokens, frame_mask=valid)
         if groups is not None:
             out.groups = groups
             assignment = assign.detach().argmax(1)
@@ -192,6 +193,13 @@ class VideoEncoder(nn.Module):
             out.group_assignment = assignment.view(b, t, n)
             out.group_probs = probs.view(b, -1, t, n)
         return out
+
+    def _pool(self, cls: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The clip vector (`model.video.pooling`): the [CLS] state, or the mean patch state over real frames."""
+        if self.cfg.pooling == "cls":
+            return cls
+        weight = valid[:, :, None, None].to(tokens.dtype)
+        return (tokens * weight).sum((1, 2)) / (weight.sum((1, 2)) * tokens.shape[2]).clamp(min=1)
 
     def _tube_mask(self, frame_mask: torch.Tensor | None, b: int, device) -> torch.Tensor | None:
         """A tubelet is valid when any of its frames is."""
