@@ -8,7 +8,7 @@ objects there are. A linear probe (logistic regression on standardised features,
 fit on the train clips and scored on the test clips - mAP for the multi-label kinds (chance: the labels'
 prevalence), accuracy for the count (chance: the commonest count) - reading:
     tokens   the mean of the video encoder's final patch states (what a fusion encoder or S-ViLM's groups read)
-    pooled   the encoder's pooled [CLS] state (what the video projection reads)
+    pooled   the encoder's clip vector, [CLS] or mean patch state (what the video projection reads)
     embed    the shared-space video embedding (what retrieval scores)
     text     the shared-space embedding of the clip's first caption (retrieval's other side)
 A kind that one stage holds and the next does not is lost between them; a kind the video embedding lacks but
@@ -26,10 +26,9 @@ import torch.nn.functional as F
 
 from structvl.data.formats import read_annotations
 from structvl.data.text import Tokenizer
-from structvl.engine.trainer import move_to
 from structvl.objectives.clop import average_precision
 from structvl.tasks.evaluate import eval_loader, load_run_model
-from structvl.tasks.retrieval import embed_texts
+from structvl.tasks.retrieval import embed_texts, video_stage_features
 
 STAGES = ("tokens", "pooled", "embed", "text")
 MULTI_LABEL = ("shape", "colour", "size", "action", "colour+shape")
@@ -53,25 +52,13 @@ def clip_labels(records) -> dict[str, torch.Tensor]:
     return labels
 
 
-@torch.no_grad()
 def stage_features(model, cfg, records, corpus: Path, tokenizer) -> dict[str, torch.Tensor]:
     """(clips, D) features of every stage in STAGES, rows in record order (a clip that fails to decode stops
     the probe: its labels would no longer line up)."""
-    model.eval()
-    feats = {s: [] for s in STAGES[:3]}
-    seen = []
-    for batch in eval_loader(records, cfg, corpus, tokenizer):
-        if batch.get("video") is None:
-            raise SystemExit("knowledge_probe: a clip failed to decode; run `structvl data check` on the corpus")
-        batch = move_to(batch, torch.device("cpu"))
-        out = model.encode_video(batch["video"], batch["frame_mask"])
-        feats["tokens"].append(out.encoder.tokens.float().mean(dim=(1, 2)))
-        feats["pooled"].append(out.encoder.pooled.float())
-        feats["embed"].append(out.embed.float())
-        seen.extend(batch["record_index"].tolist())
+    feats, seen = video_stage_features(model, eval_loader(records, cfg, corpus, tokenizer), torch.device("cpu"),
+                                       STAGES[:3])
     if seen != list(range(len(records))):
         raise SystemExit("knowledge_probe: some clips were skipped; run `structvl data check` on the corpus")
-    feats = {s: torch.cat(v) for s, v in feats.items()}
     feats["text"] = embed_texts(model, tokenizer, [r.captions[0] for r in records], torch.device("cpu"))
     return feats
 

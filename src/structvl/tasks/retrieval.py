@@ -65,15 +65,23 @@ def retrieval_metrics(video_embed: torch.Tensor, text_embed: torch.Tensor, text_
     return out
 
 
+# What each stage of the video path reads from the model's video output (see `video_stage_features`).
+VIDEO_STAGES = {
+    "tokens": lambda out: out.encoder.tokens.mean(dim=(1, 2)),  # mean final patch state
+    "pooled": lambda out: out.encoder.pooled,  # the encoder's clip vector, before the projection
+    "embed": lambda out: out.embed,  # the shared-space embedding retrieval scores
+}
+
+
 @torch.no_grad()
-def embed_videos(model, loader, device: torch.device, autocast_dtype=None,
-                 transform=None, pooled: bool = False) -> tuple[torch.Tensor, list[int]]:
-    """Video embeddings for every item the loader yields; also returns their record indices (skipped
-    corrupt videos are absent, and the caller must drop their captions). transform: optional function of each
-    batch's (B, T, C, H, W) video and (B, T) frame mask, returning the video to encode (a control such as a
-    frozen frame). pooled: the encoder's pooled features instead of the shared-space embeddings."""
+def video_stage_features(model, loader, device: torch.device, stages=("embed",), autocast_dtype=None,
+                         transform=None) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """{stage: (clips, D)} for the named VIDEO_STAGES, from one forward pass per batch; also the clips' record
+    indices (skipped corrupt videos are absent, and the caller must drop their captions). transform: optional
+    function of each batch's (B, T, C, H, W) video and (B, T) frame mask, returning the video to encode (a
+    control such as a frozen frame)."""
     model.eval()
-    embeds, record_ids = [], []
+    feats, record_ids = {s: [] for s in stages}, []
     for batch in loader:
         if batch.get("video") is None:
             continue
@@ -81,10 +89,19 @@ def embed_videos(model, loader, device: torch.device, autocast_dtype=None,
         video = batch["video"] if transform is None else transform(batch["video"], batch["frame_mask"])
         with autocast(device, autocast_dtype):
             out = model.encode_video(video, batch["frame_mask"])
-            emb = out.encoder.pooled if pooled else out.embed
-        embeds.append(emb.float().cpu())
+            for stage in stages:
+                feats[stage].append(VIDEO_STAGES[stage](out).float().cpu())
         record_ids.extend(batch["record_index"].tolist())
-    return torch.cat(embeds), record_ids
+    return {s: torch.cat(v) for s, v in feats.items()}, record_ids
+
+
+def embed_videos(model, loader, device: torch.device, autocast_dtype=None,
+                 transform=None, pooled: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """Video embeddings (or, with pooled, the encoder's clip vectors) for every item the loader yields, and
+    their record indices; see `video_stage_features`."""
+    stage = "pooled" if pooled else "embed"
+    feats, record_ids = video_stage_features(model, loader, device, (stage,), autocast_dtype, transform)
+    return feats[stage], record_ids
 
 
 @torch.no_grad()
