@@ -40,6 +40,8 @@ from structvl.tasks.features import ClipViews, collate_views
 from structvl.tasks.recognition import labelled
 from structvl.tasks.task_config import load_task_config, read_task_records, video_root
 
+from knowledge_probe import clip_labels  # a sibling script: scripts/ is on the path when run as one
+
 TASK_CONFIG = "finetune/structured"
 
 
@@ -65,16 +67,12 @@ def action_splits(corpus: Path, num_frames: int, size: int):
 def shape_splits(corpus: Path, num_frames: int, size: int):
     """((train clips, 0/1 shape matrix), (test clips, 0/1 shape matrix), number of shapes)."""
     train, test = (read_annotations("jsonl", corpus / f"{s}.jsonl") for s in ("train", "test"))
-    shapes = sorted({o["shape"] for r in train + test for o in r.meta["objects"]})
+    shapes = clip_labels(train + test)["shape"]  # one vocabulary for both splits
     splits = []
-    for records in (train, test):
-        targets = torch.zeros(len(records), len(shapes))
-        for row, record in enumerate(records):
-            for obj in record.meta["objects"]:
-                targets[row, shapes.index(obj["shape"])] = 1.0
+    for records, targets in ((train, shapes[:len(train)]), (test, shapes[len(train):])):
         clips, kept = decode(records, corpus, num_frames, size)
         splits.append((clips, targets[kept]))
-    return splits[0], splits[1], len(shapes)
+    return splits[0], splits[1], shapes.shape[1]
 
 
 def score(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> float:

@@ -232,7 +232,7 @@ def test_knowledge_probe_finds_what_features_hold_and_only_that():
     assert abs(scores["colour"] - chance["colour"]) < 15
 
 
-def test_learnability_curve_learns_a_visible_multi_label_kind():
+def test_learnability_curve_learns_a_visible_multi_label_kind(monkeypatch):
     """scripts/learnability.py: the supervised curve rises on labels the clips show, scored as mAP (multi-label)
     or top-1 (one class per clip)."""
     import importlib.util
@@ -241,8 +241,9 @@ def test_learnability_curve_learns_a_visible_multi_label_kind():
     from structvl.config import VideoEncoderConfig
     from structvl.models.video_encoder import VideoEncoder
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "learnability.py"
-    spec = importlib.util.spec_from_file_location("learnability", path)
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))  # as when run: it imports its sibling knowledge_probe.py
+    spec = importlib.util.spec_from_file_location("learnability", scripts / "learnability.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 

@@ -198,8 +198,9 @@ class VideoEncoder(nn.Module):
         """The clip vector (`model.video.pooling`): the [CLS] state, or the mean patch state over real frames."""
         if self.cfg.pooling == "cls":
             return cls
-        weight = valid[:, :, None, None].to(tokens.dtype)
-        return (tokens * weight).sum((1, 2)) / (weight.sum((1, 2)) * tokens.shape[2]).clamp(min=1)
+        per_time = tokens.mean(dim=2)  # (B, T', D): as VideoEncoderOutput.per_time_features
+        weight = valid[..., None].to(per_time.dtype)
+        return (per_time * weight).sum(1) / weight.sum(1).clamp(min=1)
 
     def _tube_mask(self, frame_mask: torch.Tensor | None, b: int, device) -> torch.Tensor | None:
         """A tubelet is valid when any of its frames is."""
