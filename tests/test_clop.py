@@ -420,7 +420,7 @@ def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_r
 
 def test_kcl_sampling_weighs_the_kcl_types_whatever_skp_predicts(parsed):
     """The sampler's and the negative weights' knowledge is clop.kcl_types (all four by default), not SKP's
-    types: SKP on actions alone once made the sampler group batches by action alone (README, stop 20)."""
+    types: SKP on actions alone once made the sampler group batches by action alone (docs/findings.md, stop 20)."""
     from types import SimpleNamespace
 
     from structvl.objectives.base import ObjectiveContext

@@ -82,6 +82,40 @@ def test_pairwise_ranking_sign_and_margin():
     assert c.grad[0].abs().sum() == 0 and c.grad[1, 0] < 0 and m.grad[1, 0] > 0  # descent: +c, -m along a
 
 
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rank_margin_diagnostic_tells_a_clip_specific_gap_from_a_text_side_one(knowledge, tokenizer):
+    """scripts/clover_rank_margin.py: the own-clip gap and the other-clip gap, by hand, and its masked captions
+    are Clover's semantic selection with every selected piece replaced by [MASK]."""
+    module = _script("clover_rank_margin")
+    video = torch.eye(2)
+    text = torch.eye(2)
+    # Clip-specific: each masked caption moves away from its own video, towards the other one.
+    # gap[j, i] = v_j.t_i - v_j.tm_i: own 1 - 0.6 = 0.4 (both >= 0.25), other 0 - 0.8 = -0.8.
+    g = module.rank_gaps(video, text, torch.tensor([[0.6, 0.8], [0.8, 0.6]]), margin=0.25)
+    assert g["own_gap"] == pytest.approx(0.4) and g["own_met"] == 100.0
+    assert g["other_gap"] == pytest.approx(-0.8) and g["other_met"] == 0.0
+    # Text-side: masking lowers the caption against every video alike (0.3), so the other clips show it too.
+    g = module.rank_gaps(video, text, text - 0.3, margin=0.25)
+    assert g["own_gap"] == pytest.approx(0.3) and g["other_gap"] == pytest.approx(0.3) and g["other_met"] == 100.0
+
+    tokens, masked = module.mask_captions(tokenizer, CAPTIONS, knowledge, ratio=0.3)
+    changed = masked != tokens["input_ids"]
+    assert (masked[changed] == tokenizer.mask_token_id).all() and changed.any(1).all()
+    enc, offsets = tokenizer.encode_with_offsets(CAPTIONS)
+    for b, k in enumerate(knowledge):  # only noun / verb word pieces are masked
+        allowed = {t for _, toks in unit_token_groups(k.words, candidate_units(k.words), offsets[b]) for t in toks}
+        assert set(changed[b].nonzero().flatten().tolist()) <= allowed
+
+
 def test_focal_mlm_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_tokens():
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
     labels = torch.tensor([0, 1])

@@ -190,7 +190,7 @@ class ClopConfig:
     # What the heads read: "shared", the L2-normalised video embedding retrieval uses (pulls clips with the same
     # knowledge together there), or "encoder", the video encoder's pooled feature before the projection (teaches
     # the encoder the labels without bending the retrieval space to them). In `clop_grounded` with SKP on actions
-    # at weight 4 (seed 0, 400 steps; README, stop 17): shared, hard-negative action pairs 65.9 (56.4 with the
+    # at weight 4 (seed 0, 400 steps; docs/findings.md, stop 17): shared, hard-negative action pairs 65.9 (56.4 with the
     # clip frozen, 60.4 balanced) and t2v R@1 46.0; encoder, 74.6 (58.0 frozen, 71.9 balanced) and t2v R@1 56.0
     # (baseline 50.9 / 46.8 / 53.2, R@1 63.5). Beside the plain InfoNCE (demo recipe `clop_motion_skp`, 3 seeds,
     # stop 18), encoder: action 79.7 (57.1 / 78.6), overall 81.0 vs 70.3, t2v R@1 70.8 vs 62.2. Video side
@@ -201,12 +201,14 @@ class ClopConfig:
     skp_type_inputs: dict = field(default_factory=dict)
     # Each type's BCE is multiplied by its weight here (a type not named weighs 1) before the mean over types, e.g.
     # `clop.skp_type_weights.object=0.25` with skp_types [action, object]: the object labels teach the encoder shape
-    # without drowning the action labels, as an equal weight does (README, stop 19: action 67.9 vs 79.7 alone).
+    # without drowning the action labels, as an equal weight does (docs/findings.md, stop 19: action 67.9 vs
+    # 79.7 alone).
     skp_type_weights: dict = field(default_factory=dict)
     skp_similarity_weight: float = 0.0  # weight of the video-video vs knowledge-similarity alignment term
     # KCL (i) sampling: re-weight in-batch negatives by knowledge overlap, and/or build knowledge-sharing batches.
     # The knowledge types whose overlap counts, for both. Until stop 20 this was skp_types, so SKP on actions only
-    # grouped batches by action alone, and those batches took most of SKP's action gain away (README, stop 20).
+    # grouped batches by action alone, and those batches took most of SKP's action gain away (docs/findings.md,
+    # stop 20).
     kcl_types: list = field(default_factory=lambda: ["object", "attribute", "action", "relation"])
     kcl_negative_weighting: bool = True
     kcl_weight_strength: float = 1.0  # negative weight = 1 + strength * knowledge Jaccard overlap

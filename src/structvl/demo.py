@@ -41,20 +41,21 @@ ABLATIONS = {
     "clop_kcl_sampling": ("+ CLOP KCL sampling only", "clop.yaml",
                           ["objectives.clop_skp=0", "clop.kcl_construct=false"]),
     "clop_kcl_construct": ("+ CLOP KCL construction only", "clop.yaml", _CONSTRUCTION_ONLY),
-    # The best CLOP variant before stop 18 (README).
+    # The best CLOP variant before stop 18 (docs/findings.md).
     "clop_grounded": ("+ CLOP, action swaps + shortcut penalty", "clop.yaml", _GROUNDED_SWAPS),
     # clop_grounded with SKP on the action labels only, at 4x weight, its heads on the video encoder's pooled
-    # feature: the action hard negatives then need the clip's motion (400 steps, 3 seeds: 79.2 vs 70.3; README,
-    # stop 18).
+    # feature: the action hard negatives then need the clip's motion (400 steps, 3 seeds: 79.2 vs 70.3;
+    # docs/findings.md, stop 18).
     "clop_motion": ("+ CLOP, action swaps + penalty + SKP on actions from the encoder", "clop.yaml",
                     _GROUNDED_SWAPS + _ACTION_SKP_ON_ENCODER),
     # clop_motion's switches one at a time (KCL sampling alone is clop_kcl_sampling: swaps play no part in it).
-    # SKP alone is the best CLOP variant measured: 81.0 vs 70.3 and t2v R@1 70.8 vs 62.2 (README, stop 18).
+    # SKP alone is the best CLOP variant measured: 81.0 vs 70.3 and t2v R@1 70.8 vs 62.2 (docs/findings.md, stop 18).
     "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder", "demo.yaml", _ACTION_SKP_ON_ENCODER),
     "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty", "clop.yaml",
                               _CONSTRUCTION_ONLY + _GROUNDED_SWAPS),
     # clop_motion_skp with KCL's sampling, its batches grouped (and negatives weighted) by shared attributes only:
-    # clips of one colour and size meet, so the InfoNCE must tell them apart by shape and motion (README, stop 20).
+    # clips of one colour and size meet, so the InfoNCE must tell them apart by shape and motion
+    # (docs/findings.md, stop 20).
     "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes", "clop.yaml",
                              _ACTION_SKP_ON_ENCODER + ["clop.kcl_construct=false", "clop.kcl_types=[attribute]"]),
     # S-ViLM with each phrase taken as the mean of the caption's token states over its span (the previous

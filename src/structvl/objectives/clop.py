@@ -63,8 +63,8 @@ class KnowledgePredictionObjective(nn.Module):
     encoder's pooled feature instead; the motion they teach then reaches retrieval only through the contrastive
     terms. On the action labels at weight 4 beside the plain InfoNCE (the demo's `clop_motion_skp`) that is
     the best CLOP variant measured: hard negatives 81.0 vs 70.3 and t2v R@1 70.8 vs 62.2 (3 seeds, 400 steps;
-    README, stop 18). With KCL added (`clop_motion`) both were lower, 79.2 and 59.7, because its sampler grouped
-    batches by action; grouped by attributes (`clop_motion_sampling`, stop 20) they are 81.1 and 74.2.
+    docs/findings.md, stop 18). With KCL added (`clop_motion`) both were lower, 79.2 and 59.7, because its
+    sampler grouped batches by action; grouped by attributes (`clop_motion_sampling`, stop 20) they are 81.1 and 74.2.
     """
 
     needs_knowledge = True
