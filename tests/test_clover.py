@@ -116,6 +116,16 @@ def test_rank_margin_diagnostic_tells_a_clip_specific_gap_from_a_text_side_one(k
         assert set(changed[b].nonzero().flatten().tolist()) <= allowed
 
 
+def test_batch_shares_count_shape_twins_only_where_colours_and_sizes_match():
+    """scripts/batch_appearance_twins.py: a shape twin has the same colours and sizes and other shapes."""
+    module = _script("batch_appearance_twins")
+    clips = [(("circle", "red", "big"),), (("square", "red", "big"),),  # shape twins of each other
+             (("circle", "blue", "big"),), (("circle", "blue", "big"),)]  # appearance twins, no shape twin
+    unique, twin, meets, shape_twin = module.batch_shares([0, 1, 2, 3], clips, batch_size=4)
+    assert (unique, twin, shape_twin) == (50.0, 50.0, 50.0) and meets == 50.0
+    assert module.batch_shares([0, 2, 1, 3], clips, batch_size=2)[3] == 0.0  # the twins now sit in other batches
+
+
 def test_focal_mlm_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_tokens():
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
     labels = torch.tensor([0, 1])
