@@ -78,13 +78,12 @@ def main() -> int:
     print(f"{len(records)} training clips, {len(set(appearance))} distinct appearance multisets")
     print(f"{'sampler':58s} unique  twin  meets-an-identical-object  shape-twin")
 
-    def report(name: str, order: list[int]) -> None:
-        print(f"{name:58s} {'  '.join(f'{x:5.1f}' for x in batch_shares(order, appearance, args.batch_size))}")
+    def report(name: str, order: list[int], clips: list[tuple] = appearance, batch_size: int = args.batch_size):
+        print(f"{name:58s} {'  '.join(f'{x:5.1f}' for x in batch_shares(order, clips, batch_size))}")
 
     report("random", ResumableDistributedSampler(len(records), seed=0).indices())
     gallery = [appearance_of(r) for r in read_annotations("jsonl", Path(args.corpus) / "eval/retrieval_test.jsonl")]
-    print(f"{'retrieval test gallery, one batch of ' + str(len(gallery)):58s} "
-          f"{'  '.join(f'{x:5.1f}' for x in batch_shares(list(range(len(gallery))), gallery, len(gallery)))}")
+    report(f"retrieval test gallery, one batch of {len(gallery)}", list(range(len(gallery))), gallery, len(gallery))
     knowledge = [[context.knowledge[c] for c in r.captions if c in context.knowledge] for r in records]
     labels = {types: torch.stack([multi_hot(k, context.vocab, list(types)).amax(0) for k in knowledge]).numpy()
               for types in {tuple(types) for types, _, _ in VARIANTS}}  # once per set of types

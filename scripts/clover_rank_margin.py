@@ -24,6 +24,7 @@ from structvl.data.knowledge import KnowledgeCache, knowledge_for
 from structvl.data.masking import corrupt_tokens, semantic_selection
 from structvl.data.text import Tokenizer
 from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.tasks.retrieval import embed_videos
 
 
 def rank_gaps(video: torch.Tensor, text: torch.Tensor, text_masked: torch.Tensor, margin: float) -> dict:
@@ -58,12 +59,11 @@ def main(root: Path, runs: list[str]) -> None:
     print(f"{'run':<40} {'own gap':>8} {'met':>6} {'other-clip gap':>15} {'met':>6}")
     for run in runs:
         model, cfg, _ = load_run_model(run)
-        model.eval()
         tok = Tokenizer(cfg.model.text.max_length)
-        tokens, masked_ids = mask_captions(tok, captions, knowledge, defaults.clover.text_mask_ratio)
+        video, kept = embed_videos(model, eval_loader(records, cfg, root, tok), torch.device("cpu"))
+        tokens, masked_ids = mask_captions(tok, [captions[i] for i in kept], [knowledge[i] for i in kept],
+                                           defaults.clover.text_mask_ratio)
         with torch.no_grad():
-            video = torch.cat([model.encode_video(b["video"], b["frame_mask"]).embed
-                               for b in eval_loader(records, cfg, root, tok)])
             text = model.encode_text(tokens["input_ids"], tokens["attention_mask"]).embed
             text_masked = model.encode_text(masked_ids, tokens["attention_mask"]).embed
         g = rank_gaps(video, text, text_masked, margin)

@@ -15,6 +15,7 @@ from structvl.config import load_config
 from structvl.data.masking import (block_mask, candidate_units, corrupt_tokens, random_selection,
                                    semantic_selection, unit_token_groups, video_tube_masks)
 from structvl.objectives.clover import exclusive_nce, focal_mlm_loss, pairwise_ranking
+from script_module import load_script
 from test_engine import TINY, tiny_corpus  # noqa: F401  (the module-scoped corpus fixture)
 from two_ranks import run_on_ranks
 
@@ -82,20 +83,10 @@ def test_pairwise_ranking_sign_and_margin():
     assert c.grad[0].abs().sum() == 0 and c.grad[1, 0] < 0 and m.grad[1, 0] > 0  # descent: +c, -m along a
 
 
-def _script(name: str):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_rank_margin_diagnostic_tells_a_clip_specific_gap_from_a_text_side_one(knowledge, tokenizer):
     """scripts/clover_rank_margin.py: the own-clip gap and the other-clip gap, by hand, and its masked captions
     are Clover's semantic selection with every selected piece replaced by [MASK]."""
-    module = _script("clover_rank_margin")
+    module = load_script("clover_rank_margin")
     video = torch.eye(2)
     text = torch.eye(2)
     # Clip-specific: each masked caption moves away from its own video, towards the other one.
@@ -110,7 +101,7 @@ def test_rank_margin_diagnostic_tells_a_clip_specific_gap_from_a_text_side_one(k
     tokens, masked = module.mask_captions(tokenizer, CAPTIONS, knowledge, ratio=0.3)
     changed = masked != tokens["input_ids"]
     assert (masked[changed] == tokenizer.mask_token_id).all() and changed.any(1).all()
-    enc, offsets = tokenizer.encode_with_offsets(CAPTIONS)
+    _, offsets = tokenizer.encode_with_offsets(CAPTIONS)
     for b, k in enumerate(knowledge):  # only noun / verb word pieces are masked
         allowed = {t for _, toks in unit_token_groups(k.words, candidate_units(k.words), offsets[b]) for t in toks}
         assert set(changed[b].nonzero().flatten().tolist()) <= allowed
@@ -118,7 +109,7 @@ def test_rank_margin_diagnostic_tells_a_clip_specific_gap_from_a_text_side_one(k
 
 def test_batch_shares_count_shape_twins_only_where_colours_and_sizes_match():
     """scripts/batch_appearance_twins.py: a shape twin has the same colours and sizes and other shapes."""
-    module = _script("batch_appearance_twins")
+    module = load_script("batch_appearance_twins")
     clips = [(("circle", "red", "big"),), (("square", "red", "big"),),  # shape twins of each other
              (("circle", "blue", "big"),), (("circle", "blue", "big"),)]  # appearance twins, no shape twin
     unique, twin, meets, shape_twin = module.batch_shares([0, 1, 2, 3], clips, batch_size=4)
