@@ -6,7 +6,7 @@ and last, best kept); each row's ratio is its clips/s over the reference's. The 
 `open_video(...).get_frames(...)` alone; the "loader" rows add everything training does per clip: sampling,
 resize + centre crop + normalise, collation, and worker processes.
 
-Clips: the structured synthetic corpus (`structvl.data.synth.generate_corpus`, 64x64, 16 frames) when that
+Clips: the structured synthetic corpus (`structvl.lab.synth.generate_corpus`, 64x64, 16 frames) when that
 module is present, else ~200 tiny mp4s written here. Both are cached in a temporary directory and reused.
 
     python benchmarks/decode.py                       # ~200 clips, 3 timed passes each
@@ -55,7 +55,7 @@ def write_clip(path: Path, index: int, num_frames: int = 16, size: int = 64, fps
 def benchmark_clips(data_dir: Path, count: int) -> list[Path]:
     """`count` clips under `data_dir`, generated on the first run."""
     try:
-        from structvl.data.synth import generate_corpus
+        from structvl.lab.synth import generate_corpus
     except ImportError:
         generate_corpus = None
     if generate_corpus is not None:

@@ -21,8 +21,8 @@ import torch
 
 from structvl.config import load_config
 from structvl.data.text import Tokenizer
-from structvl.demo import ABLATIONS
-from structvl.demo import RECIPES as DEMO_RECIPES
+from structvl.lab.demo import ABLATIONS
+from structvl.lab.demo import RECIPES as DEMO_RECIPES
 from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
@@ -72,7 +72,7 @@ def main() -> None:
         work = Path(tmp)
         data = Path(args.data) if args.data else work / "corpus"
         if not args.data:
-            from structvl.data.synth import generate_corpus
+            from structvl.lab.synth import generate_corpus
             generate_corpus(data, num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
         names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
         print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  corpus={data}")

@@ -19,7 +19,7 @@ import torch
 
 from structvl.config import load_config
 from structvl.engine.optim import build_optimizer
-from structvl.engine.precision import native_bf16, resolved_name
+from structvl.runtime.precision import native_bf16, resolved_name
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 

@@ -468,7 +468,7 @@ def test_exclude_names_a_knowledge_type_and_lists_labels():
 
 def test_clop_run_trains_saves_vocab_and_reports_skp_map(tmp_path):
     from test_engine import TINY  # the tiny model every engine test uses
-    from structvl.data.synth import generate_corpus
+    from structvl.lab.synth import generate_corpus
     from structvl.engine.pretrain import run_pretraining
 
     root = tmp_path / "corpus"

@@ -3,6 +3,8 @@ video masking, gradients into every head, the 2-rank all-gathered loss, and a sh
 
 from __future__ import annotations
 
+import importlib
+
 import json
 import math
 
@@ -15,7 +17,6 @@ from structvl.config import load_config
 from structvl.data.masking import (block_mask, candidate_units, corrupt_tokens, random_selection,
                                    semantic_selection, unit_token_groups, video_tube_masks)
 from structvl.objectives.clover import exclusive_nce, focal_mlm_loss, pairwise_ranking
-from script_module import load_script
 from test_engine import TINY, tiny_corpus  # noqa: F401  (the module-scoped corpus fixture)
 from two_ranks import run_on_ranks
 
@@ -84,9 +85,9 @@ def test_pairwise_ranking_sign_and_margin():
 
 
 def test_rank_margin_diagnostic_tells_a_clip_specific_gap_from_a_text_side_one(knowledge, tokenizer):
-    """scripts/clover_rank_margin.py: the own-clip gap and the other-clip gap, by hand, and its masked captions
+    """structvl.lab.diagnostics.clover_rank_margin: the own-clip gap and the other-clip gap, by hand, and its masked captions
     are Clover's semantic selection with every selected piece replaced by [MASK]."""
-    module = load_script("clover_rank_margin")
+    module = importlib.import_module("structvl.lab.diagnostics.clover_rank_margin")
     video = torch.eye(2)
     text = torch.eye(2)
     # Clip-specific: each masked caption moves away from its own video, towards the other one.
@@ -108,8 +109,8 @@ def test_rank_margin_diagnostic_tells_a_clip_specific_gap_from_a_text_side_one(k
 
 
 def test_batch_shares_count_shape_twins_only_where_colours_and_sizes_match():
-    """scripts/batch_appearance_twins.py: a shape twin has the same colours and sizes and other shapes."""
-    module = load_script("batch_appearance_twins")
+    """structvl.lab.diagnostics.batch_appearance_twins: a shape twin has the same colours and sizes and other shapes."""
+    module = importlib.import_module("structvl.lab.diagnostics.batch_appearance_twins")
     clips = [(("circle", "red", "big"),), (("square", "red", "big"),),  # shape twins of each other
              (("circle", "blue", "big"),), (("circle", "blue", "big"),)]  # appearance twins, no shape twin
     unique, twin, meets, shape_twin = module.batch_shares([0, 1, 2, 3], clips, batch_size=4)

@@ -26,7 +26,7 @@ FAST = ["openqa.epochs=8", "openqa.hidden=32", "mcqa.hidden=32", "mcqa.epochs=8"
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from structvl.data.synth import generate_corpus
+    from structvl.lab.synth import generate_corpus
 
     root = tmp_path_factory.mktemp("dcorpus")
     generate_corpus(root, num_clips=40, num_untrimmed=8, size=32, num_frames=8, seed=3, workers=1, progress=False)
@@ -258,7 +258,7 @@ def test_cli_eval_and_finetune_merge_flat_keys(corpus, run_cfg, tmp_path):
 
 
 def test_demo_downstream_columns(corpus, run_cfg, tmp_path):
-    from structvl.demo import DOWNSTREAM_REFERENCE, aggregate, downstream_metrics, format_table
+    from structvl.lab.demo import DOWNSTREAM_REFERENCE, aggregate, downstream_metrics, format_table
     from structvl.engine.pretrain import run_pretraining
 
     run = tmp_path / "run"
@@ -279,7 +279,7 @@ def test_demo_downstream_columns(corpus, run_cfg, tmp_path):
 
 
 def test_demo_reuses_a_finished_run_only_with_the_same_config(corpus, tmp_path):
-    from structvl.demo import finished_run_metrics, write_json_merged
+    from structvl.lab.demo import finished_run_metrics, write_json_merged
     from structvl.engine.pretrain import run_pretraining
 
     run = tmp_path / "run"

@@ -24,7 +24,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory):
-    from structvl.data.synth import generate_corpus
+    from structvl.lab.synth import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     generate_corpus(root, num_clips=40, num_untrimmed=3, size=32, num_frames=8, seed=3, workers=1,
@@ -48,7 +48,7 @@ def test_tiny_run_loss_falls_and_metrics_written(tiny_corpus, tmp_path):
                 "hard_negative/static/action", "hard_negative/balanced/action"):
         assert key in saved and key in metrics
     # demo.yaml's train.precision=auto: bf16 exactly where this CPU computes it natively, and the run says which
-    from structvl.engine.precision import native_bf16
+    from structvl.runtime.precision import native_bf16
     assert saved["train/bf16"] == float(native_bf16("cpu"))
     assert (tmp_path / "run" / "config.yaml").exists()
     assert (tmp_path / "run" / "checkpoints" / "latest").exists()

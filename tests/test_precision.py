@@ -8,8 +8,8 @@ import logging
 import pytest
 import torch
 
-from structvl.engine import precision
-from structvl.engine.precision import autocast_dtype, native_bf16, resolved_name
+from structvl.runtime import precision
+from structvl.runtime.precision import autocast_dtype, native_bf16, resolved_name
 
 
 def _cpu_has_bf16(monkeypatch, supported: bool) -> None:

@@ -7,7 +7,7 @@ import json
 import math
 
 from structvl.config import load_config
-from structvl.demo import ABLATIONS, RECIPES
+from structvl.lab.demo import ABLATIONS, RECIPES
 
 from test_engine import TINY, tiny_corpus  # noqa: F401  (the module-scoped corpus fixture)
 

@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,6 @@ import torch.nn.functional as F
 
 from structvl.tasks.hard_negative import frozen_to_middle_frame, hard_negative_accuracy
 from structvl.tasks.retrieval import chance_metrics, metrics_from_ranks, ranks_blockwise, retrieval_metrics
-from script_module import SCRIPTS, load_script
 
 
 def test_ranks_hand_computed_case():
@@ -167,8 +168,8 @@ def test_metrics_table_gives_each_factor_its_pairs_and_standard_error():
 
 
 def test_retrieval_miss_kinds_name_what_differs():
-    """scripts/retrieval_errors.py: a miss is classed by what tells the caption's clip from the retrieved one."""
-    module = load_script("retrieval_errors")
+    """structvl.lab.diagnostics.retrieval_errors: a miss is classed by what tells the caption's clip from the retrieved one."""
+    module = importlib.import_module("structvl.lab.diagnostics.retrieval_errors")
 
     def obj(shape, colour="red", size="large", action="rotating"):
         return {"shape": shape, "colour": colour, "size": size, "action": action}
@@ -190,10 +191,10 @@ def test_retrieval_miss_kinds_name_what_differs():
 
 
 def test_knowledge_probe_finds_what_features_hold_and_only_that():
-    """scripts/knowledge_probe.py: a linear probe reads a kind that the features encode and no other."""
+    """structvl.lab.diagnostics.knowledge_probe: a linear probe reads a kind that the features encode and no other."""
     from structvl.data.records import VideoRecord
 
-    module = load_script("knowledge_probe")
+    module = importlib.import_module("structvl.lab.diagnostics.knowledge_probe")
 
     shapes, colours = ["star", "ring", "cross", "square"], ["red", "blue", "green"]
     gen = torch.Generator().manual_seed(0)
@@ -222,13 +223,12 @@ def test_knowledge_probe_finds_what_features_hold_and_only_that():
 
 
 def test_learnability_curve_learns_a_visible_multi_label_kind(monkeypatch):
-    """scripts/learnability.py: the supervised curve rises on labels the clips show, scored as mAP (multi-label)
+    """structvl.lab.diagnostics.learnability: the supervised curve rises on labels the clips show, scored as mAP (multi-label)
     or top-1 (one class per clip)."""
     from structvl.config import VideoEncoderConfig
     from structvl.models.video_encoder import VideoEncoder
 
-    monkeypatch.syspath_prepend(str(SCRIPTS))  # as when run: it imports its sibling knowledge_probe.py
-    module = load_script("learnability")
+    module = importlib.import_module("structvl.lab.diagnostics.learnability")
 
     # scoring: a perfect ranking is 100 mAP, a reversed one far below; top-1 counts argmax hits
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])

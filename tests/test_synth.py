@@ -14,11 +14,11 @@ import av
 import numpy as np
 import pytest
 
-from structvl.data.synth import generate_corpus
-from structvl.data.synth.captions import (
+from structvl.lab.synth import generate_corpus
+from structvl.lab.synth.captions import (
     ACTION_PHRASES, COLOUR_WORDS, RELATION_PHRASES, SHAPE_WORDS, SIZE_WORDS,
 )
-from structvl.data.synth.vocab import ACTIONS, BACKGROUNDS, COLOURS, CONVERSE, SHAPES
+from structvl.lab.synth.vocab import ACTIONS, BACKGROUNDS, COLOURS, CONVERSE, SHAPES
 
 SIZE, FRAMES, FPS = 48, 8, 8
 TINY = dict(num_clips=24, num_untrimmed=4, size=SIZE, num_frames=FRAMES, fps=FPS, holdout_compositions=True,
@@ -35,9 +35,9 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def many_clips() -> list[tuple[dict, dict]]:
     """200 planned test clips (no video written): (native record, hard-negative row) for each."""
-    from structvl.data.synth.evalsets import hard_negatives
-    from structvl.data.synth.layouts import clip_record
-    from structvl.data.synth.plan import plan_clip
+    from structvl.lab.synth.evalsets import hard_negatives
+    from structvl.lab.synth.layouts import clip_record
+    from structvl.lab.synth.plan import plan_clip
 
     planned = [plan_clip(seed=7, split="test", index=k, msrvtt_index=k, frame=64, num_frames=FRAMES, heldout=[])
                for k in range(200)]

@@ -18,7 +18,7 @@ ANNOTATION_FORMATS = [
 
 # ---------------------------------------------------------------- data commands
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from structvl.data.synth import generate_corpus
+    from structvl.lab.synth import generate_corpus
 
     summary = generate_corpus(
         args.out, num_clips=args.clips, seed=args.seed, holdout_compositions=args.holdout_compositions,
@@ -158,7 +158,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from structvl.demo import run_demo
+    from structvl.lab.demo import run_demo
 
     recipes = [r.strip() for r in args.recipes.split(",")] if args.recipes else None
     return run_demo(out=args.out, quick=args.quick, data=args.data, seeds=args.seeds, recipes=recipes,
@@ -219,7 +219,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="same pipeline on a 400-clip corpus at 60 steps (smoke test)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per recipe; the table shows mean ± std")
     p.add_argument("--recipes", default=None,
-                   help="comma-separated recipe names (default: all; see structvl.demo.RECIPES)")
+                   help="comma-separated recipe names (default: all; see structvl.lab.demo.RECIPES)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides for every recipe, e.g. train.max_steps=150")
     p.set_defaults(func=_cmd_demo)

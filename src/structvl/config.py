@@ -180,7 +180,7 @@ class ClopConfig:
     # "batch": each head sees its embedding batch-normalised (no affine; running statistics at evaluation).
     # The shared-space embeddings of different clips are nearly parallel (cosine ~0.95 at init), so an unnormalised
     # head reads mostly their common part: trained on action labels alone it stayed near chance (test mAP 15.6 vs
-    # 45.5 batch-normalised, 200 steps, scripts/skp_head_probe.py). "none": the raw embedding (before stop 15).
+    # 45.5 batch-normalised, 200 steps, structvl.lab.diagnostics.skp_head_probe). "none": the raw embedding (before stop 15).
     skp_input_norm: str = "batch"
     # What SKP predicts for a clip: "caption", the knowledge of the caption it was paired with in the batch, or
     # "video", the union over all of the video's training captions. The union looks cleaner (one caption says

@@ -116,15 +116,15 @@ def ensure_corpus(cfg: RunConfig) -> None:
     """Generate the structured corpus at data.root when the config asks for it and it is absent."""
     root = data_root(cfg)
     if cfg.data.synth and not (root / "corpus.json").exists():
-        from structvl.data.synth import generate_corpus
+        from structvl.lab.synth import generate_corpus
         generate_corpus(root, num_clips=cfg.data.synth_clips, seed=0)
 
 
 def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluate: bool = True) -> dict:
     from structvl.data.dataset import SkipLedger
     from structvl.data.text import Tokenizer
-    from structvl.engine.distributed import barrier, cleanup, init_distributed
-    from structvl.engine.precision import dtype_name
+    from structvl.runtime.distributed import barrier, cleanup, init_distributed
+    from structvl.runtime.precision import dtype_name
     from structvl.engine.trainer import Trainer
     from structvl.models.video_text import build_model
     from structvl.objectives.pretraining import PretrainingModule

@@ -18,10 +18,10 @@ import torch.distributed as dist
 
 from structvl.config import RunConfig
 from structvl.engine import checkpoint as ckpt
-from structvl.engine.distributed import DistInfo, all_reduce_mean
+from structvl.runtime.distributed import DistInfo, all_reduce_mean
 from structvl.engine.logger import RunLogger
 from structvl.engine.optim import build_optimizer, build_scheduler
-from structvl.engine.precision import autocast, autocast_dtype
+from structvl.runtime.precision import autocast, autocast_dtype
 from structvl.engine.sampler import ResumableDistributedSampler
 
 

@@ -32,8 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from structvl.data.knowledge import CaptionKnowledge, KnowledgeVocab, knowledge_for
-from structvl.engine.distributed import all_gather_with_grad
-from structvl.engine.precision import autocast_dtype
+from structvl.runtime.distributed import all_gather_with_grad
+from structvl.runtime.precision import autocast_dtype
 from structvl.engine.sampler import ResumableDistributedSampler
 from structvl.objectives.contrastive import info_nce
 
@@ -493,7 +493,7 @@ class KnowledgeContrastiveObjective(nn.Module):
     kcl_negative_weight.
 
     The swapped captions go through the text encoder with gradient (`kcl_negatives_train_text`), which cuts
-    both ways, measured on the structured corpus (scripts/kcl_negative_accuracy.py, seed 0):
+    both ways, measured on the structured corpus (structvl.lab.diagnostics.kcl_negative_accuracy, seed 0):
     - it teaches the text side that "rotates" is not "bounces": without it (negatives encoded without
       gradient, so only the video side learns from them) the benchmark's action hard negatives fall from 56.9
       to 51.1 at 150 steps (baseline 48.9);
@@ -517,7 +517,7 @@ class KnowledgeContrastiveObjective(nn.Module):
     (`hard_negative/static/action`; 400 steps, lr 5e-4, 2 seeds) `clop_grounded` keeps 58.5 of its 60.9
     (baseline 46.6 of 49.7), and the gain is a preference for "staying still" over any motion, which the
     benchmark's unbalanced pairs reward (`hard_negative/balanced/action`: 51.9 vs the baseline's 52.2;
-    scripts/hard_negative_pairs.py).
+    structvl.lab.diagnostics.hard_negative_pairs).
     Uniform swaps teach that preference: a frequent label such as "stay" is rarely swapped in, so it is far
     more often the truth than the negative; `kcl_swap_sampling: frequency` draws labels as captions use them.
     """
@@ -663,7 +663,7 @@ def build_knowledge_sampler(cfg, dataset, context, world_size: int, rank: int) -
 
 # ----------------------------------------------------------------------------- helpers
 def _rank() -> int:
-    from structvl.engine.distributed import rank
+    from structvl.runtime.distributed import rank
     return rank()
 
 

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from structvl.data.masking import (apply_video_mask, corrupt_tokens, random_selection, semantic_selection,
                                    video_tube_masks)
-from structvl.engine.distributed import all_gather_with_grad, rank, world_size
-from structvl.engine.precision import autocast, autocast_dtype
+from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
+from structvl.runtime.precision import autocast, autocast_dtype
 from structvl.models.video_text import projection_head
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from structvl.engine.distributed import all_gather_with_grad, rank
+from structvl.runtime.distributed import all_gather_with_grad, rank
 
 
 def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from structvl.config import ConfigError
 from structvl.data.text import char_span_to_token_span
-from structvl.engine.distributed import all_gather_no_grad, all_gather_with_grad, rank
+from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
 from structvl.objectives.contrastive import info_nce
 
 
@@ -245,7 +245,7 @@ def temporal_grouping_loss(features: torch.Tensor, is_a: torch.Tensor, valid: to
     leave_one_out: a step's own part's centroid is the mean of the part's *other* steps, and a step alone in
     its part is not scored. With the step inside its own centroid the loss has a solution that needs no
     scenes at all: make every step's feature unlike every other's (each is then nearest the centroid it is
-    part of), which scripts/temporal_one_batch.py shows the encoder finding when the parts look alike.
+    part of), which structvl.lab.diagnostics.temporal_one_batch shows the encoder finding when the parts look alike.
     """
     valid = torch.ones_like(is_a) if valid is None else valid
     f = F.normalize(features.float(), dim=-1)

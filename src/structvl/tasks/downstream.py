@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from structvl.engine.precision import autocast_dtype
+from structvl.runtime.precision import autocast_dtype
 
 log = logging.getLogger("structvl")
 
@@ -73,7 +73,7 @@ def pick_device(run_cfg) -> torch.device:
 
 def train_module(cfg, module, dataset, collator, out_dir: Path, device) -> list[float]:
     """Step `module(batch) -> (loss, logs)` with the pre-training Trainer; returns the loss of every step."""
-    from structvl.engine.distributed import DistInfo
+    from structvl.runtime.distributed import DistInfo
     from structvl.engine.trainer import Trainer
 
     torch.manual_seed(cfg.train.seed)

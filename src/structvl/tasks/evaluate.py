@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from structvl.config import RunConfig
-from structvl.engine.precision import autocast_dtype
+from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.hard_negative import hard_negative_metrics
 from structvl.tasks.retrieval import embed_texts, embed_videos, retrieval_metrics
 

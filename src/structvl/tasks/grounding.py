@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from structvl.config import RunConfig
 from structvl.data.sampling import sample_frame_indices
-from structvl.engine.precision import autocast, autocast_dtype
+from structvl.runtime.precision import autocast, autocast_dtype
 from structvl.objectives.svilm import cut_and_paste, embed_phrases, reverse_steps
 
 

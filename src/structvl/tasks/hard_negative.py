@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from structvl.data.records import VideoRecord
-from structvl.engine.precision import autocast_dtype
+from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.retrieval import embed_texts, embed_videos
 
 

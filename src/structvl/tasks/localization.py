@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from structvl.data.records import VideoRecord
 from structvl.data.video import VideoDecodeError, open_video
-from structvl.engine.precision import autocast
+from structvl.runtime.precision import autocast
 from structvl.tasks.features import crops, normalise, view_indices
 from structvl.tasks.heads import fit_head, loss_summary, standardise
 from structvl.tasks.tal_metrics import Segment, detection_map, nms_1d, random_detections

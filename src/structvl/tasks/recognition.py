@@ -85,7 +85,7 @@ def finetune(model, run_cfg, task, train, test, videos, num_classes: int, out_di
     from structvl.data.dataset import VideoTextCollator, VideoTextDataset
     from structvl.data.text import Tokenizer
     from structvl.data.transforms import VideoTransform
-    from structvl.engine.precision import autocast_dtype
+    from structvl.runtime.precision import autocast_dtype
     from structvl.tasks.downstream import finetune_run_config, train_module
 
     (train_records, train_y), (test_records, test_y) = train, test

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from structvl.engine.precision import autocast
+from structvl.runtime.precision import autocast
 from structvl.engine.trainer import move_to
 
 RECALL_KS = (1, 5, 10)

@@ -1,6 +1,6 @@
 """Re-run the demo's temporal action localization on saved runs and add its class-agnostic mAP.
 
-    python scripts/tal_agnostic.py CORPUS RUN [RUN ...]
+    python -m structvl.lab.diagnostics.tal_agnostic CORPUS RUN [RUN ...]
 
 For each run: the demo's localization protocol (configs/finetune/structured_demo.yaml, the same head, seed and
 features as `structvl demo`), printed with the class-aware mAP it reproduces and the class-agnostic mAP that
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from structvl.demo import DOWNSTREAM_CONFIG, write_json_merged
+from structvl.lab.demo import DOWNSTREAM_CONFIG, write_json_merged
 from structvl.tasks.evaluate import load_run_model
 from structvl.tasks.localization import run_localization
 from structvl.tasks.task_config import load_task_config

@@ -1,6 +1,6 @@
 """Where must a knowledge head read for its labels to teach the demo's video encoder the corpus's actions?
 
-    python scripts/skp_head_probe.py CORPUS [--head shared|pooled] [--labels parsed|oracle] [--steps 200]
+    python -m structvl.lab.diagnostics.skp_head_probe CORPUS [--head shared|pooled] [--labels parsed|oracle] [--steps 200]
                                             [KEY=VALUE ...]
 
 Trains the demo's video encoder from a random init with one multi-label BCE on the pre-training clips
@@ -10,7 +10,7 @@ seed 0, fp32) and prints the test mAP over the action labels every 50 steps, the
 --head shared: SKP's own path (objectives/clop.py) - the projection into the shared L2-normalised space, then
     SKP's action head, reading the embedding as `clop.skp_input_norm` says (override it to compare: `batch`,
     the default, or `none`, the behaviour before stop 15);
---head pooled: a linear head on the video encoder's pooled token (what scripts/learnability.py trains).
+--head pooled: a linear head on the video encoder's pooled token (what structvl.lab.diagnostics.learnability trains).
 --labels parsed: each clip's action labels as SKP gets them (the knowledge vocabulary's actions of the cached
     spaCy parse, the union over the clip's captions); oracle: the generator's action of each object.
 Same encoder, clips, steps and labels for every variant, so a difference is the head's. About 3 minutes a run

@@ -20,9 +20,9 @@ import numpy as np
 
 from structvl.data.formats_qa import write_mcqa_csv
 from structvl.data.records import VideoRecord
-from structvl.data.synth.evalsets import hard_negatives, multiple_choice, open_questions
-from structvl.data.synth.plan import STREAM_EVAL, Caption, Clip, UntrimmedVideo
-from structvl.data.synth.vocab import ACTIONS
+from structvl.lab.synth.evalsets import hard_negatives, multiple_choice, open_questions
+from structvl.lab.synth.plan import STREAM_EVAL, Caption, Clip, UntrimmedVideo
+from structvl.lab.synth.vocab import ACTIONS
 
 MSRVTT_SPLIT_NAMES = {"train": "train", "val": "validate", "test": "test"}
 ACTIVITYNET_SUBSETS = {"train": "training", "val": "validation", "test": "testing"}
@@ -122,7 +122,7 @@ def write_msrvtt(files: CorpusFiles, clips: list[Clip], fps: int, version: str) 
                "split": MSRVTT_SPLIT_NAMES[c.split], "id": c.msrvtt_index} for c in clips]
     sentences = [{"caption": caption.text, "video_id": f"video{c.msrvtt_index}", "sen_id": sen_id}
                  for sen_id, (c, caption) in enumerate((c, cap) for c in clips for cap in c.captions)]
-    info = {"contributor": "structvl.data.synth", "description": "synthetic structured video-text corpus",
+    info = {"contributor": "structvl.lab.synth", "description": "synthetic structured video-text corpus",
             "version": version, "categories": list(ACTIONS)}
     files.json("msrvtt/MSRVTT_data.json", {"info": info, "videos": videos, "sentences": sentences})
     test = [c for c in clips if c.split == "test"]

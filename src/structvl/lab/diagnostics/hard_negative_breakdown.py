@@ -1,6 +1,6 @@
 """Hard-negative accuracy per factor, split by how many objects the test clip shows, beside its controls.
 
-    python scripts/hard_negative_breakdown.py CORPUS RUN [RUN ...]
+    python -m structvl.lab.diagnostics.hard_negative_breakdown CORPUS RUN [RUN ...]
 
 The structured corpus's clips show one to three objects, each with its own action. An action twin changes one
 object's action, so a model can win it by seeing that motion, by binding the caption's words to the right
@@ -23,7 +23,7 @@ import torch
 
 from structvl.data.formats import read_annotations
 from structvl.data.text import Tokenizer
-from structvl.demo import write_json_merged
+from structvl.lab.demo import write_json_merged
 from structvl.tasks.evaluate import eval_loader, load_run_model
 from structvl.tasks.hard_negative import hard_negative_metrics, read_hard_negatives
 

@@ -1,6 +1,6 @@
 """How often a training batch forces the contrastive loss to look at motion, per batch sampler.
 
-    python scripts/batch_appearance_twins.py CORPUS [--batch-size 32]
+    python -m structvl.lab.diagnostics.batch_appearance_twins CORPUS [--batch-size 32]
 
 A clip of the structured corpus shows one to three objects, each with a shape, colour and size (its
 appearance) and an action. When no other clip of the batch has the same appearance multiset, the caption's

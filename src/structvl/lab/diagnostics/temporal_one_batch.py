@@ -1,7 +1,7 @@
 """Can S-ViLM's temporal grouping be learned at all from one fixed batch? Prints, every few steps, the loss
 and the accuracy of the per-time-step features on a fixed cut of that batch.
 
-    python scripts/temporal_one_batch.py CORPUS [--steps 100] [KEY=VALUE ...]
+    python -m structvl.lab.diagnostics.temporal_one_batch CORPUS [--steps 100] [KEY=VALUE ...]
 
 Temporal grouping alone (objectives.svilm_temporal=1, no contrastive or grounding term) on the first 32
 training clips, the same clips every step (a new cut each step), plain AdamW at optim.lr, fp32. Compare

@@ -1,6 +1,6 @@
 """How many supervised steps the demo's video encoder needs to learn the corpus's actions, or its shapes.
 
-    python scripts/learnability.py CORPUS [RUN ...] [--labels action|shape] [--steps 200] [--lr 5e-4] [--every 50]
+    python -m structvl.lab.diagnostics.learnability CORPUS [RUN ...] [--labels action|shape] [--steps 200] [--lr 5e-4] [--every 50]
 
 Trains the video encoder + a linear head on its pooled clip vector and prints the test score every `--every`
 steps: once from a random initialisation of the demo model (configs/demo.yaml), then from each RUN's
@@ -40,7 +40,7 @@ from structvl.tasks.features import ClipViews, collate_views
 from structvl.tasks.recognition import labelled
 from structvl.tasks.task_config import load_task_config, read_task_records, video_root
 
-from knowledge_probe import clip_labels  # a sibling script: scripts/ is on the path when run as one
+from structvl.lab.diagnostics.knowledge_probe import clip_labels
 
 TASK_CONFIG = "finetune/structured"
 

@@ -183,10 +183,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
              seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None) -> int:
     """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
     recipe (e.g. `train.max_steps=150` for a shorter ablation budget)."""
-    from structvl.data.synth import generate_corpus
+    from structvl.lab.synth import generate_corpus
     from structvl.data.text import Tokenizer
     from structvl.engine.pretrain import run_pretraining
-    from structvl.report import examples_section, grounding_section, write_report
+    from structvl.lab.report import examples_section, grounding_section, write_report
     from structvl.tasks.evaluate import load_run_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,6 +1,6 @@
 """What a run's frozen encoders know about each clip's objects, read at each stage on the way to retrieval.
 
-    python scripts/knowledge_probe.py CORPUS RUN [RUN ...] [--train-clips N]
+    python -m structvl.lab.diagnostics.knowledge_probe CORPUS RUN [RUN ...] [--train-clips N]
 
 The structured corpus records each clip's objects (`meta.objects`: shape, colour, size, action). From them,
 per clip: which shapes, colours, sizes, actions and colour-shape pairs are present (multi-label), and how many

@@ -1,7 +1,7 @@
 """Diagnostic: how often does a run's video embedding prefer its caption over CLOP's constructed negatives
 (one knowledge element swapped), per element type, on training clips (what KCL trains on) and test clips?
 
-    python scripts/kcl_negative_accuracy.py CORPUS_DIR VOCAB_JSON RUN_DIR [RUN_DIR ...]
+    python -m structvl.lab.diagnostics.kcl_negative_accuracy CORPUS_DIR VOCAB_JSON RUN_DIR [RUN_DIR ...]
 
 e.g. CORPUS_DIR = the demo's structured corpus, VOCAB_JSON = a CLOP run's knowledge_vocab.json, RUN_DIRs = the
 baseline's and CLOP's runs: if even the training clips' negatives are not told apart, KCL is limited by what

@@ -1,6 +1,6 @@
 """Hard-negative accuracy per (true label -> twin's label) pair, with the clip, frozen, and blind.
 
-    python scripts/hard_negative_pairs.py [--factor action|shape|colour|size|relation] CORPUS RUN [RUN ...]
+    python -m structvl.lab.diagnostics.hard_negative_pairs [--factor action|shape|colour|size|relation] CORPUS RUN [RUN ...]
 
 The factor is action unless `--factor` names another: then the table says which shape (colour, ...) the twin
 puts in place of which.
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from structvl.data.records import VideoRecord
-from structvl.data.synth.vocab import ACTIONS, COLOURS, RELATIONS, SHAPES, SIZES
+from structvl.lab.synth.vocab import ACTIONS, COLOURS, RELATIONS, SHAPES, SIZES
 from structvl.data.text import Tokenizer
 from structvl.tasks.evaluate import eval_loader, load_run_model
 from structvl.tasks.hard_negative import balanced_accuracy, frozen_to_middle_frame, read_hard_negatives

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from structvl.data.synth.scene import Scene
-from structvl.data.synth.vocab import ACTIONS, BACKGROUNDS, COLOURS, CONVERSE, RELATIONS, SHAPES, SIZES
+from structvl.lab.synth.scene import Scene
+from structvl.lab.synth.vocab import ACTIONS, BACKGROUNDS, COLOURS, CONVERSE, RELATIONS, SHAPES, SIZES
 
 # ----------------------------------------------------------------------------- lexicon
 SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from structvl.data.synth.layouts import (
+from structvl.lab.synth.layouts import (
     MC_ANSWER_BASE, CorpusFiles, link_msrvtt_videos, write_actions, write_eval, write_localization,
     write_msrvtt, write_native,
 )
-from structvl.data.synth.plan import (
+from structvl.lab.synth.plan import (
     SPLITS, Clip, UntrimmedVideo, heldout_compositions, plan_clip, plan_untrimmed, split_sizes,
 )
-from structvl.data.synth.scene import render_frames
-from structvl.data.synth.video import encode_mp4
-from structvl.data.synth.vocab import vocabularies
+from structvl.lab.synth.scene import render_frames
+from structvl.lab.synth.video import encode_mp4
+from structvl.lab.synth.vocab import vocabularies
 
 GENERATOR_VERSION = "1.0"
 MANIFEST = "corpus.json"
@@ -66,7 +66,7 @@ def generate_corpus(out_dir, num_clips: int = 2000, seed: int = 0, holdout_compo
     write_localization(files, videos, fps, size)
 
     manifest = {
-        "generator": "structvl.data.synth",
+        "generator": "structvl.lab.synth",
         "generator_version": GENERATOR_VERSION,
         "arguments": arguments,
         "counts": {split: {"clips": sum(c.split == split for c in clips),

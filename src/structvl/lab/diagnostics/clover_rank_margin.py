@@ -2,7 +2,7 @@
 prefer its complete caption over the same caption with nouns / verb phrases masked (the ranking's margin), and
 how far does *another* clip's video prefer it?
 
-    python scripts/clover_rank_margin.py CORPUS_DIR RUN_DIR [RUN_DIR ...]
+    python -m structvl.lab.diagnostics.clover_rank_margin CORPUS_DIR RUN_DIR [RUN_DIR ...]
 
 The ranking asks s(v_i, t_i) > s(v_i, tm_i) + margin. A text encoder can meet that without the video: a caption
 with [MASK] tokens in it can score lower against every video. The "other clips" column scores caption i against

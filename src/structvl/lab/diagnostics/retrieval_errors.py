@@ -1,6 +1,6 @@
 """What a run's text->video retrieval misses: each wrong top-1 clip against the caption's own, by what differs.
 
-    python scripts/retrieval_errors.py CORPUS RUN [RUN ...]
+    python -m structvl.lab.diagnostics.retrieval_errors CORPUS RUN [RUN ...]
 
 The structured corpus's test clips record their objects (`test.jsonl`, `meta.objects`: shape, colour, size and
 action of each). For every caption whose own clip is not ranked first, the clip ranked first is compared with

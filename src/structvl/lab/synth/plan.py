@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from structvl.data.synth.captions import SceneFacts, Span, Wording, paraphrases
-from structvl.data.synth.scene import Scene, sample_scene
-from structvl.data.synth.vocab import ACTIONS, COLOURS, SHAPES
+from structvl.lab.synth.captions import SceneFacts, Span, Wording, paraphrases
+from structvl.lab.synth.scene import Scene, sample_scene
+from structvl.lab.synth.vocab import ACTIONS, COLOURS, SHAPES
 
 SPLITS = ("train", "val", "test")
 EVAL_FRACTION = 0.1  # of the clips (and of the untrimmed videos) for each of val and test

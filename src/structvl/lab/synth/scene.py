@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from structvl.data.synth.vocab import (
+from structvl.lab.synth.vocab import (
     BACKGROUNDS, COLOURS, CONVERSE, REFERENCE_FRAME, ROTATION_SYMMETRY, SHAPES, SIZES, actions_for,
 )
 

@@ -14,9 +14,9 @@ from itertools import permutations
 
 import numpy as np
 
-from structvl.data.synth.captions import MAX_PIECES, SceneFacts, Wording, realise, word_pieces
-from structvl.data.synth.scene import Scene, relation_holds
-from structvl.data.synth.vocab import ACTIONS, COLOURS, DIRECTIONS, RELATIONS, SHAPES, SIZES, actions_for
+from structvl.lab.synth.captions import MAX_PIECES, SceneFacts, Wording, realise, word_pieces
+from structvl.lab.synth.scene import Scene, relation_holds
+from structvl.lab.synth.vocab import ACTIONS, COLOURS, DIRECTIONS, RELATIONS, SHAPES, SIZES, actions_for
 
 FACTORS = ("shape", "colour", "size", "action", "relation")
 MC_CHOICES = 5

@@ -1,7 +1,7 @@
 """Can CLOP's knowledge prediction (SKP) fit the labels of one fixed batch? It prints, every few steps, each
 knowledge type's BCE (summed over its labels) and the mean cosine between the batch's video embeddings.
 
-    python scripts/skp_one_batch.py CORPUS [--steps 80] [KEY=VALUE ...]
+    python -m structvl.lab.diagnostics.skp_one_batch CORPUS [--steps 80] [KEY=VALUE ...]
 
 SKP alone (objectives.clop_skp=1, no contrastive term) on the first 32 training clips, the same batch every
 step, plain AdamW at optim.lr, fp32. A model that learns anything from the labels fits 32 clips; one whose
