@@ -21,16 +21,16 @@ import torch
 
 from structvl.config import load_config
 from structvl.data.text import Tokenizer
+from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
 from structvl.lab.demo import ABLATIONS
 from structvl.lab.demo import RECIPES as DEMO_RECIPES
-from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
+
 from train_step import seconds_per_step  # benchmarks/ is on sys.path when run as a script
 
-# The demo's recipes and ablations (name -> config file, overrides); the five recipes run by default.
-RECIPES = {name: (config, overrides[0] if overrides else []) for name, (_, config, *overrides)
-           in {**DEMO_RECIPES, **ABLATIONS}.items()}
+# The demo's recipes and ablations (name -> config file); the five recipes run by default.
+RECIPES = {name: config for name, (_, config) in {**DEMO_RECIPES, **ABLATIONS}.items()}
 EXTRA_PASSES = {"baseline": "-", "clop": "text: constructed negatives",
                 "clop_grounded": "text: up to 8 action swaps a caption",
                 "svilm": "video: cut-and-paste clips; text: phrases",
@@ -46,8 +46,7 @@ def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
 
 
 def measure(name: str, data: Path, batch_size: int, steps: int, work: Path) -> dict:
-    config, overrides = RECIPES[name]
-    cfg = load_config(config, [f"data.root={data}"] + overrides)
+    cfg = load_config(RECIPES[name], [f"data.root={data}"])
     run_dir = work / name
     run_dir.mkdir(parents=True, exist_ok=True)
     batch, context = real_batch(cfg, data, batch_size, run_dir)

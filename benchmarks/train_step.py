@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
+from structvl.config import CONFIG_DIR as CONFIGS
 from structvl.config import load_config
 from structvl.engine.optim import build_optimizer
-from structvl.runtime.precision import native_bf16, resolved_name
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
-
-from structvl.config import CONFIG_DIR as CONFIGS
+from structvl.runtime.precision import native_bf16, resolved_name
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:

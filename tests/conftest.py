@@ -1,46 +1,28 @@
-"""Shared fixtures: tiny real video files written with PyAV (pytorchvideo style), and the real annotation files."""
+"""Shared fixtures: the tiny structured corpus, tiny real video files, the real annotation files, one thread."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+from structvl.data.knowledge.rules import extract_knowledge
+from structvl.lab.synth import generate_corpus
 
+from helpers import SHAPE_CAPTIONS, write_video
 
-def write_video(path: Path, num_frames: int = 16, size: tuple[int, int] = (48, 64), fps: int = 8,
-                codec: str = "libx264", keyint: int | None = None) -> np.ndarray:
-    """Write a clip whose frame i is a flat colour encoding i (so a decoded frame tells its own index).
-
-    Returns the uint8 frames (T, H, W, 3) that were encoded. Frame i has value 8*i in the red channel.
-    """
-    import av
-
-    h, w = size
-    frames = np.zeros((num_frames, h, w, 3), np.uint8)
-    for i in range(num_frames):
-        frames[i, :, :, 0] = (8 * i) % 256
-        frames[i, :, :, 1] = 128
-        frames[i, :, :, 2] = 255 - (8 * i) % 256
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        if keyint is not None:
-            stream.codec_context.gop_size = keyint
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return frames
+# The real annotation files of six benchmarks (unmodified; see fixtures/realdata/README.md).
+REALDATA = Path(__file__).resolve().parent / "fixtures" / "realdata"
 
 
-def frame_index_of(frame: np.ndarray) -> int:
-    """Recover the index write_video encoded into a decoded frame (robust to codec noise)."""
-    return int(round(float(frame[..., 0].astype(np.float32).mean()) / 8))
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A 40-clip structured corpus at 32 px (plus 3 untrimmed videos), generated once per test session."""
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, num_clips=40, num_untrimmed=3, size=32, num_frames=8, seed=3, workers=1,
+                    progress=False)
+    return root
 
 
 @pytest.fixture
@@ -55,6 +37,20 @@ def make_video(tmp_path):
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    if not REALDATA.exists():
-        pytest.skip(f"real annotation files not found at {REALDATA}")
     return REALDATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two threads that wait
+    on each other's barriers run 10-100x slower whenever another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def parsed():
+    """The knowledge of SHAPE_CAPTIONS, parsed once per test session."""
+    return extract_knowledge(SHAPE_CAPTIONS)

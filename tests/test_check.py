@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_video
 
 from structvl.data.check import check_dataset, format_report
 from structvl.data.formats import write_jsonl
 from structvl.data.records import VideoRecord
+
+from helpers import write_video
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ tiny end-to-end run whose loss falls."""
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -12,30 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from structvl.config import ConfigError, load_config
-from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, extract_knowledge, knowledge_for
-from structvl.objectives.clop import (
-    KnowledgeGroupedSampler, KnowledgePredictionObjective, average_precision, build_swapped_negatives,
-    described_objects, differs_in_one_element, jaccard, knowledge_elements, multi_hot, paraphrase_pairs,
-    text_shortcut_penalty,
-)
+from structvl.data.knowledge.vocab import KnowledgeVocab, multi_hot
+from structvl.data.knowledge_sampler import KnowledgeGroupedSampler
+from structvl.objectives.clop import KnowledgePredictionObjective, jaccard, text_shortcut_penalty
 from structvl.objectives.contrastive import info_nce
 from structvl.objectives.pretraining import PretrainOutputs
+from structvl.tasks.knowledge_prediction import average_precision
 
-CAPTIONS = [
-    "a small red circle moves to the left",
-    "a big blue square is rotating",
-    "a small green triangle is bouncing",
-    "a big red star is rotating while a small blue circle moves to the left",
-    "a large yellow square is bouncing",
-    "a small blue triangle moves to the left",
-    "a big green star is bouncing",
-    "a small yellow circle is rotating",
-]
-
-
-@pytest.fixture(scope="module")
-def parsed():
-    return extract_knowledge(CAPTIONS)
+from helpers import SHAPE_CAPTIONS, TINY
 
 
 def test_jaccard_matches_set_overlap():
@@ -127,15 +110,15 @@ def test_skp_video_targets_are_the_union_over_the_videos_captions(parsed):
     vocab = KnowledgeVocab.build(parsed, top_k=10)
     knowledge = {k.caption: k for k in parsed}
     # video "v0" has two captions that name different actions; "v1" has one caption
-    videos = {"v0": [CAPTIONS[0], CAPTIONS[1]], "v1": [CAPTIONS[2]]}
-    batch = {"video_id": ["v0", "v1"], "knowledge": [knowledge[CAPTIONS[0]], knowledge[CAPTIONS[2]]]}
+    videos = {"v0": [SHAPE_CAPTIONS[0], SHAPE_CAPTIONS[1]], "v1": [SHAPE_CAPTIONS[2]]}
+    batch = {"video_id": ["v0", "v1"], "knowledge": [knowledge[SHAPE_CAPTIONS[0]], knowledge[SHAPE_CAPTIONS[2]]]}
     per_caption = KnowledgePredictionObjective(load_config("clop", ["model.embed_dim=8"]), None, ObjectiveContext(
         vocab=vocab, knowledge=knowledge, videos_captions=videos)).targets(batch)
     per_video = KnowledgePredictionObjective(load_config("clop", ["model.embed_dim=8", "clop.skp_targets=video"]),
                                              None, ObjectiveContext(vocab=vocab, knowledge=knowledge,
                                                                     videos_captions=videos)).targets(batch)
-    both = vocab.encode_batch([knowledge[CAPTIONS[0]], knowledge[CAPTIONS[1]]])
-    first, second = vocab.encode_batch([knowledge[CAPTIONS[0]]]), vocab.encode_batch([knowledge[CAPTIONS[2]]])
+    both = vocab.encode_batch([knowledge[SHAPE_CAPTIONS[0]], knowledge[SHAPE_CAPTIONS[1]]])
+    first, second = vocab.encode_batch([knowledge[SHAPE_CAPTIONS[0]]]), vocab.encode_batch([knowledge[SHAPE_CAPTIONS[2]]])
     for kind in ("object", "attribute", "action"):
         torch.testing.assert_close(per_caption[kind][0], first[kind][0])
         torch.testing.assert_close(per_video[kind][0], both[kind].amax(0))
@@ -243,157 +226,6 @@ def test_skp_single_clip_batch_uses_running_statistics(parsed):
     assert float(loss) == pytest.approx(float(skp.eval().bce(embed, targets)), rel=1e-6)
 
 
-def _changed_span(a: str, b: str) -> tuple[str, str]:
-    """The differing middle of two strings (common prefix and suffix removed)."""
-    i = 0
-    while i < min(len(a), len(b)) and a[i] == b[i]:
-        i += 1
-    j = 0
-    while j < min(len(a), len(b)) - i and a[-1 - j] == b[-1 - j]:
-        j += 1
-    return a[i:len(a) - j], b[i:len(b) - j]
-
-
-def test_swapped_captions_change_exactly_one_element(parsed, tmp_path):
-    vocab = KnowledgeVocab.build(parsed, top_k=20)
-    with KnowledgeCache(tmp_path / "cache") as cache:
-        negatives = build_swapped_negatives(parsed, vocab, cache, ["object", "attribute", "action"], per_type=2)
-    produced = [(src, neg, kind) for src, rows in negatives.items() for neg, kind in rows]
-    assert {kind for *_, kind in produced} == {"object", "attribute", "action"}
-    reparsed = {k.caption: k for k in extract_knowledge([neg for _, neg, _ in produced])}
-    source = {k.caption: k for k in parsed}
-    for src, neg, kind in produced:
-        old_text, new_text = _changed_span(src, neg)
-        assert old_text and new_text and len(old_text.split()) <= 3, (src, neg)  # one contiguous span replaced
-        a, b = knowledge_elements(source[src]), knowledge_elements(reparsed[neg])
-        changed = {t for t in a if a[t] != b[t] and t != "relation"}
-        # an object swap also renames that object's attributes ("red|circle" -> "red|star")
-        assert changed == {kind} or (kind == "object" and changed == {"object", "attribute"}), (src, neg, a, b)
-        assert len(b[kind] - a[kind]) == 1 and len(a[kind] - b[kind]) <= 1, (src, neg)
-
-
-def test_differs_in_one_element_rejects_two_changes(parsed):
-    src = parsed[0]  # "a small red circle moves to the left"
-    one, two = extract_knowledge(["a small blue circle moves to the left", "a big blue circle moves to the left"])
-    assert differs_in_one_element(src, one, "attribute", "red", "blue")
-    assert not differs_in_one_element(src, two, "attribute", "red", "blue")
-    assert not differs_in_one_element(src, src, "attribute", "red", "blue")  # nothing changed
-
-
-def test_paraphrase_pairs_need_alternation_across_captions_of_one_video():
-    videos = [[f"a big {c} circle spins", f"a large {c} circle spins"] for c in
-              ("red", "blue", "green", "cyan", "white", "black")]
-    videos += [["a big red square and a small blue star spin"]]
-    caps = [c for v in videos for c in v]
-    knowledge = {k.caption: k for k in extract_knowledge(caps)}
-    pairs = paraphrase_pairs(videos, knowledge)
-    assert ("attribute", "big", "large") in pairs and ("attribute", "large", "big") in pairs
-    assert ("attribute", "big", "small") not in pairs and not any(p[0] == "object" for p in pairs)
-
-
-def test_paraphrases_are_found_when_two_objects_use_both_words_in_one_caption():
-    # Two large objects: one caption says "a big square and a large circle", the other swaps the words.
-    # Unbound labels "big" and "large" are then always used together; bound to their noun they alternate.
-    videos = [[f"a big {c} square and a large {d} circle spin", f"a large {c} square and a big {d} circle spin"]
-              for c, d in [("red", "blue"), ("blue", "green"), ("green", "cyan"), ("cyan", "white"),
-                           ("white", "black"), ("black", "red")]]
-    knowledge = {k.caption: k for k in extract_knowledge([c for v in videos for c in v])}
-    assert ("attribute", "big", "large") in paraphrase_pairs(videos, knowledge)
-
-
-def test_relation_paraphrases_are_found_on_the_predicate_a_swap_replaces(tmp_path):
-    # Six videos say "beneath" in one caption and "below" in the other, about the same two objects.
-    videos = [[f"a {c} star is beneath a square", f"a {c} star is below a square"]
-              for c in ("red", "blue", "green", "cyan", "white", "black")]
-    videos += [["a red star is above a square"]]
-    # Two squares described from either side: "above" and "below" alternate, yet are not paraphrases.
-    videos += [[f"a {c} square is above a white square", f"the white square is below the {c} square"]
-               for c in ("red", "blue", "green", "cyan", "black", "orange")]
-    knowledges = extract_knowledge([c for v in videos for c in v])
-    assert {e["label"] for e in knowledges[0].element_spans if e["type"] == "relation"} == {"star|beneath|square"}
-    pairs = paraphrase_pairs(videos, {k.caption: k for k in knowledges})
-    assert ("relation", "beneath", "below") in pairs and ("relation", "below", "beneath") in pairs
-    assert ("relation", "beneath", "above") not in pairs and ("relation", "above", "below") not in pairs
-    # and the construction then never swaps one for the other
-    vocab = KnowledgeVocab.build(knowledges, top_k={"object": 20, "attribute": 20, "action": 20, "relation": 20},
-                                 min_count=1)
-    with KnowledgeCache(tmp_path / "cache") as cache:
-        negatives = build_swapped_negatives(knowledges, vocab, cache, ["relation"], per_type=6,
-                                            videos_captions=videos)
-    swaps = negatives["a red star is beneath a square"]
-    assert ("a red star is above a square", "relation") in swaps
-    assert not any("below" in caption for caption, _ in swaps)
-
-
-def test_swaps_leave_undescribed_nouns_alone(parsed, tmp_path):
-    # "video" is never described by an attribute: not swapped, and never put in place of a shape.
-    captions = CAPTIONS + ["in this video a small red circle moves to the left",
-                           "in this video a big blue square is rotating"]
-    knowledges = extract_knowledge(captions)
-    assert "video" not in described_objects(knowledges) and "circle" in described_objects(knowledges)
-    vocab = KnowledgeVocab.build(knowledges, top_k={"object": 20, "attribute": 20, "action": 20, "relation": 20},
-                                 min_count=1)
-    with KnowledgeCache(tmp_path / "cache") as cache:
-        negatives = build_swapped_negatives(knowledges, vocab, cache, ["object"], per_type=6)
-    swapped = [n for kind_negatives in negatives.values() for n, _ in kind_negatives]
-    assert swapped and all("video" in n for n in swapped if n.startswith("in this"))
-    assert not any("this video" not in n and n.startswith("in this") for n in swapped)
-    assert not any("video" in n for c, ns in negatives.items() if "video" not in c for n, _ in ns)
-
-
-def test_excluded_labels_leave_the_vocabulary_and_are_never_swapped(tmp_path):
-    # "starts spinning": the parser's action "start" is an aspect verb, not what the object does; as a swap
-    # ("a big blue square starts") it makes a caption that reads wrong without looking at any video.
-    captions = CAPTIONS + ["a big red star starts spinning", "a small blue circle starts bouncing",
-                           "a small green triangle is rotating", "a big yellow star is bouncing"]
-    knowledges = extract_knowledge(captions)
-    full_vocab = KnowledgeVocab.build(knowledges, top_k=20)
-    assert "start" in full_vocab.labels("action")
-    vocab = KnowledgeVocab.build(knowledges, top_k=20, exclude={"action": ["start"]})
-    assert "start" not in vocab.labels("action") and "rotate" in vocab.labels("action")
-
-    def gets_inserted(negatives):
-        return [n for c, rows in negatives.items() for n, _ in rows if "starts" in n and "starts" not in c]
-
-    def gets_replaced(negatives):
-        return [n for c, rows in negatives.items() for n, _ in rows if "starts" in c and "starts" not in n]
-
-    with KnowledgeCache(tmp_path / "cache") as cache:  # full_vocab still holds "start": the swaps must skip it
-        kept = build_swapped_negatives(knowledges, full_vocab, cache, ["action"], per_type=8)
-        excluded = build_swapped_negatives(knowledges, full_vocab, cache, ["action"], per_type=8,
-                                           exclude={"action": ["start"]})
-    assert gets_inserted(kept)  # without the exclusion: "a ... starts" in place of another action
-    assert not gets_inserted(excluded) and not gets_replaced(excluded)
-    assert sum(map(len, excluded.values())) > 0
-
-
-def test_frequency_sampling_swaps_in_labels_as_often_as_captions_use_them(tmp_path):
-    # "stay" is 16 of the 20 mentions other than "bounce": uniform sampling puts it in about a third of a
-    # bouncing caption's swaps (one of stay/spin/hop), frequency sampling in about 80%.
-    colours, shapes = ["red", "blue", "green", "yellow"], ["square", "star", "triangle", "diamond"]
-    still = [f"a small {c} {s} is staying still" for c in colours for s in shapes]
-    bouncing = [f"a big {c} {s} is bouncing" for c in colours + ["purple", "white"] for s in shapes]
-    captions = still + bouncing + ["a big red cross is spinning", "a big blue cross is spinning",
-                                   "a big red cross is hopping", "a big blue cross is hopping"]
-    knowledges = extract_knowledge(captions)
-    vocab = KnowledgeVocab.build(knowledges, top_k=20, min_count=1)
-    assert set(vocab.labels("action")) == {"stay", "bounce", "spin", "hop"}
-
-    def share_made_still(sampling: str, vocab: KnowledgeVocab) -> float:
-        with KnowledgeCache(tmp_path / "cache") as cache:
-            negatives = build_swapped_negatives(knowledges, vocab, cache, ["action"], per_type=1,
-                                                sampling=sampling)
-        swaps = [n for c in bouncing for n, _ in negatives[c]]
-        assert len(swaps) == len(bouncing)  # one valid swap per caption
-        return sum(n.endswith("is staying") for n in swaps) / len(swaps)  # the span swapped is the verb
-
-    assert share_made_still("uniform", vocab) < 0.5
-    assert share_made_still("frequency", vocab) > 0.65
-    # a vocabulary without counts (labels only) has no frequencies to follow: frequency sampling draws uniformly
-    uncounted = KnowledgeVocab({kind: vocab.labels(kind) for kind in ("object", "attribute", "action", "relation")})
-    assert share_made_still("frequency", uncounted) < 0.5
-
-
 def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_ranks():
     rng = np.random.default_rng(0)
     labels = (rng.random((64, 12)) < 0.2).astype(np.float32)
@@ -424,11 +256,11 @@ def test_kcl_sampling_weighs_the_kcl_types_whatever_skp_predicts(parsed):
     from types import SimpleNamespace
 
     from structvl.objectives.base import ObjectiveContext
-    from structvl.objectives.clop import KnowledgeContrastiveObjective, build_knowledge_sampler
+    from structvl.objectives.clop import KnowledgeContrastiveObjective
     vocab = KnowledgeVocab.build(parsed, top_k=10)
     context = ObjectiveContext(vocab=vocab, knowledge={k.caption: k for k in parsed})
-    dataset = SimpleNamespace(items=[(i, 0) for i in range(len(CAPTIONS))],
-                              records=[SimpleNamespace(captions=[c]) for c in CAPTIONS])
+    dataset = SimpleNamespace(items=[(i, 0) for i in range(len(SHAPE_CAPTIONS))],
+                              records=[SimpleNamespace(captions=[c]) for c in SHAPE_CAPTIONS])
     batch = {"knowledge": parsed}
     for kcl_types in (None, ["action"]):
         overrides = ["clop.skp_types=[action]", "clop.kcl_construct=false"]
@@ -436,7 +268,7 @@ def test_kcl_sampling_weighs_the_kcl_types_whatever_skp_predicts(parsed):
         cfg = load_config("clop", overrides)
         types = kcl_types or ["object", "attribute", "action", "relation"]
         labels = multi_hot(parsed, vocab, types)
-        sampler = build_knowledge_sampler(cfg, dataset, context, world_size=1, rank=0)
+        sampler = KnowledgeContrastiveObjective.batch_sampler(cfg, dataset, context, world_size=1, rank=0)
         assert sampler.labels.shape[1] == sum(vocab.size(t) for t in types)
         weights = KnowledgeContrastiveObjective(cfg, None, context)._weights(batch, torch.device("cpu"))
         torch.testing.assert_close(weights, 1.0 + jaccard(labels, labels))
@@ -466,16 +298,12 @@ def test_exclude_names_a_knowledge_type_and_lists_labels():
         load_config("clop", ["knowledge.exclude.action=get"])
 
 
-def test_clop_run_trains_saves_vocab_and_reports_skp_map(tmp_path):
-    from test_engine import TINY  # the tiny model every engine test uses
-    from structvl.lab.synth import generate_corpus
-    from structvl.engine.pretrain import run_pretraining
+def test_clop_run_trains_saves_vocab_and_reports_skp_map(tiny_corpus, tmp_path):
+    from structvl.tasks.evaluate import pretrain_and_evaluate
 
-    root = tmp_path / "corpus"
-    generate_corpus(root, num_clips=40, num_untrimmed=3, size=32, num_frames=8, seed=3, workers=1, progress=False)
-    cfg = load_config("clop", TINY + [f"data.root={root}", "train.max_steps=25", "train.checkpoint_every=0",
+    cfg = load_config("clop", TINY + [f"data.root={tiny_corpus}", "train.max_steps=25", "train.checkpoint_every=0",
                                       "knowledge.min_count=1", "clop.kcl_sampler_groups=2"])
-    metrics = run_pretraining(cfg, tmp_path / "run")
+    metrics = pretrain_and_evaluate(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["loss"] for r in rows[-3:]) < sum(r["loss"] for r in rows[:3]) - 0.2
     assert "clop_kcl/swap_accuracy" in rows[-1] and "clop_skp/video_bce" in rows[-1]
@@ -491,11 +319,12 @@ def test_constructed_negatives_reach_the_text_encoder_only_when_asked(train_text
     video encoder gets one either way."""
     from dataclasses import replace
 
-    from test_engine import TINY
     from structvl.data.text import Tokenizer
     from structvl.models.video_text import build_model
     from structvl.objectives.base import ObjectiveContext
     from structvl.objectives.clop import KnowledgeContrastiveObjective
+
+    from helpers import TINY
 
     cfg = load_config("clop", TINY + ["clop.kcl_negative_weighting=false", "clop.kcl_negatives_per_caption=1",
                                       f"clop.kcl_negatives_train_text={str(train_text).lower()}"])
@@ -537,11 +366,12 @@ def test_shortcut_penalty_by_hand():
 def test_shortcut_penalty_trains_the_text_side_only():
     """With `kcl_shortcut_penalty` on, the KCL loss grows by weight x penalty, and the penalty's own gradient
     reaches the text encoder but not the video encoder (the videos are its fixed reference)."""
-    from test_engine import TINY
     from structvl.data.text import Tokenizer
     from structvl.models.video_text import build_model
     from structvl.objectives.base import ObjectiveContext
     from structvl.objectives.clop import KnowledgeContrastiveObjective
+
+    from helpers import TINY
 
     captions = ["a big blue square is rotating", "a small green triangle is bouncing", "a red star is rotating"]
     negatives = {captions[0]: [("a big blue square is bouncing", "action")],

@@ -3,8 +3,6 @@ video masking, gradients into every head, the 2-rank all-gathered loss, and a sh
 
 from __future__ import annotations
 
-import importlib
-
 import json
 import math
 
@@ -14,11 +12,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from structvl.config import load_config
-from structvl.data.masking import (block_mask, candidate_units, corrupt_tokens, random_selection,
-                                   semantic_selection, unit_token_groups, video_tube_masks)
+from structvl.data.masking import (
+    block_mask,
+    candidate_units,
+    corrupt_tokens,
+    random_selection,
+    semantic_selection,
+    unit_token_groups,
+    video_tube_masks,
+)
 from structvl.objectives.clover import exclusive_nce, focal_mlm_loss, pairwise_ranking
-from test_engine import TINY, tiny_corpus  # noqa: F401  (the module-scoped corpus fixture)
 from two_ranks import run_on_ranks
+
+from helpers import TINY
 
 CAPTIONS = [
     "in this video a small green cross is flashing while the big green ring is moving up",
@@ -30,7 +36,7 @@ CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def knowledge():
-    from structvl.data.knowledge import extract_knowledge
+    from structvl.data.knowledge.rules import extract_knowledge
     return extract_knowledge(CAPTIONS)
 
 
@@ -82,40 +88,6 @@ def test_pairwise_ranking_sign_and_margin():
     c, m = complete.clone().requires_grad_(), masked.clone().requires_grad_()
     pairwise_ranking(a, c, m, scale, 5.0).backward()
     assert c.grad[0].abs().sum() == 0 and c.grad[1, 0] < 0 and m.grad[1, 0] > 0  # descent: +c, -m along a
-
-
-def test_rank_margin_diagnostic_tells_a_clip_specific_gap_from_a_text_side_one(knowledge, tokenizer):
-    """structvl.lab.diagnostics.clover_rank_margin: the own-clip gap and the other-clip gap, by hand, and its masked captions
-    are Clover's semantic selection with every selected piece replaced by [MASK]."""
-    module = importlib.import_module("structvl.lab.diagnostics.clover_rank_margin")
-    video = torch.eye(2)
-    text = torch.eye(2)
-    # Clip-specific: each masked caption moves away from its own video, towards the other one.
-    # gap[j, i] = v_j.t_i - v_j.tm_i: own 1 - 0.6 = 0.4 (both >= 0.25), other 0 - 0.8 = -0.8.
-    g = module.rank_gaps(video, text, torch.tensor([[0.6, 0.8], [0.8, 0.6]]), margin=0.25)
-    assert g["own_gap"] == pytest.approx(0.4) and g["own_met"] == 100.0
-    assert g["other_gap"] == pytest.approx(-0.8) and g["other_met"] == 0.0
-    # Text-side: masking lowers the caption against every video alike (0.3), so the other clips show it too.
-    g = module.rank_gaps(video, text, text - 0.3, margin=0.25)
-    assert g["own_gap"] == pytest.approx(0.3) and g["other_gap"] == pytest.approx(0.3) and g["other_met"] == 100.0
-
-    tokens, masked = module.mask_captions(tokenizer, CAPTIONS, knowledge, ratio=0.3)
-    changed = masked != tokens["input_ids"]
-    assert (masked[changed] == tokenizer.mask_token_id).all() and changed.any(1).all()
-    _, offsets = tokenizer.encode_with_offsets(CAPTIONS)
-    for b, k in enumerate(knowledge):  # only noun / verb word pieces are masked
-        allowed = {t for _, toks in unit_token_groups(k.words, candidate_units(k.words), offsets[b]) for t in toks}
-        assert set(changed[b].nonzero().flatten().tolist()) <= allowed
-
-
-def test_batch_shares_count_shape_twins_only_where_colours_and_sizes_match():
-    """structvl.lab.diagnostics.batch_appearance_twins: a shape twin has the same colours and sizes and other shapes."""
-    module = importlib.import_module("structvl.lab.diagnostics.batch_appearance_twins")
-    clips = [(("circle", "red", "big"),), (("square", "red", "big"),),  # shape twins of each other
-             (("circle", "blue", "big"),), (("circle", "blue", "big"),)]  # appearance twins, no shape twin
-    unique, twin, meets, shape_twin = module.batch_shares([0, 1, 2, 3], clips, batch_size=4)
-    assert (unique, twin, shape_twin) == (50.0, 50.0, 50.0) and meets == 50.0
-    assert module.batch_shares([0, 2, 1, 3], clips, batch_size=2)[3] == 0.0  # the twins now sit in other batches
 
 
 def test_focal_mlm_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_tokens():
@@ -383,11 +355,11 @@ def test_two_rank_gathered_clover_loss_equals_single_process(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 def test_clover_training_lowers_the_loss_and_reports_mlm_accuracy(tiny_corpus, tmp_path):
-    from structvl.engine.pretrain import run_pretraining
+    from structvl.tasks.evaluate import pretrain_and_evaluate
 
     cfg = _tiny_clover(f"data.root={tiny_corpus}", "train.max_steps=25", "train.checkpoint_every=0",
                        "clover.eval_max_captions=16")
-    metrics = run_pretraining(cfg, tmp_path / "run")
+    metrics = pretrain_and_evaluate(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["loss"] for r in rows[:3]) / 3
     last = sum(r["loss"] for r in rows[-3:]) / 3

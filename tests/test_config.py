@@ -1,10 +1,8 @@
-from pathlib import Path
 
 import pytest
 
-from structvl.config import ConfigError, load_config
-
 from structvl.config import CONFIG_DIR as CONFIGS
+from structvl.config import ConfigError, load_config
 
 
 def test_demo_config_merges_model_base_and_overrides():

@@ -7,11 +7,12 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import frame_index_of, write_video
 
 from structvl.data.dataset import SkipLedger, VideoTextCollator, VideoTextDataset, build_dataloader
 from structvl.data.records import VideoRecord
 from structvl.data.transforms import VideoTransform
+
+from helpers import frame_index_of, write_video
 
 # With this normalisation the output is the raw pixel value, so frame_index_of works on dataset output.
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}

@@ -10,19 +10,16 @@ import torch
 
 from structvl.data.records import VideoRecord
 from structvl.tasks.heads import PairHead, fit_head, topk_accuracy
-from structvl.tasks.localization import (SnippetWindows, decode_detections, rescale, snippet_targets,
-                                         window_frame_indices)
+from structvl.tasks.localization import (
+    SnippetWindows,
+    decode_detections,
+    rescale,
+    snippet_targets,
+    window_frame_indices,
+)
 from structvl.tasks.tal_metrics import Segment, average_precision, detection_map, interpolated_ap, nms_1d, segment_iou
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two threads that wait
-    on each other's barriers run 10-100x slower whenever another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seg(video, start, end, score=1.0, label="a"):

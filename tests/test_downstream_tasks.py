@@ -17,8 +17,10 @@ from structvl.models.video_text import VideoTextModel, build_model
 from structvl.tasks.downstream import run_suite, run_task
 from structvl.tasks.features import FeatureCache
 from structvl.tasks.task_config import load_task_config
-from test_downstream import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
-from test_engine import TINY
+
+from helpers import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["openqa.epochs=8", "openqa.hidden=32", "mcqa.hidden=32", "mcqa.epochs=8", "localization.epochs=15",
         "localization.hidden=16", "recognition.linear_epochs=20", "batch_size=16"]
@@ -178,7 +180,7 @@ def test_openqa_through_fusion_encoder(corpus, run_cfg):
 
 
 def test_finetune_retrieval_loss_falls_and_run_reloads(corpus, run_cfg, tmp_path):
-    from structvl.tasks.evaluate import load_run_model
+    from structvl.engine.checkpoint import load_run_model
 
     task_cfg = load_task_config("finetune/structured", ["retrieval.steps=25", "retrieval.batch_size=8",
                                                          "retrieval.lr=2e-3", "retrieval.text_lr=2e-3"])
@@ -238,7 +240,7 @@ def test_cli_eval_and_finetune_merge_flat_keys(corpus, run_cfg, tmp_path):
 
     run = tmp_path / "run"
     one_step = load_config("demo", TINY + [f"data.root={corpus}", "train.max_steps=1", "train.checkpoint_every=0"])
-    run_pretraining(one_step, run, evaluate=False)
+    run_pretraining(one_step, run)
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--task", "mcqa", "--checkpoint", str(run), "--data", str(corpus),
               "--out", str(tmp_path / "m.json")])
@@ -258,12 +260,12 @@ def test_cli_eval_and_finetune_merge_flat_keys(corpus, run_cfg, tmp_path):
 
 
 def test_demo_downstream_columns(corpus, run_cfg, tmp_path):
-    from structvl.lab.demo import DOWNSTREAM_REFERENCE, aggregate, downstream_metrics, format_table
     from structvl.engine.pretrain import run_pretraining
+    from structvl.lab.demo import DOWNSTREAM_REFERENCE, aggregate, downstream_metrics, format_table
 
     run = tmp_path / "run"
     one_step = load_config("demo", TINY + [f"data.root={corpus}", "train.max_steps=1", "train.checkpoint_every=0"])
-    run_pretraining(one_step, run, evaluate=False)
+    run_pretraining(one_step, run)
     metrics = downstream_metrics(run, corpus, {})
     # Every column a plain dual encoder can be measured on, with its reference beside it; the baseline gets
     # S-ViLM's structure metrics too (best patch, per-frame features) but no SKP mAP (it has no SKP heads).
@@ -279,12 +281,12 @@ def test_demo_downstream_columns(corpus, run_cfg, tmp_path):
 
 
 def test_demo_reuses_a_finished_run_only_with_the_same_config(corpus, tmp_path):
-    from structvl.lab.demo import finished_run_metrics, write_json_merged
     from structvl.engine.pretrain import run_pretraining
+    from structvl.lab.demo import finished_run_metrics, write_json_merged
 
     run = tmp_path / "run"
     cfg = load_config("demo", TINY + [f"data.root={corpus}", "train.max_steps=1", "train.checkpoint_every=0"])
-    run_pretraining(cfg, run, evaluate=False)
+    run_pretraining(cfg, run)
     assert finished_run_metrics(cfg, run) is None  # pre-trained but the demo never finished it
     write_json_merged(run / "metrics.json", {"demo/finished": 1.0, "mcqa/accuracy": 40.0})
     reused = finished_run_metrics(cfg, run)
@@ -298,6 +300,7 @@ def test_downstream_features_follow_the_runs_precision(corpus, run_cfg, monkeypa
     # The feature extractors once autocast to bf16 whatever the run said; every video and text pass of a task
     # must now use the run's train.precision.
     import copy
+
     import structvl.tasks.features as features
 
     used = []

@@ -8,37 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from structvl.config import load_config
 from structvl.engine.pretrain import run_pretraining
+from structvl.tasks.evaluate import pretrain_and_evaluate
 
-TINY = [
-    "model.video.image_size=32", "model.video.patch_size=8", "model.video.num_frames=4",
-    "model.video.tubelet_size=2", "model.video.width=32", "model.video.depth=1", "model.video.heads=2",
-    "model.text.init=scratch", "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
-    "model.text.intermediate_size=64", "model.text.max_length=24", "model.embed_dim=32",
-    "data.num_frames=4", "eval.num_frames=4", "data.num_workers=0", "data.synth=false",
-    "train.batch_size=8", "train.log_every=1", "optim.warmup_steps=2", "optim.lr=2e-3",
-    "optim.text_lr=2e-3", "eval.batch_size=16",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-    from structvl.lab.synth import generate_corpus
-
-    root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(root, num_clips=40, num_untrimmed=3, size=32, num_frames=8, seed=3, workers=1,
-                    progress=False)
-    return root
-
-
-def tiny_cfg(root, *extra):
-    return load_config("demo", TINY + [f"data.root={root}", *extra])
+from helpers import TINY, tiny_cfg
 
 
 def test_tiny_run_loss_falls_and_metrics_written(tiny_corpus, tmp_path):
     cfg = tiny_cfg(tiny_corpus, "train.max_steps=30", "train.checkpoint_every=0")
-    metrics = run_pretraining(cfg, tmp_path / "run")
+    metrics = pretrain_and_evaluate(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["loss"] for r in rows[:3]) / 3
     last = sum(r["loss"] for r in rows[-3:]) / 3
@@ -60,14 +38,14 @@ def test_resume_reproduces_uninterrupted_weights(tiny_corpus, tmp_path):
     common = ["train.max_steps=12", "train.checkpoint_every=6", "train.keep_checkpoints=5",
               "train.precision=fp32"]
     full = tmp_path / "full"
-    assert run_pretraining(tiny_cfg(tiny_corpus, *common), full, evaluate=False)["train/bf16"] == 0.0  # fp32 kept
+    assert run_pretraining(tiny_cfg(tiny_corpus, *common), full).metrics["train/bf16"] == 0.0  # fp32 kept
 
     stopped = tmp_path / "stopped"
     (stopped / "checkpoints").mkdir(parents=True)
     import shutil
     shutil.copytree(full / "checkpoints" / "step_00000006", stopped / "checkpoints" / "step_00000006")
     (stopped / "checkpoints" / "latest").write_text("step_00000006")
-    run_pretraining(tiny_cfg(tiny_corpus, *common), stopped, resume=True, evaluate=False)
+    run_pretraining(tiny_cfg(tiny_corpus, *common), stopped, resume=True)
 
     a = load_file(str(full / "checkpoints" / "step_00000012" / "model.safetensors"))
     b = load_file(str(stopped / "checkpoints" / "step_00000012" / "model.safetensors"))
@@ -82,8 +60,7 @@ def test_resume_reproduces_uninterrupted_weights(tiny_corpus, tmp_path):
 def test_eval_command_writes_metrics(tiny_corpus, tmp_path):
     from structvl.cli import main
 
-    run_pretraining(tiny_cfg(tiny_corpus, "train.max_steps=2", "train.checkpoint_every=0"), tmp_path / "r",
-                    evaluate=False)
+    run_pretraining(tiny_cfg(tiny_corpus, "train.max_steps=2", "train.checkpoint_every=0"), tmp_path / "r")
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--task", "retrieval", "--checkpoint", str(tmp_path / "r"), "--data", str(tiny_corpus),
               "--out", str(tmp_path / "m.json")])
@@ -123,7 +100,7 @@ def test_pretrain_streams_from_webdataset_shards(tiny_corpus, tmp_path):
     write_shards(records, tiny_corpus, str(tmp_path / "shards" / "train-%03d.tar"), max_count=10)
     cfg = tiny_cfg(tiny_corpus, "train.max_steps=20", "train.checkpoint_every=0",
                    f"data.shards={tmp_path}/shards/train-{{000..002}}.tar")
-    run_pretraining(cfg, tmp_path / "run", evaluate=False)
+    run_pretraining(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 20 and rows[-1]["epoch"] >= 1  # 30 samples / batch 8: epochs roll over
     assert sum(r["loss"] for r in rows[-3:]) < sum(r["loss"] for r in rows[:3]) - 0.1
@@ -131,4 +108,4 @@ def test_pretrain_streams_from_webdataset_shards(tiny_corpus, tmp_path):
     bad = tiny_cfg(tiny_corpus, f"data.shards={tmp_path}/nowhere-{{000..001}}.tar")
     from structvl.config import ConfigError
     with pytest.raises(ConfigError, match="data.shards"):
-        run_pretraining(bad, tmp_path / "bad", evaluate=False)
+        run_pretraining(bad, tmp_path / "bad")

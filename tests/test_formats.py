@@ -10,7 +10,12 @@ import pytest
 
 from structvl.cli import ANNOTATION_FORMATS
 from structvl.data.formats import (
-    AnnotationError, annotation_readers, read_annotations, read_class_list, read_msvd_mapping, write_jsonl,
+    AnnotationError,
+    annotation_readers,
+    read_annotations,
+    read_class_list,
+    read_msvd_mapping,
+    write_jsonl,
     write_localization_json,
 )
 from structvl.data.formats_qa import write_mcqa_csv, write_openqa_json

@@ -8,14 +8,10 @@ import pickle
 import pytest
 import torch
 
-from structvl.data.knowledge import (
-    CaptionKnowledge,
-    KnowledgeCache,
-    KnowledgeVocab,
-    extract_knowledge,
-    knowledge_for,
-    load_nlp,
-)
+from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
+from structvl.data.knowledge.record import CaptionKnowledge
+from structvl.data.knowledge.rules import extract_knowledge, load_nlp
+from structvl.data.knowledge.vocab import KnowledgeVocab
 from structvl.data.text import Tokenizer, char_span_to_token_span
 
 CAPTIONS = [

@@ -110,8 +110,8 @@ def test_scratch_text_encoder_and_dual_model_embeddings_are_normalised():
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
-    from structvl.objectives.contrastive import info_nce
     from structvl.models.video_text import build_model
+    from structvl.objectives.contrastive import info_nce
 
     def run(checkpointing: bool):
         torch.manual_seed(0)

@@ -6,10 +6,11 @@ import hashlib
 
 import av
 import pytest
-from conftest import frame_index_of, write_video
 
 from structvl.data.prepare import output_size, partial_path, prepare_videos
 from structvl.data.video import open_video, probe_video
+
+from helpers import frame_index_of, write_video
 
 
 def snapshot(directory) -> dict:

@@ -9,12 +9,12 @@ import math
 from structvl.config import load_config
 from structvl.lab.demo import ABLATIONS, RECIPES
 
-from test_engine import TINY, tiny_corpus  # noqa: F401  (the module-scoped corpus fixture)
+from helpers import TINY
 
 
 def _resolve(name):
-    label, config, *overrides = {**RECIPES, **ABLATIONS}[name]
-    return load_config(config, overrides[0] if overrides else [])
+    label, config = {**RECIPES, **ABLATIONS}[name]
+    return load_config(config)
 
 
 def _on(cfg):
@@ -67,13 +67,13 @@ def test_all_recipes_share_the_baseline_budget_and_model():
     assert combined.model.fusion.layers == _resolve("clover").model.fusion.layers > 0
 
 
-def test_combined_recipe_trains_every_objective(tiny_corpus, tmp_path):  # noqa: F811
+def test_combined_recipe_trains_every_objective(tiny_corpus, tmp_path):
     from structvl.engine.pretrain import run_pretraining
 
     cfg = load_config("all", TINY + [f"data.root={tiny_corpus}", "train.max_steps=3", "train.checkpoint_every=0",
                                      "model.fusion.layers=1", "knowledge.min_count=1",
                                      "clop.kcl_sampler_groups=2"])
-    run_pretraining(cfg, tmp_path / "run", evaluate=False)
+    run_pretraining(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     logged = set().union(*rows)
     for objective in _on(cfg):

@@ -15,7 +15,7 @@ from structvl.data.shards import ShardedVideoTextDataset, write_shards
 from structvl.data.transforms import VideoTransform
 from structvl.data.video import VideoDecodeError, open_video, open_video_bytes
 
-from conftest import write_video
+from helpers import write_video
 
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}
 LOADER_TIMEOUT = 30

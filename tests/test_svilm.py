@@ -14,11 +14,16 @@ import torch.nn.functional as F
 from structvl.config import ConfigError, VideoEncoderConfig, load_config
 from structvl.models.grouping import GroupingBlock
 from structvl.models.video_encoder import VideoEncoder
-from structvl.objectives.svilm import (cut_and_paste, embed_phrases, grounding_loss, reverse_steps,
-                                       temporal_grouping_loss)
+from structvl.objectives.svilm import (
+    cut_and_paste,
+    embed_phrases,
+    grounding_loss,
+    reverse_steps,
+    temporal_grouping_loss,
+)
 from structvl.tasks.grounding import group_peak, permutation_accuracy, random_label_chance, two_means
 
-from test_engine import TINY, tiny_corpus  # noqa: F401  (the module-scoped corpus fixture)
+from helpers import TINY
 
 
 # ----------------------------------------------------------------------------- groups
@@ -187,7 +192,7 @@ def test_temporal_objective_uses_the_configured_centroids(centroids):
         assert out["loss"].item() == pytest.approx(math.log(2))
 
 
-def test_reversed_steps_needs_two_frames_per_step(tiny_corpus):  # noqa: F811
+def test_reversed_steps_needs_two_frames_per_step(tiny_corpus):
     with pytest.raises(ConfigError, match="svilm.paste_source"):
         load_config("svilm", TINY + [f"data.root={tiny_corpus}", "svilm.paste_source=reversed_steps",
                                      "model.video.tubelet_size=1"])
@@ -282,7 +287,7 @@ def test_span_phrase_embedding_pools_the_phrase_tokens():
     torch.testing.assert_close(embed[0, 0], torch.nn.functional.normalize(torch.tensor([2.0, 1.5]), dim=0))
 
 
-def test_alone_phrase_embedding_encodes_the_phrase_text(tiny_corpus):  # noqa: F811
+def test_alone_phrase_embedding_encodes_the_phrase_text(tiny_corpus):
     from structvl.data.text import Tokenizer
     from structvl.models.video_text import build_model
 
@@ -296,7 +301,7 @@ def test_alone_phrase_embedding_encodes_the_phrase_text(tiny_corpus):  # noqa: F
     assert embed[1, 1].abs().sum() == 0
 
 
-def test_default_phrase_encoding_does_not_depend_on_the_rest_of_the_caption(tiny_corpus):  # noqa: F811
+def test_default_phrase_encoding_does_not_depend_on_the_rest_of_the_caption(tiny_corpus):
     # Why "alone" is the default: a span of the caption's token states carries the whole caption, so the same
     # phrase in two captions gets two embeddings and grounding can match it to a clip-level group instead.
     from structvl.data.text import Tokenizer
@@ -332,7 +337,7 @@ def test_scene_change_helpers():
 
 
 # ----------------------------------------------------------------------------- end to end
-def test_grounding_needs_group_tokens(tiny_corpus):  # noqa: F811
+def test_grounding_needs_group_tokens(tiny_corpus):
     from structvl.models.video_text import build_model
     from structvl.objectives.svilm import SpatialGroundingObjective
 
@@ -341,13 +346,13 @@ def test_grounding_needs_group_tokens(tiny_corpus):  # noqa: F811
         SpatialGroundingObjective(cfg, build_model(cfg.model), None)
 
 
-def test_few_steps_lower_both_svilm_losses(tiny_corpus, tmp_path):  # noqa: F811
-    from structvl.engine.pretrain import run_pretraining
+def test_few_steps_lower_both_svilm_losses(tiny_corpus, tmp_path):
+    from structvl.tasks.evaluate import pretrain_and_evaluate
 
     cfg = load_config("svilm", TINY + [f"data.root={tiny_corpus}", "train.max_steps=24", "train.checkpoint_every=0",
                                        "model.video.num_group_tokens=8", "model.video.group_layers=[0]",
                                        "svilm.eval_clips=6", "train.precision=fp32"])
-    metrics = run_pretraining(cfg, tmp_path / "run")
+    metrics = pretrain_and_evaluate(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for key in ("svilm_grounding/loss", "svilm_temporal/loss"):
         first = sum(r[key] for r in rows[:4]) / 4

@@ -16,7 +16,11 @@ import pytest
 
 from structvl.lab.synth import generate_corpus
 from structvl.lab.synth.captions import (
-    ACTION_PHRASES, COLOUR_WORDS, RELATION_PHRASES, SHAPE_WORDS, SIZE_WORDS,
+    ACTION_PHRASES,
+    COLOUR_WORDS,
+    RELATION_PHRASES,
+    SHAPE_WORDS,
+    SIZE_WORDS,
 )
 from structvl.lab.synth.vocab import ACTIONS, BACKGROUNDS, COLOURS, CONVERSE, SHAPES
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from conftest import frame_index_of, write_video
 
 from structvl.data.video import VideoDecodeError, open_video, probe_video
+
+from helpers import frame_index_of, write_video
 
 BACKENDS = ["pyav", "decord"]
 

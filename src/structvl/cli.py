@@ -1,6 +1,7 @@
 """The `structvl` command. Each subcommand is a thin adapter: parse arguments, call one library function.
 
-Heavy imports (torch, spaCy, PyAV) happen inside the handlers so `structvl --help` stays instant.
+The only module that imports the lab. Each handler imports what its command runs when it runs (`# lazy:`
+imports): `structvl --help` and argument errors must answer at once, without loading torch, PyAV and spaCy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ ANNOTATION_FORMATS = [
 
 # ---------------------------------------------------------------- data commands
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from structvl.lab.synth import generate_corpus
+    from structvl.lab.synth import generate_corpus  # lazy
 
     summary = generate_corpus(
         args.out, num_clips=args.clips, seed=args.seed, holdout_compositions=args.holdout_compositions,
@@ -30,14 +31,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_knowledge(args: argparse.Namespace) -> int:
-    from structvl.data.knowledge import build_knowledge_cli
+    from structvl.data.knowledge.corpus import build_knowledge_cli  # lazy
 
     return build_knowledge_cli(args.annotations, fmt=args.format, cache_dir=args.cache, top_k=args.top_k,
                                batch_size=args.batch_size, vocab_out=args.vocab_out)
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from structvl.data.check import check_dataset, format_report
+    from structvl.data.check import check_dataset, format_report  # lazy
 
     report = check_dataset(args.format, args.annotations, args.videos, backend=args.backend,
                            workers=args.workers)
@@ -46,7 +47,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
-    from structvl.data.prepare import prepare_videos
+    from structvl.data.prepare import prepare_videos  # lazy
 
     summary = prepare_videos(args.src, args.out, short_side=args.short_side, fps=args.fps,
                              workers=args.workers, crf=args.crf)
@@ -55,8 +56,8 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_shard(args: argparse.Namespace) -> int:
-    from structvl.data.formats import read_annotations
-    from structvl.data.shards import write_shards
+    from structvl.data.formats import read_annotations  # lazy
+    from structvl.data.shards import write_shards  # lazy
 
     records = read_annotations(args.format, args.annotations)
     missing: list[dict] = []
@@ -136,29 +137,48 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- training and evaluation
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from structvl.engine.pretrain import pretrain_from_cli
+    import logging
+    import os
+    from pathlib import Path
 
-    return pretrain_from_cli(args)
+    from structvl.config import load_config  # lazy: see the module docstring
+    from structvl.lab.synth import ensure_corpus  # lazy
+    from structvl.tasks.evaluate import format_metrics_table, pretrain_and_evaluate  # lazy
+
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    cfg = load_config(args.config, overrides)
+    run_dir = Path(args.out or Path("runs") / cfg.name)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    metrics = pretrain_and_evaluate(cfg, run_dir, resume=args.resume,
+                                    prepare_data=ensure_corpus if cfg.data.synth else None)
+    if os.environ.get("RANK", "0") == "0":
+        print(format_metrics_table(metrics))
+        print(f"run directory: {run_dir}")
+    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     if args.task not in ("retrieval", "hard_negative"):  # the downstream tasks' frozen-encoder protocols
-        from structvl.tasks.downstream import downstream_from_cli
+        from structvl.tasks.downstream import downstream_from_cli  # lazy
 
         return downstream_from_cli(args, finetune=False)
-    from structvl.tasks.evaluate import evaluate_from_cli
+    from structvl.tasks.evaluate import evaluate_from_cli  # lazy
 
     return evaluate_from_cli(args)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from structvl.tasks.downstream import downstream_from_cli
+    from structvl.tasks.downstream import downstream_from_cli  # lazy
 
     return downstream_from_cli(args, finetune=True)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from structvl.lab.demo import run_demo
+    from structvl.lab.demo import run_demo  # lazy
 
     recipes = [r.strip() for r in args.recipes.split(",")] if args.recipes else None
     return run_demo(out=args.out, quick=args.quick, data=args.data, seeds=args.seeds, recipes=recipes,
@@ -234,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from structvl.config import ConfigError
-    from structvl.data.records import AnnotationError
+    from structvl.config import ConfigError  # lazy
+    from structvl.data.records import AnnotationError  # lazy
 
     args = build_parser().parse_args(argv)
     try:

@@ -18,6 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from structvl.data.knowledge.record import KNOWLEDGE_TYPES
 
 # The shipped configs (the repository's `configs/` links here, so installed packages have them too).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -36,6 +37,13 @@ def resolve_config_path(path: str | Path) -> Path:
 
 class ConfigError(ValueError):
     """A config problem; the message names the key and, when known, the file."""
+
+
+# The keys of the `objectives:` weight dict: one per pre-training objective, each implemented by the class of the
+# same name in `structvl.objectives.OBJECTIVES` (contrastive.py; CLOP's clop.py; S-ViLM's svilm.py; Clover's
+# clover.py). The schema lists them so that a config is checked without importing the objectives.
+OBJECTIVE_NAMES = ("contrastive", "clop_skp", "clop_kcl", "svilm_grounding", "svilm_temporal", "clover_align",
+                   "clover_rank", "clover_mlm")
 
 
 # ----------------------------------------------------------------------------- model
@@ -175,40 +183,32 @@ class ClopConfig:
     skp_reduction: str = "mean"
     # Start each head's output bias at its label's log-odds in the training captions. From a zero-mean start the
     # first steps' gradient is "every label less likely" for every clip alike, which moves all video embeddings
-    # the same way until they coincide (measured: cosine 1.0 within 20 steps, SKP then stuck at the label prior).
+    # the same way until they coincide (docs/findings.md, CLOP: SKP's collapse).
     skp_prior_init: bool = True
-    # "batch": each head sees its embedding batch-normalised (no affine; running statistics at evaluation).
-    # The shared-space embeddings of different clips are nearly parallel (cosine ~0.95 at init), so an unnormalised
-    # head reads mostly their common part: trained on action labels alone it stayed near chance (test mAP 15.6 vs
-    # 45.5 batch-normalised, 200 steps, structvl.lab.diagnostics.skp_head_probe). "none": the raw embedding (before stop 15).
+    # "batch": each head sees its embedding batch-normalised (no affine; running statistics at evaluation). The
+    # shared-space embeddings of different clips are nearly parallel at init, so an unnormalised head reads mostly
+    # their common part and learns little ("none": the raw embedding). docs/findings.md, CLOP, has the comparison.
     skp_input_norm: str = "batch"
     # What SKP predicts for a clip: "caption", the knowledge of the caption it was paired with in the batch, or
-    # "video", the union over all of the video's training captions. The union looks cleaner (one caption says
-    # "slides right" where a paraphrase says "moves right") but teaches motion less: SKP alone on actions, 200 steps,
-    # linear-probe recognition 23.5 / 31.3% against 53.0 / 42.6% per caption (with / without crop augmentation).
+    # "video", the union over all of the video's training captions (cleaner labels when paraphrases disagree, but
+    # each clip then gets the same targets whatever caption it was drawn with).
     skp_targets: str = "caption"
-    # What the heads read: "shared", the L2-normalised video embedding retrieval uses (pulls clips with the same
-    # knowledge together there), or "encoder", the video encoder's pooled feature before the projection (teaches
-    # the encoder the labels without bending the retrieval space to them). In `clop_grounded` with SKP on actions
-    # at weight 4 (seed 0, 400 steps; docs/findings.md, stop 17): shared, hard-negative action pairs 65.9 (56.4 with the
-    # clip frozen, 60.4 balanced) and t2v R@1 46.0; encoder, 74.6 (58.0 frozen, 71.9 balanced) and t2v R@1 56.0
-    # (baseline 50.9 / 46.8 / 53.2, R@1 63.5). Beside the plain InfoNCE (demo recipe `clop_motion_skp`, 3 seeds,
-    # stop 18), encoder: action 79.7 (57.1 / 78.6), overall 81.0 vs 70.3, t2v R@1 70.8 vs 62.2. Video side
+    # What the heads read: "shared", the L2-normalised video embedding retrieval uses (CLOP's SKP: it pulls clips
+    # with the same knowledge together there), or "encoder" [extension], the video encoder's pooled feature before
+    # the projection (teaches the encoder the labels without bending the retrieval space to them). Video side
     # only: not with skp_from_text.
     skp_input: str = "shared"
     # skp_input per type, e.g. `clop.skp_type_inputs.object=shared` beside skp_input=encoder: the action heads teach the
     # encoder motion while the object heads shape the retrieval space.
     skp_type_inputs: dict = field(default_factory=dict)
     # Each type's BCE is multiplied by its weight here (a type not named weighs 1) before the mean over types, e.g.
-    # `clop.skp_type_weights.object=0.25` with skp_types [action, object]: the object labels teach the encoder shape
-    # without drowning the action labels, as an equal weight does (docs/findings.md, stop 19: action 67.9 vs
-    # 79.7 alone).
+    # `clop.skp_type_weights.object=0.25` with skp_types [action, object], so that one type's labels do not drown
+    # another's.
     skp_type_weights: dict = field(default_factory=dict)
     skp_similarity_weight: float = 0.0  # weight of the video-video vs knowledge-similarity alignment term
     # KCL (i) sampling: re-weight in-batch negatives by knowledge overlap, and/or build knowledge-sharing batches.
-    # The knowledge types whose overlap counts, for both. Until stop 20 this was skp_types, so SKP on actions only
-    # grouped batches by action alone, and those batches took most of SKP's action gain away (docs/findings.md,
-    # stop 20).
+    # The knowledge types whose overlap counts, for both; independent of skp_types, so that SKP on one type does
+    # not also make the batches share that type.
     kcl_types: list = field(default_factory=lambda: ["object", "attribute", "action", "relation"])
     kcl_negative_weighting: bool = True
     kcl_weight_strength: float = 1.0  # negative weight = 1 + strength * knowledge Jaccard overlap
@@ -226,10 +226,8 @@ class ClopConfig:
     # Let the constructed negatives' gradient reach the text encoder (see objectives/clop.py,
     # KnowledgeContrastiveObjective: it teaches the text side the swapped words, and a video-blind shortcut).
     kcl_negatives_train_text: bool = True
-    # Weight of a penalty on that shortcut (0: off, the paper's KCL): for the *other* clips of the batch, a
-    # caption and its swaps should score the same on average (objectives/clop.py, `text_shortcut_penalty`).
-    # Measured at 1: the action gain then depends on the clip, not a text prior (but not on its motion: see the
-    # static control, hard_negative/static/*); v2t retrieval pays for it.
+    # [extension] Weight of a penalty on that shortcut (0: off, the paper's KCL): for the *other* clips of the
+    # batch, a caption and its swaps should score the same on average (objectives/clop.py, `text_shortcut_penalty`).
     kcl_shortcut_penalty: float = 0.0
 
 
@@ -241,7 +239,7 @@ class SvilmConfig:
     # Spatial grounding: noun phrase vs. a clip's groups, score = max over groups, InfoNCE over the batch.
     # "alone": each phrase encoded on its own (the spec's "encode each with the text encoder"); "span": mean of
     # the caption's token states over the phrase - those states carry the whole caption, so the phrase matches
-    # the clip-level background group instead of its object (measured: pointing 18% span vs 60% alone).
+    # the clip-level background group instead of its object (docs/findings.md, S-ViLM).
     phrase_encoding: str = "alone"
     max_phrases: int = 4  # noun phrases used per caption (the first ones); pads the all-gather
     grounding_temperature: float = 0.07
@@ -312,7 +310,7 @@ class RunConfig:
     clop: ClopConfig = field(default_factory=ClopConfig)
     svilm: SvilmConfig = field(default_factory=SvilmConfig)
     clover: CloverConfig = field(default_factory=CloverConfig)
-    # One weight per objective; 0 turns it off. Names are the keys of structvl.objectives.OBJECTIVES.
+    # One weight per objective (OBJECTIVE_NAMES); 0 turns it off.
     objectives: dict = field(default_factory=lambda: {"contrastive": 1.0})
     bases: list = field(default_factory=list)  # consumed while loading; kept for the record
 
@@ -402,8 +400,6 @@ _CHOICES = {
 
 def validate(cfg: RunConfig) -> None:
     """Checks OmegaConf's types cannot express: choices, shapes that must divide, known objectives."""
-    from structvl.data.knowledge import KNOWLEDGE_TYPES
-    from structvl.objectives import OBJECTIVES
 
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
@@ -424,8 +420,8 @@ def validate(cfg: RunConfig) -> None:
             f"config key 'data.num_frames'/'eval.num_frames' ({cfg.data.num_frames}/{cfg.eval.num_frames}) must equal "
             f"'model.video.num_frames' ({v.num_frames}): the temporal position embeddings have that length")
     for name, weight in cfg.objectives.items():
-        if name not in OBJECTIVES:
-            raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVES)}")
+        if name not in OBJECTIVE_NAMES:
+            raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVE_NAMES)}")
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(f"config key 'objectives.{name}': weight must be a number >= 0, got {weight!r}")
     if cfg.objectives.get("contrastive", 0) > 0 and cfg.objectives.get("clop_kcl", 0) > 0:

@@ -11,8 +11,15 @@ import json
 from pathlib import Path
 
 from structvl.data.formats import (
-    AnnotationError, atomic_text_writer, field_value, load_json, read_msvd_mapping, read_table,
-    require, skip_item, to_number,
+    AnnotationError,
+    atomic_text_writer,
+    field_value,
+    load_json,
+    read_msvd_mapping,
+    read_table,
+    require,
+    skip_item,
+    to_number,
 )
 from structvl.data.records import VideoRecord
 

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from structvl.config import load_config
+from structvl.models.video_text import build_model
+
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -116,3 +119,17 @@ def load_module_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
 
 def load_train_state(ckpt_dir: Path) -> dict:
     return torch.load(Path(ckpt_dir) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def load_run_model(checkpoint: str | Path):
+    """(model, config, run directory) of a saved run: the model rebuilt from the run's config.yaml with the newest
+    checkpoint's weights. `checkpoint`: a run directory or one of its `step_*` directories."""
+    path = Path(checkpoint)
+    run_dir = path if (path / "config.yaml").exists() else path.parent.parent
+    ckpt = latest_checkpoint(path)
+    if ckpt is None or not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"no checkpoint with a config.yaml found at {path}")
+    cfg = load_config(run_dir / "config.yaml")
+    model = build_model(cfg.model)
+    load_model_weights(model, ckpt)
+    return model, cfg, run_dir

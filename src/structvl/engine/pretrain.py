@@ -1,21 +1,38 @@
-"""`structvl pretrain`: config -> data -> model -> objectives -> trainer -> zero-shot evaluation.
+"""The training half of `structvl pretrain`: config -> data -> model -> objectives -> trainer.
 
-This file is the whole pipeline in reading order; each step is one call into the library.
-The same command runs under `torchrun --nproc-per-node K -m structvl pretrain ...`.
+This file is the whole training pipeline in reading order; each step is one call into the library. It runs
+unchanged under `torchrun --nproc-per-node K -m structvl pretrain ...`. What the trained model is worth is the
+evaluation's business: `structvl.tasks.evaluate.pretrain_and_evaluate` runs this, then the zero-shot suite.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from structvl.config import ConfigError, RunConfig, load_config, save_config
+from structvl.config import ConfigError, RunConfig, save_config
+from structvl.data.dataset import SkipLedger, VideoTextCollator, VideoTextDataset
+from structvl.data.formats import read_annotations
+from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
+from structvl.data.knowledge.vocab import KnowledgeVocab
+from structvl.data.shards import ShardedVideoTextDataset
+from structvl.data.text import Tokenizer
+from structvl.data.transforms import VideoTransform
+from structvl.engine.checkpoint import latest_checkpoint, load_model_weights
+from structvl.engine.trainer import Trainer
+from structvl.models.video_text import VideoTextModel, build_model
+from structvl.objectives import OBJECTIVES
+from structvl.objectives.base import ObjectiveContext
+from structvl.objectives.pretraining import PretrainingModule, enabled_objectives, needs_knowledge
+from structvl.runtime.distributed import DistInfo, barrier, init_distributed
+from structvl.runtime.precision import dtype_name
 
 log = logging.getLogger("structvl")
 
@@ -33,12 +50,8 @@ def data_root(cfg: RunConfig) -> Path:
 def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int = 1, knowledge=None):
     """The training dataset and its collator: webdataset shards when `data.shards` is set (each rank
     streams its own shards), else the annotation file `data.train` (map-style, exact resume)."""
-    from structvl.data.dataset import VideoTextCollator, VideoTextDataset
-    from structvl.data.transforms import VideoTransform
-
     root = data_root(cfg)
     if cfg.data.shards:
-        from structvl.data.shards import ShardedVideoTextDataset
         pattern = cfg.data.shards if Path(cfg.data.shards).is_absolute() else str(root / cfg.data.shards)
         transform = VideoTransform(cfg.model.video.image_size, train=True,
                                    scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
@@ -63,8 +76,6 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
 
 
 def train_records(cfg: RunConfig):
-    from structvl.data.formats import read_annotations
-
     ann = data_root(cfg) / cfg.data.train
     if not ann.exists():
         raise ConfigError(f"config key 'data.train': annotation file {ann} does not exist")
@@ -75,20 +86,12 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
     """Tokenizer, and - when an enabled objective needs it - the spaCy knowledge of every training caption
     (parsed once into the on-disk cache) and the label vocabulary, saved as run_dir/knowledge_vocab.json.
     The main rank parses and writes the cache (call it before the others: they then only read it)."""
-    from structvl.objectives.base import ObjectiveContext
-    from structvl.objectives.pretraining import needs_knowledge
-
     if not needs_knowledge(cfg):
         return ObjectiveContext(tokenizer=tokenizer)
-    from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, knowledge_for
-
     # With shards, the annotation file they were written from still lists the captions to parse.
     records = train_records(cfg)
     captions = sorted({c for record in records for c in record.captions})
     cache_dir = Path(cfg.knowledge.cache_dir or data_root(cfg) / "knowledge_cache")
-    from structvl.objectives import OBJECTIVES
-    from structvl.objectives.pretraining import enabled_objectives
-
     with KnowledgeCache(cache_dir) as cache:
         parsed = knowledge_for(captions, cache)
         vocab_path = run_dir / "knowledge_vocab.json"
@@ -112,29 +115,49 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
     return context
 
 
-def ensure_corpus(cfg: RunConfig) -> None:
-    """Generate the structured corpus at data.root when the config asks for it and it is absent."""
-    root = data_root(cfg)
-    if cfg.data.synth and not (root / "corpus.json").exists():
-        from structvl.lab.synth import generate_corpus
-        generate_corpus(root, num_clips=cfg.data.synth_clips, seed=0)
+@dataclass
+class PretrainResult:
+    """What a finished pre-training leaves for evaluation."""
+
+    metrics: dict  # train/* metrics and data/skipped; also written to run_dir/metrics.json
+    model: VideoTextModel  # the trained model (under FSDP: an unsharded copy from the final checkpoint, main rank)
+    module: PretrainingModule | None  # model + objectives with their heads; None under FSDP (sharded)
+    tokenizer: Tokenizer
+    info: DistInfo
 
 
-def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluate: bool = True) -> dict:
-    from structvl.data.dataset import SkipLedger
-    from structvl.data.text import Tokenizer
-    from structvl.runtime.distributed import barrier, cleanup, init_distributed
-    from structvl.runtime.precision import dtype_name
-    from structvl.engine.trainer import Trainer
-    from structvl.models.video_text import build_model
-    from structvl.objectives.pretraining import PretrainingModule
+def batch_sampler(cfg: RunConfig, dataset, context: ObjectiveContext, info: DistInfo):
+    """The sampler an enabled objective asks for (its `batch_sampler` hook), or None for the trainer's own.
+    Streaming (sharded) datasets order themselves, so they take none."""
+    if cfg.data.shards:
+        return None
+    samplers = {}
+    for name in enabled_objectives(cfg):
+        hook = getattr(OBJECTIVES[name], "batch_sampler", None)
+        sampler = hook(cfg, dataset, context, info.world_size, info.rank) if hook is not None else None
+        if sampler is not None:
+            samplers[name] = sampler
+    if len(samplers) > 1:
+        raise ConfigError(f"config key 'objectives': {sorted(samplers)} each decide which clips share a batch; "
+                          "turn off all but one's batch sampler")
+    return next(iter(samplers.values()), None)
 
+
+def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False,
+                    prepare_data: Callable[[RunConfig], None] | None = None) -> PretrainResult:
+    """Train `cfg` into `run_dir` (checkpoints, logs, config.yaml, metrics.json with the training metrics).
+
+    prepare_data: called once on the main rank before anything reads the data (e.g. the lab's corpus
+    generator); the other ranks wait for it. The caller tears the process group down when it is done
+    (`structvl.runtime.distributed.cleanup`), so that it can evaluate first.
+    """
     info = init_distributed(cfg.train.device)
     run_dir = Path(run_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        ensure_corpus(cfg)
+        if prepare_data is not None:
+            prepare_data(cfg)
     barrier()
     seed_everything(cfg.train.seed)  # same init on every rank (DDP also broadcasts it)
 
@@ -149,11 +172,8 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     model = build_model(cfg.model)
     module = PretrainingModule(model, cfg, context)
     ledger = SkipLedger()
-    sampler = None
-    if cfg.objectives.get("clop_kcl", 0) > 0 and cfg.clop.kcl_batch_sampler and not cfg.data.shards:
-        from structvl.objectives.clop import build_knowledge_sampler
-        sampler = build_knowledge_sampler(cfg, dataset, context, info.world_size, info.rank)
-    trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger, sampler=sampler)
+    trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger,
+                      sampler=batch_sampler(cfg, dataset, context, info))
     precision = dtype_name(trainer.autocast_dtype)
     if info.is_main:
         log.info("train.precision=%s: %s on %s", cfg.train.precision, precision, info.device)
@@ -169,38 +189,10 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     metrics: dict = {f"train/{k}": v for k, v in train_logs.items()}
     metrics["data/skipped"] = ledger.summary()["total"]
     metrics["train/bf16"] = float(precision == "bf16")  # "auto" differs by machine, and so do the numbers
-    if evaluate and info.is_main:
-        from structvl.tasks.evaluate import evaluate_model
-        if info.enabled and cfg.train.distributed == "fsdp":
-            # FSDP left each rank a shard; evaluate an unsharded copy rebuilt from the final checkpoint.
-            from structvl.engine.checkpoint import latest_checkpoint, load_model_weights
-            model = build_model(cfg.model).to(info.device)
-            load_model_weights(model, latest_checkpoint(run_dir))
-        metrics.update(evaluate_model(model, cfg, tokenizer, device=info.device))
-        if not (info.enabled and cfg.train.distributed == "fsdp"):  # FSDP heads are sharded across ranks
-            # Objectives may measure what they train (CLOP's SKP mAP, S-ViLM's grounding, Clover's MLM).
-            for objective in module.objectives.values():
-                if hasattr(objective, "evaluate"):
-                    metrics.update(objective.evaluate(model, cfg, tokenizer, info.device))
+    fsdp = info.enabled and cfg.train.distributed == "fsdp"
+    if fsdp and info.is_main:  # FSDP left each rank a shard: rebuild an unsharded copy from the final checkpoint
+        model = build_model(cfg.model).to(info.device)
+        load_model_weights(model, latest_checkpoint(run_dir))
     if info.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    barrier()
-    cleanup()
-    return metrics
-
-
-def pretrain_from_cli(args) -> int:
-    overrides = list(args.overrides)
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
-    cfg = load_config(args.config, overrides)
-    run_dir = Path(args.out or Path("runs") / cfg.name)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = run_pretraining(cfg, run_dir, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":
-        from structvl.tasks.evaluate import format_metrics_table
-        print(format_metrics_table(metrics))
-        print(f"run directory: {run_dir}")
-    return 0
+    return PretrainResult(metrics, model, None if fsdp else module, tokenizer, info)

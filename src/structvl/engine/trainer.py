@@ -13,16 +13,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.distributed as dist
+import torch.nn as nn
 
 from structvl.config import RunConfig
+from structvl.data.dataset import build_dataloader
+from structvl.data.sampler import ResumableDistributedSampler
 from structvl.engine import checkpoint as ckpt
-from structvl.runtime.distributed import DistInfo, all_reduce_mean
 from structvl.engine.logger import RunLogger
 from structvl.engine.optim import build_optimizer, build_scheduler
+from structvl.runtime.distributed import DistInfo, all_reduce_mean
 from structvl.runtime.precision import autocast, autocast_dtype
-from structvl.engine.sampler import ResumableDistributedSampler
 
 
 def move_to(batch: dict, device: torch.device) -> dict:
@@ -48,7 +49,6 @@ def wrap_distributed(module: nn.Module, cfg: RunConfig, info: DistInfo) -> nn.Mo
 class Trainer:
     def __init__(self, cfg: RunConfig, module: nn.Module, dataset, collator, run_dir: Path, info: DistInfo,
                  skip_ledger=None, sampler=None):
-        from structvl.data.dataset import build_dataloader
 
         self.cfg, self.info, self.run_dir = cfg, info, Path(run_dir)
         self.raw_module = module.to(info.device)

@@ -12,8 +12,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from structvl.config import load_config
+from structvl.config import load_config, resolved_yaml
+from structvl.data.text import Tokenizer
+from structvl.engine.checkpoint import load_run_model
+from structvl.lab.report import examples_section, grounding_section, write_report
+from structvl.lab.synth import generate_corpus
+from structvl.tasks.downstream import run_suite
+from structvl.tasks.evaluate import pretrain_and_evaluate
+from structvl.tasks.finetuning import pick_device
+from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
+from structvl.tasks.task_config import load_task_config
 
 # name -> (row label, shipped config). Each recipe is the baseline plus its paper's objectives, same budget.
 # `structvl demo --recipes baseline,clop` picks rows; the first listed recipe is the reference row.
@@ -25,49 +35,24 @@ RECIPES = {
     "all": ("+ CLOP + S-ViLM + Clover", "all.yaml"),
 }
 
-# CLOP's swaps restricted to actions, up to 8 per caption, with the penalty that keeps the text side from spotting
-# a swapped caption without the video (not the paper's KCL).
-_GROUNDED_SWAPS = ["clop.kcl_shortcut_penalty=1", "clop.kcl_swap_types=[action]",
-                   "clop.kcl_negatives_per_caption=8"]
-# SKP on the action labels only, 4x weight, summed BCE, its heads on the video encoder's pooled feature.
-_ACTION_SKP_ON_ENCODER = ["clop.skp_types=[action]", "objectives.clop_skp=4", "clop.skp_input=encoder",
-                          "clop.skp_reduction=sum"]
-# KCL's construction alone: no SKP, no knowledge-weighted negatives, no knowledge-grouped batches.
-_CONSTRUCTION_ONLY = ["objectives.clop_skp=0", "clop.kcl_negative_weighting=false", "clop.kcl_batch_sampler=false"]
-
-# Single-switch ablations, run only when named (`--recipes baseline,clop_skp,...`): (label, config, overrides).
+# Single-switch ablations, run only when named (`--recipes baseline,clop_skp,...`): name -> (row label, config).
+# Each is a small file under configs/ablations/ that says what it changes from its paper's recipe; those that go
+# beyond the paper's setup say `[extension]` there.
 ABLATIONS = {
-    "clop_skp": ("+ CLOP SKP only", "demo.yaml", ["objectives.clop_skp=1"]),
-    "clop_kcl_sampling": ("+ CLOP KCL sampling only", "clop.yaml",
-                          ["objectives.clop_skp=0", "clop.kcl_construct=false"]),
-    "clop_kcl_construct": ("+ CLOP KCL construction only", "clop.yaml", _CONSTRUCTION_ONLY),
-    # The best CLOP variant before stop 18 (docs/findings.md).
-    "clop_grounded": ("+ CLOP, action swaps + shortcut penalty", "clop.yaml", _GROUNDED_SWAPS),
-    # clop_grounded with SKP on the action labels only, at 4x weight, its heads on the video encoder's pooled
-    # feature: the action hard negatives then need the clip's motion (400 steps, 3 seeds: 79.2 vs 70.3;
-    # docs/findings.md, stop 18).
-    "clop_motion": ("+ CLOP, action swaps + penalty + SKP on actions from the encoder", "clop.yaml",
-                    _GROUNDED_SWAPS + _ACTION_SKP_ON_ENCODER),
-    # clop_motion's switches one at a time (KCL sampling alone is clop_kcl_sampling: swaps play no part in it).
-    # SKP alone is the best CLOP variant measured: 81.0 vs 70.3 and t2v R@1 70.8 vs 62.2 (docs/findings.md, stop 18).
-    "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder", "demo.yaml", _ACTION_SKP_ON_ENCODER),
-    "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty", "clop.yaml",
-                              _CONSTRUCTION_ONLY + _GROUNDED_SWAPS),
-    # clop_motion_skp with KCL's sampling, its batches grouped (and negatives weighted) by shared attributes only:
-    # clips of one colour and size meet, so the InfoNCE must tell them apart by shape and motion
-    # (docs/findings.md, stop 20).
-    "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes", "clop.yaml",
-                             _ACTION_SKP_ON_ENCODER + ["clop.kcl_construct=false", "clop.kcl_types=[attribute]"]),
-    # S-ViLM with each phrase taken as the mean of the caption's token states over its span (the previous
-    # default): those states carry the whole caption, and grounding then picks the background group.
-    "svilm_span": ("+ S-ViLM, phrases as caption spans", "svilm.yaml", ["svilm.phrase_encoding=span"]),
-    "clover_random": ("+ Clover, random-token masking", "clover.yaml", ["clover.text_masking=random"]),
-    "clover_norank": ("+ Clover, no ranking loss", "clover.yaml", ["objectives.clover_rank=0"]),
-    # The fusion encoder trained by MLM beside the plain InfoNCE, without Clover's alignment and ranking: the
-    # reference for what the alignment adds to the fusion encoder (clover_mlm/* metrics).
-    "clover_mlm_only": ("+ fusion MLM only", "clover.yaml",
-                        ["objectives.contrastive=1", "objectives.clover_align=0", "objectives.clover_rank=0",
-                         "model.learn_temperature=true"]),
+    "clop_skp": ("+ CLOP SKP only", "ablations/clop_skp.yaml"),
+    "clop_kcl_sampling": ("+ CLOP KCL sampling only", "ablations/clop_kcl_sampling.yaml"),
+    "clop_kcl_construct": ("+ CLOP KCL construction only", "ablations/clop_kcl_construct.yaml"),
+    "clop_grounded": ("+ CLOP, action swaps + shortcut penalty", "ablations/clop_grounded.yaml"),
+    "clop_motion": ("+ CLOP, action swaps + penalty + SKP on actions from the encoder", "ablations/clop_motion.yaml"),
+    "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder", "ablations/clop_motion_skp.yaml"),
+    "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty",
+                              "ablations/clop_motion_construct.yaml"),
+    "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes",
+                             "ablations/clop_motion_sampling.yaml"),
+    "svilm_span": ("+ S-ViLM, phrases as caption spans", "ablations/svilm_span.yaml"),
+    "clover_random": ("+ Clover, random-token masking", "ablations/clover_random.yaml"),
+    "clover_norank": ("+ Clover, no ranking loss", "ablations/clover_norank.yaml"),
+    "clover_mlm_only": ("+ fusion MLM only", "ablations/clover_mlm_only.yaml"),
 }
 
 # --quick: the same pipeline on a smaller corpus with fewer steps (a smoke test).
@@ -110,11 +95,6 @@ def downstream_metrics(run_dir: Path, data: Path, pretrain_metrics: dict) -> dic
     """Run the downstream suite (DOWNSTREAM_CONFIG) on a finished run, and S-ViLM's grounding / scene-change
     evaluation where pre-training did not already (it works for any model, so the baseline is measured on the
     same footing: its best patch, its per-frame features); merged into the run's metrics.json."""
-    from structvl.data.text import Tokenizer
-    from structvl.tasks.downstream import pick_device, run_suite
-    from structvl.tasks.evaluate import load_run_model
-    from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
-    from structvl.tasks.task_config import load_task_config
 
     start = time.perf_counter()
     model, cfg, _ = load_run_model(run_dir)
@@ -140,9 +120,6 @@ def finished_run_metrics(cfg, run_dir: Path) -> dict | None:
     """The metrics of a run this demo finished before (pre-training + downstream) with the same resolved config,
     else None: an interrupted demo resumes where it stopped, and the full table can be assembled from recipes
     run in separate invocations (same --out). A changed config or an unfinished run is trained again."""
-    from omegaconf import OmegaConf
-
-    from structvl.config import resolved_yaml
 
     metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
     if not (metrics_path.exists() and config_path.exists()):
@@ -183,11 +160,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
              seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None) -> int:
     """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
     recipe (e.g. `train.max_steps=150` for a shorter ablation budget)."""
-    from structvl.lab.synth import generate_corpus
-    from structvl.data.text import Tokenizer
-    from structvl.engine.pretrain import run_pretraining
-    from structvl.lab.report import examples_section, grounding_section, write_report
-    from structvl.tasks.evaluate import load_run_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t_start = time.perf_counter()
@@ -206,16 +178,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     if unknown:
         raise ValueError(f"unknown recipe(s) {unknown}; known: {list(known)}")
     for name in recipes or list(RECIPES):
-        label, config, *recipe_overrides = known[name]
-        recipe_overrides = recipe_overrides[0] if recipe_overrides else []
+        label, config = known[name]
         for seed in range(seeds):
             run_dir = out / name / f"seed{seed}"
             print(f"[2/3] pre-training '{label}' seed {seed} -> {run_dir}", flush=True)
             cfg = load_config(config, [f"data.root={data}", f"train.seed={seed}"]
-                              + (QUICK_OVERRIDES if quick else []) + recipe_overrides + list(overrides or []))
+                              + (QUICK_OVERRIDES if quick else []) + list(overrides or []))
             metrics = finished_run_metrics(cfg, run_dir)
             if metrics is None:
-                metrics = run_pretraining(cfg, run_dir)
+                metrics = pretrain_and_evaluate(cfg, run_dir)
                 metrics.update(downstream_metrics(run_dir, data, metrics))
                 write_json_merged(run_dir / "metrics.json", {"demo/finished": 1.0})
             else:

@@ -19,7 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from structvl.engine.logger import read_metrics_jsonl  # noqa: E402
+from structvl.data.formats import read_annotations
+from structvl.data.sampling import sample_frame_indices
+from structvl.data.video import open_video
+from structvl.engine.logger import read_metrics_jsonl
+from structvl.tasks.eval_data import eval_loader
+from structvl.tasks.grounding import boxes_to_input, clip_groundings
+from structvl.tasks.retrieval import embed_texts, embed_videos
 
 
 def _figure_uri(fig) -> str:
@@ -86,8 +92,6 @@ def bar_chart_figure(rows: dict[str, dict[str, tuple[float, float]]], keys: list
 
 
 def _display_frames(path: Path, num_frames: int, backend: str) -> np.ndarray:
-    from structvl.data.sampling import sample_frame_indices
-    from structvl.data.video import open_video
 
     with open_video(path, backend) as reader:
         idx, _ = sample_frame_indices(reader.num_frames, reader.fps, num_frames, "uniform")
@@ -97,9 +101,6 @@ def _display_frames(path: Path, num_frames: int, backend: str) -> np.ndarray:
 @torch.no_grad()
 def examples_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 8, top_k: int = 3) -> str:
     """Heatmap over the first test clips and, for a few captions, the top-k retrieved clips."""
-    from structvl.data.formats import read_annotations
-    from structvl.tasks.evaluate import eval_loader
-    from structvl.tasks.retrieval import embed_texts, embed_videos
 
     records = read_annotations(cfg.data.format, data_root / cfg.eval.split)[: max(num_clips, 24)]
     video_root = Path(cfg.data.videos) if cfg.data.videos else data_root
@@ -128,8 +129,6 @@ def examples_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 8,
 def grounding_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 3) -> str:
     """S-ViLM: for a few test clips, each noun phrase with the patches of the group it picks tinted on the
     frames (one frame per encoder time step), and the phrase's object box outlined in white."""
-    from structvl.data.formats import read_annotations
-    from structvl.tasks.grounding import boxes_to_input, clip_groundings
 
     records = [r for r in read_annotations(cfg.data.format, data_root / cfg.eval.split)[:32]
                if r.meta.get("phrases") and r.meta.get("objects")][:num_clips]

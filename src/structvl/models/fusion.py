@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from structvl.config import FusionConfig
+from structvl.config import ConfigError, FusionConfig
 
 
 @dataclass
@@ -58,7 +58,6 @@ class FusionEncoder(nn.Module):
         self.cfg = cfg
         self.width = bert_config.hidden_size
         if video_encoder.grid % cfg.video_pool:
-            from structvl.config import ConfigError
             raise ConfigError(f"config key 'model.fusion.video_pool': {cfg.video_pool} does not divide the "
                               f"video patch grid {video_encoder.grid}")
         self.pool = cfg.video_pool

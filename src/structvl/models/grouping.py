@@ -1,7 +1,7 @@
 """GroupViT-style grouping of a video's patch tokens into learnable groups (S-ViLM's candidate "regions").
 
 [reconstruction] S-ViLM's video encoder clusters patch tokens with 32 learnable group tokens through
-GroupViT grouping blocks (spec: ../shared/spec/methods.md, "S-ViLM"). The paper's full text was not available
+GroupViT grouping blocks (spec: docs/methods-spec.md, "S-ViLM"). The paper's full text was not available
 to us; what we built, each choice a config key under `model.video`:
 
 * The group tokens do not join the backbone's self-attention (so joint and divided attention both work

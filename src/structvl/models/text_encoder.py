@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from structvl.config import TextEncoderConfig
+from structvl.data.text import minilm_dir
 
 
 @dataclass
@@ -34,12 +35,10 @@ class TextEncoder(nn.Module):
 
         self.cfg = cfg
         if cfg.init == "minilm":
-            from structvl.data.text import minilm_dir
 
             self.bert = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True,
                                                   add_pooling_layer=False, attn_implementation="sdpa")
         else:
-            from structvl.data.text import minilm_dir
 
             base = BertConfig.from_pretrained(str(minilm_dir()), local_files_only=True)
             config = BertConfig(

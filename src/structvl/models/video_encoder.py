@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from structvl.config import VideoEncoderConfig
+from structvl.models.grouping import GroupingBlock
 
 
 class Attention(nn.Module):
@@ -143,7 +144,6 @@ class VideoEncoder(nn.Module):
         nn.init.trunc_normal_(self.time_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if cfg.num_group_tokens:  # built last, so a model without groups initialises exactly as before
-            from structvl.models.grouping import GroupingBlock
             self.group_layers = sorted({i % cfg.depth for i in (cfg.group_layers or [cfg.depth - 1])})
             self.group_token = nn.Parameter(torch.zeros(1, cfg.num_group_tokens, cfg.width))
             nn.init.trunc_normal_(self.group_token, std=0.02)

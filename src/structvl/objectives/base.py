@@ -8,21 +8,25 @@ its "loss" by `cfg.objectives[name]`. Class attributes an objective may set:
                              (one CaptionKnowledge per caption) and `batch["token_offsets"]` (each token's
                              character span in its caption), so spans can be mapped to word pieces.
 
-Optional methods:
+Optional class methods (the engine calls them for every enabled objective and never names a paper):
 
-    prepare_context(cfg, context, cache)   classmethod, run once before training on the main rank first (then
-                                           on the others, which find the knowledge cache filled): precompute
-                                           from the parsed corpus and store it in `context.extras`.
+    prepare_context(cfg, context, cache)    run once before training on the main rank first (then on the others,
+                                            which find the knowledge cache filled): precompute from the parsed
+                                            corpus and store it in `context.extras` (e.g. CLOP's swapped captions).
+    batch_sampler(cfg, dataset, context, world_size, rank) -> Sampler | None
+                                            a sampler that decides which clips share a batch (e.g. CLOP's
+                                            knowledge-grouped batches), or None for the engine's own.
 
-    evaluate(model, cfg, tokenizer, device) -> dict   extra metrics on the test split (e.g. CLOP's SKP mAP),
-                                                       merged into the run's metrics.json.
+What an objective trains is measured after pre-training by `structvl.tasks.evaluate.OBJECTIVE_MEASURES`
+(CLOP's SKP mAP, S-ViLM's pointing and scene change, Clover's masked-word accuracy).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from structvl.data.knowledge import CaptionKnowledge, KnowledgeVocab
+from structvl.data.knowledge.record import CaptionKnowledge
+from structvl.data.knowledge.vocab import KnowledgeVocab
 
 
 @dataclass

@@ -24,11 +24,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from structvl.data.masking import (apply_video_mask, corrupt_tokens, random_selection, semantic_selection,
-                                   video_tube_masks)
-from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
-from structvl.runtime.precision import autocast, autocast_dtype
+from structvl.config import ConfigError
+from structvl.data.masking import (
+    apply_video_mask,
+    corrupt_tokens,
+    random_selection,
+    semantic_selection,
+    video_tube_masks,
+)
+from structvl.data.text import Tokenizer
 from structvl.models.video_text import projection_head
+from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
 
 
 # ---------------------------------------------------------------- losses (pure functions, all-gathered)
@@ -124,7 +130,6 @@ class CloverCore(nn.Module):
         self.cfg = cfg.clover
         self.tokenizer = context.tokenizer
         if self.tokenizer is None:
-            from structvl.data.text import Tokenizer
             self.tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
         # Only what an enabled objective uses is built: under DDP a parameter without a gradient is an error.
         weights = cfg.objectives
@@ -184,7 +189,6 @@ class _CloverObjective(nn.Module):
     def __init__(self, cfg, model, context):
         super().__init__()
         if self.needs_fusion and model.fusion is None:
-            from structvl.config import ConfigError
             raise ConfigError(f"objective '{self.name}' needs the fusion encoder: set model.fusion.layers > 0")
         core = getattr(context, "clover_core", None) if context is not None else None
         if core is None:
@@ -254,92 +258,3 @@ class CloverMlmObjective(_CloverObjective):
         with torch.no_grad():
             acc = (logits.argmax(-1) == target).float().mean() if target.numel() else loss.new_zeros(())
         return {"loss": loss, "accuracy": acc, "masked_tokens": torch.tensor(float(target.numel()))}
-
-    def evaluate(self, model, cfg, tokenizer, device) -> dict:
-        return evaluate_masked_words(model, cfg, tokenizer, device)
-
-
-# ---------------------------------------------------------------- evaluation: fill in the masked word
-@torch.no_grad()
-def evaluate_masked_words(model, cfg, tokenizer, device=torch.device("cpu")) -> dict[str, float]:
-    """MLM accuracy through the fusion encoder on the test captions (`eval.split`, first caption per clip).
-
-    Every noun and every verb phrase of a caption is masked *alone* (all its word pieces -> [MASK]) and predicted
-    from the rest of the caption and the clip's video: on the structured corpus the nouns are the shapes and
-    the verbs the actions, so this is a fill-in-the-blank QA on what is in the video. The same is measured with
-    another test clip's video ("shuffled_video"): the gap between the two is what the fusion reads from the video
-    rather than from the caption's words.
-    Returns clover_mlm/{accuracy, noun_accuracy, verb_accuracy, accuracy_shuffled_video, ...} (token-level, %).
-    """
-    from pathlib import Path
-
-    from structvl.data.formats import read_annotations
-    from structvl.data.knowledge import KnowledgeCache, knowledge_for
-    from structvl.data.masking import candidate_units, unit_token_groups
-    from structvl.models.video_encoder import VideoEncoderOutput
-    from structvl.tasks.evaluate import eval_loader
-
-    if model.fusion is None:
-        return {}
-    root = Path(cfg.data.root)
-    records = read_annotations(cfg.data.format, root / cfg.eval.split)
-    if cfg.clover.eval_max_captions:
-        records = records[:cfg.clover.eval_max_captions]
-    video_root = Path(cfg.data.videos) if cfg.data.videos else root
-    cache_dir = Path(cfg.knowledge.cache_dir or root / "knowledge_cache")
-    autocast_context = autocast(device, autocast_dtype(cfg.train.precision, device))
-    was_training = model.training
-    model.eval()
-    correct = {"noun": 0, "verb": 0, "shuffled": 0}
-    total = {"noun": 0, "verb": 0, "shuffled": 0}
-    units_seen = 0
-    with KnowledgeCache(cache_dir) as cache:
-        for batch in eval_loader(records, cfg, video_root, tokenizer):
-            captions = batch["caption"]
-            knowledge = knowledge_for(captions, cache)
-            enc, offsets = tokenizer.encode_with_offsets(captions)
-            rows, kinds, owners = [], [], []
-            for b, (k, offs) in enumerate(zip(knowledge, offsets)):
-                for kind, tokens in unit_token_groups(k.words, candidate_units(k.words), offs):
-                    rows.append(tokens)
-                    kinds.append(kind)
-                    owners.append(b)
-            if not rows:
-                continue
-            units_seen += len(rows)
-            ids = enc["input_ids"][owners].clone()
-            labels = torch.full_like(ids, -100)
-            for r, tokens in enumerate(rows):
-                labels[r, tokens] = ids[r, tokens]
-                ids[r, tokens] = tokenizer.mask_token_id
-            attention = enc["attention_mask"][owners]
-            with autocast_context:
-                video = model.video_encoder(batch["video"].to(device), batch["frame_mask"].to(device))
-                text = model.text_encoder(ids.to(device), attention.to(device))
-                n = len(captions)
-                for shuffled in ([False, True] if n > 1 else [False]):
-                    owner = torch.tensor(owners, device=device)
-                    if shuffled:  # the next clip's video in the batch: a different scene
-                        owner = (owner + 1) % n
-                    fused = model.fuse(VideoEncoderOutput(pooled=video.pooled[owner], tokens=video.tokens[owner],
-                                                          frame_mask=video.frame_mask[owner]), text)
-                    where = labels.to(device) != -100
-                    hit = (model.mlm_logits(fused.text_states[where]).argmax(-1) == labels.to(device)[where]).cpu()
-                    row_of = where.nonzero()[:, 0].cpu()
-                    if shuffled:
-                        correct["shuffled"] += int(hit.sum())
-                        total["shuffled"] += hit.numel()
-                    else:
-                        for kind in ("noun", "verb"):
-                            sel = torch.tensor([kinds[r] == kind for r in row_of.tolist()], dtype=torch.bool)
-                            correct[kind] += int(hit[sel].sum())
-                            total[kind] += int(sel.sum())
-    model.train(was_training)
-    pct = lambda c, t: 100.0 * c / t if t else float("nan")  # noqa: E731
-    return {
-        "clover_mlm/accuracy": pct(correct["noun"] + correct["verb"], total["noun"] + total["verb"]),
-        "clover_mlm/noun_accuracy": pct(correct["noun"], total["noun"]),
-        "clover_mlm/verb_accuracy": pct(correct["verb"], total["verb"]),
-        "clover_mlm/accuracy_shuffled_video": pct(correct["shuffled"], total["shuffled"]),
-        "clover_mlm/masked_units": float(units_seen),
-    }

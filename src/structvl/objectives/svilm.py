@@ -1,7 +1,7 @@
 """S-ViLM's two structure objectives: inter-clip spatial grounding and intra-clip temporal grouping.
 
-[reconstruction] The abstract (seed 001) names the two objectives; how they work comes from secondary
-sources of medium confidence (../shared/spec/methods.md, "S-ViLM"). Every choice below is a config key
+[reconstruction] The abstract (docs/abstracts/001_svilm.txt) names the two objectives; how they work comes from secondary
+sources of medium confidence (docs/methods-spec.md, "S-ViLM"). Every choice below is a config key
 (`svilm:` section, `SvilmConfig`); the weights alpha and beta are `objectives.svilm_grounding` and
 `objectives.svilm_temporal`, so L = L_contrast + alpha L_g + beta L_t.
 
@@ -9,8 +9,8 @@ sources of medium confidence (../shared/spec/methods.md, "S-ViLM"). Every choice
 `max_phrases`) are embedded by the text encoder - the phrase encoded on its own ("alone", the default) or
 the mean of the caption's token states over the phrase's word pieces ("span") - and projected into the
 shared space. "span" states are contextualised by the whole caption, so a phrase scores best against the
-group that carries the whole clip (the large background group) and grounding learns no locality; the
-evaluation (tasks/grounding.py) measured pointing 18% with "span" and 60% with "alone". The
+group that carries the whole clip (the large background group) and grounding learns no locality (pointing
+accuracy, tasks/grounding.py, for both: docs/findings.md, S-ViLM). The
 score of phrase n against clip j is the best match among j's groups, s(n, j) = max_g cos(n, z_jg) / tau.
 InfoNCE over the clips of the all-gathered batch, positive = the phrase's own clip: the other clips' groups
 are the negatives ("inter-clip"). With `grounding_symmetric`, also clip -> phrase: each clip must score
@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from structvl.config import ConfigError
 from structvl.data.text import char_span_to_token_span
-from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
 from structvl.objectives.contrastive import info_nce
+from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
 
 
 # ----------------------------------------------------------------------------- phrases
@@ -153,10 +153,6 @@ class SpatialGroundingObjective(nn.Module):
         out = grounding_loss(phrases, mask, groups, self.cfg.grounding_temperature, self.cfg.grounding_symmetric)
         out["phrases_per_caption"] = mask.float().sum(1).mean()
         return out
-
-    def evaluate(self, model, cfg, tokenizer, device) -> dict[str, float]:
-        from structvl.tasks.grounding import evaluate_grounding
-        return evaluate_grounding(model, cfg, tokenizer, device)
 
 
 # ----------------------------------------------------------------------------- temporal grouping
@@ -302,7 +298,3 @@ class TemporalGroupingObjective(nn.Module):
             out["a_part_nce"] = nce.detach()
             out["loss"] = out["loss"] + nce
         return out
-
-    def evaluate(self, model, cfg, tokenizer, device) -> dict[str, float]:
-        from structvl.tasks.grounding import evaluate_scene_change
-        return evaluate_scene_change(model, cfg, tokenizer, device)

@@ -1,9 +1,8 @@
 """`train.precision` -> the autocast dtype, decided in one place for training and every evaluation loop.
 
 "auto" (the default) takes bf16 where the device computes it in hardware and fp32 elsewhere. On a CPU without
-AVX512-BF16 or AMX, bf16 autocast is emulated: on a 2-core Xeon without them, benchmarks/train_step.py measured
-a demo pre-training step of 2.91 s in bf16 against 1.06 s in fp32. With them (the machines the README's tables
-come from) the bf16 matmul peak was 420 GFLOP/s against 180 in fp32, so no single fixed choice suits both.
+AVX512-BF16 or AMX, bf16 autocast is emulated and several times slower than fp32; with them bf16 matmuls are
+the faster (benchmarks/train_step.py prints both peaks and what `auto` picks), so no fixed choice suits both.
 The resolved precision is logged and recorded in the run's metrics.json (`train/bf16`), because bf16 and fp32
 runs of the same config give different numbers.
 """

@@ -22,7 +22,17 @@ from pathlib import Path
 
 import torch
 
+from structvl.data.text import Tokenizer
+from structvl.engine.checkpoint import load_run_model
 from structvl.runtime.precision import autocast_dtype
+from structvl.tasks.evaluate import evaluate_retrieval
+from structvl.tasks.features import FeatureCache
+from structvl.tasks.finetune_retrieval import paragraph_records, run_finetune_retrieval
+from structvl.tasks.finetuning import pick_device
+from structvl.tasks.localization import run_localization
+from structvl.tasks.qa import run_mcqa, run_openqa
+from structvl.tasks.recognition import run_recognition
+from structvl.tasks.task_config import TASKS, load_task_config, read_task_records, video_root
 
 log = logging.getLogger("structvl")
 
@@ -47,48 +57,10 @@ REFERENCES = {
 }
 
 
-# ----------------------------------------------------------------------------- fine-tuning on the Trainer
-def finetune_run_config(run_cfg, *, steps: int, batch_size: int, lr: float, text_lr: float | None = None,
-                        warmup_steps: int = 20, seed: int = 0, sampling: str | None = None):
-    """The pre-training run's config turned into a fine-tuning one: same model and data settings, the task's
-    steps / batch / learning rates, a checkpoint only at the end, the contrastive objective only."""
-    cfg = copy.deepcopy(run_cfg)
-    cfg.train.max_steps, cfg.train.batch_size, cfg.train.seed = steps, batch_size, seed
-    cfg.train.checkpoint_every, cfg.train.log_every, cfg.train.keep_checkpoints = 0, 1, 1
-    cfg.optim.lr, cfg.optim.text_lr = lr, text_lr
-    cfg.optim.warmup_steps = min(warmup_steps, max(1, steps // 5))
-    cfg.objectives = {"contrastive": 1.0}
-    cfg.data.synth = False
-    if sampling:
-        cfg.data.sampling = sampling
-    return cfg
-
-
-def pick_device(run_cfg) -> torch.device:
-    """The run config's device choice (train.device: auto / cpu / cuda)."""
-    if run_cfg.train.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-def train_module(cfg, module, dataset, collator, out_dir: Path, device) -> list[float]:
-    """Step `module(batch) -> (loss, logs)` with the pre-training Trainer; returns the loss of every step."""
-    from structvl.runtime.distributed import DistInfo
-    from structvl.engine.trainer import Trainer
-
-    torch.manual_seed(cfg.train.seed)
-    trainer = Trainer(cfg, module, dataset, collator, Path(out_dir), DistInfo(device=device))
-    trainer.fit()
-    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r["loss"] for r in rows if "loss" in r][-cfg.train.max_steps:]
-
-
 # ----------------------------------------------------------------------------- dispatch
 def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = False, out_dir=None, cache=None,
              tokenizer=None, device=torch.device("cpu")) -> dict[str, float]:
     """One task of the protocol file `task_cfg` on the dataset at `root`; returns its flat metrics."""
-    from structvl.data.text import Tokenizer
-    from structvl.tasks.features import FeatureCache
 
     cache = cache or FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
                                   autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
@@ -97,16 +69,11 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
     seed = task_cfg.seed
     if name == "retrieval":
         if not finetune:  # the frozen protocol for retrieval is the zero-shot one of `structvl eval`
-            from structvl.tasks.evaluate import evaluate_retrieval
-            from structvl.tasks.finetune_retrieval import paragraph_records
-            from structvl.tasks.task_config import read_task_records, video_root
             test = read_task_records(task.data, root, "test")
             return evaluate_retrieval(model, run_cfg, tokenizer, paragraph_records(test) if task.paragraph else test,
                                       video_root(task.data, root), device)
-        from structvl.tasks.finetune_retrieval import run_finetune_retrieval
         return run_finetune_retrieval(model, run_cfg, task, root, out_dir, device=device, seed=seed)
     if name in ("mcqa", "openqa"):
-        from structvl.tasks.qa import run_mcqa, run_openqa
         if finetune and not task.data.train:
             # MSRVTT-MC ships no training split: its standard protocol scores the candidates with the
             # (retrieval-fine-tuned) dual encoder, i.e. the zero-shot scorer of this checkpoint.
@@ -116,11 +83,9 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
         runner = run_mcqa if name == "mcqa" else run_openqa
         return runner(model, task, root, cache=cache, tokenizer=tokenizer, device=device, seed=seed)
     if name == "recognition":
-        from structvl.tasks.recognition import run_recognition
         return run_recognition(model, task, root, cache=cache, run_cfg=run_cfg, out_dir=out_dir, device=device,
                                seed=seed, modes=["finetune"] if finetune else ["linear"])
     if name == "localization":
-        from structvl.tasks.localization import run_localization
         if finetune:
             log.info("localization trains its head on frozen features: `finetune` runs the same protocol")
         return run_localization(model, task, root, device=device, batch_size=task_cfg.batch_size, seed=seed,
@@ -131,8 +96,6 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
 def run_suite(model, run_cfg, task_cfg, root, *, device=torch.device("cpu"), tasks=None) -> dict[str, float]:
     """The frozen-encoder protocol of every task in `task_cfg.suite` (or `tasks`), one shared feature cache.
     A task whose files the dataset lacks is skipped with a warning rather than failing the others."""
-    from structvl.data.text import Tokenizer
-    from structvl.tasks.features import FeatureCache
 
     cache = FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
                          autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
@@ -162,8 +125,6 @@ def format_downstream_table(metrics: dict[str, float]) -> str:
 
 def downstream_from_cli(args, finetune: bool) -> int:
     """`structvl finetune --task T` and `structvl eval --task T` (T not retrieval-zero-shot/hard_negative)."""
-    from structvl.tasks.evaluate import load_run_model
-    from structvl.tasks.task_config import TASKS, load_task_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model, run_cfg, run_dir = load_run_model(args.checkpoint)

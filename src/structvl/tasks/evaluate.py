@@ -1,4 +1,6 @@
-"""`structvl eval`: zero-shot retrieval and hard-negative accuracy of a model or a saved run.
+"""Zero-shot evaluation of a pre-trained model: retrieval, hard-negative accuracy, and what each paper's objective
+trains (`OBJECTIVE_MEASURES`); `structvl eval --task retrieval|hard_negative` and the evaluation half of
+`structvl pretrain` (`pretrain_and_evaluate`).
 
 The evaluation protocol (annotation file, frames, sampling, block size) comes from the run's config
 (`eval:` section), so a number in metrics.json always says how it was measured.
@@ -12,21 +14,18 @@ from pathlib import Path
 import torch
 
 from structvl.config import RunConfig
+from structvl.data.formats import read_annotations
+from structvl.data.text import Tokenizer
+from structvl.engine.checkpoint import load_run_model
+from structvl.engine.pretrain import run_pretraining
+from structvl.runtime.distributed import barrier, cleanup
 from structvl.runtime.precision import autocast_dtype
+from structvl.tasks.eval_data import eval_loader, test_video_root
+from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
 from structvl.tasks.hard_negative import hard_negative_metrics
+from structvl.tasks.knowledge_prediction import evaluate_knowledge_prediction
+from structvl.tasks.masked_words import evaluate_masked_words
 from structvl.tasks.retrieval import embed_texts, embed_videos, retrieval_metrics
-
-
-def eval_loader(records, cfg: RunConfig, video_root, tokenizer):
-    """Deterministic loader over records' videos: uniform frames, centre crop, first caption."""
-    from structvl.data.dataset import VideoTextCollator, VideoTextDataset, build_dataloader
-    from structvl.data.transforms import VideoTransform
-
-    dataset = VideoTextDataset(records, video_root, num_frames=cfg.eval.num_frames, sampling=cfg.eval.sampling,
-                               transform=VideoTransform(cfg.model.video.image_size, train=False),
-                               backend=cfg.data.backend, caption_mode="first", seed=0)
-    return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=cfg.eval.batch_size, shuffle=False,
-                            num_workers=min(cfg.data.num_workers, 2), seed=0, drop_last=False)
 
 
 def evaluate_retrieval(model, cfg: RunConfig, tokenizer, records, video_root, device,
@@ -47,15 +46,50 @@ def evaluate_retrieval(model, cfg: RunConfig, tokenizer, records, video_root, de
 def evaluate_model(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
                    data_root: str | Path | None = None) -> dict[str, float]:
     """Retrieval on `eval.split` and, when the corpus has them, hard negatives on `eval.hard_negatives`."""
-    from structvl.data.formats import read_annotations
-
     root = Path(data_root or cfg.data.root)
-    video_root = Path(cfg.data.videos) if cfg.data.videos else root
+    video_root = test_video_root(cfg, root)
     records = read_annotations(cfg.data.format, root / cfg.eval.split)
     metrics = evaluate_retrieval(model, cfg, tokenizer, records, video_root, device)
     if cfg.eval.hard_negatives and (root / cfg.eval.hard_negatives).exists():
         metrics.update(hard_negative_metrics(model, cfg, tokenizer, root / cfg.eval.hard_negatives, video_root,
                                              device, eval_loader))
+    return metrics
+
+
+# What each paper's objective trains, measured on the test split after pre-training: objective name ->
+# measure(objective, model, cfg, tokenizer, device) -> metrics. `objective` is the trained objective module (CLOP's
+# SKP heads live there); S-ViLM's and Clover's measures read the model alone.
+OBJECTIVE_MEASURES = {
+    "clop_skp": evaluate_knowledge_prediction,
+    "svilm_grounding": lambda objective, *args: evaluate_grounding(*args),
+    "svilm_temporal": lambda objective, *args: evaluate_scene_change(*args),
+    "clover_mlm": lambda objective, *args: evaluate_masked_words(*args),
+}
+
+
+def objective_measures(module, model, cfg: RunConfig, tokenizer, device) -> dict[str, float]:
+    """`OBJECTIVE_MEASURES` of the objectives `module` (a PretrainingModule) trained."""
+    metrics: dict[str, float] = {}
+    for name, objective in module.objectives.items():
+        if name in OBJECTIVE_MEASURES:
+            metrics.update(OBJECTIVE_MEASURES[name](objective, model, cfg, tokenizer, device))
+    return metrics
+
+
+def pretrain_and_evaluate(cfg: RunConfig, run_dir: str | Path, resume: bool = False, prepare_data=None) -> dict:
+    """`structvl pretrain`: train (structvl.engine.pretrain.run_pretraining), then evaluate on the main rank:
+    retrieval and hard negatives, and each enabled paper objective's own measure. All metrics are merged into
+    run_dir/metrics.json; the process group is torn down at the end."""
+    result = run_pretraining(cfg, Path(run_dir), resume=resume, prepare_data=prepare_data)
+    metrics = dict(result.metrics)
+    if result.info.is_main:
+        device = result.info.device
+        metrics.update(evaluate_model(result.model, cfg, result.tokenizer, device=device))
+        if result.module is not None:  # under FSDP the objectives' heads are sharded across ranks
+            metrics.update(objective_measures(result.module, result.model, cfg, result.tokenizer, device))
+        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    barrier()
+    cleanup()
     return metrics
 
 
@@ -93,26 +127,7 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def load_run_model(checkpoint: str | Path):
-    """Rebuild a run's model from its saved config.yaml and load the newest checkpoint's weights."""
-    from structvl.config import load_config
-    from structvl.engine.checkpoint import latest_checkpoint, load_model_weights
-    from structvl.models.video_text import build_model
-
-    path = Path(checkpoint)
-    run_dir = path if (path / "config.yaml").exists() else path.parent.parent
-    ckpt = latest_checkpoint(path)
-    if ckpt is None or not (run_dir / "config.yaml").exists():
-        raise SystemExit(f"structvl eval: no checkpoint with a config.yaml found at {path}")
-    cfg = load_config(run_dir / "config.yaml")
-    model = build_model(cfg.model)
-    load_model_weights(model, ckpt)
-    return model, cfg, run_dir
-
-
 def evaluate_from_cli(args) -> int:
-    from structvl.data.text import Tokenizer
-
     model, cfg, run_dir = load_run_model(args.checkpoint)
     tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
     data = Path(args.data)
@@ -121,7 +136,6 @@ def evaluate_from_cli(args) -> int:
         if args.task == "retrieval":
             metrics = {k: v for k, v in metrics.items() if k.startswith("retrieval/")}
     else:  # an annotation file in any supported format
-        from structvl.data.formats import read_annotations
         records = read_annotations(args.format or "jsonl", data)
         metrics = evaluate_retrieval(model, cfg, tokenizer, records, Path(args.videos or data.parent),
                                      torch.device("cpu"))

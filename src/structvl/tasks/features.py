@@ -25,9 +25,9 @@ from structvl.data.records import VideoRecord
 from structvl.data.sampling import frame_window
 from structvl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_shorter_side
 from structvl.data.video import VideoDecodeError, open_video
-from structvl.runtime.precision import autocast
 from structvl.models.text_encoder import TextEncoderOutput
 from structvl.models.video_encoder import VideoEncoderOutput
+from structvl.runtime.precision import autocast
 
 
 def view_indices(first: int, stop: int, num_frames: int, view: int, num_views: int) -> np.ndarray:

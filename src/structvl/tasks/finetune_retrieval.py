@@ -28,11 +28,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from structvl.config import save_config
+from structvl.data.dataset import VideoTextCollator, VideoTextDataset
 from structvl.data.records import VideoRecord
+from structvl.data.text import Tokenizer
+from structvl.data.transforms import VideoTransform
+from structvl.engine.trainer import move_to
 from structvl.objectives.contrastive import info_nce
+from structvl.tasks.eval_data import eval_loader
+from structvl.tasks.evaluate import evaluate_retrieval
 from structvl.tasks.features import has_fusion
+from structvl.tasks.finetuning import finetune_run_config, train_module
 from structvl.tasks.heads import loss_summary
-from structvl.tasks.retrieval import chance_metrics, metrics_from_ranks, ranks_blockwise
+from structvl.tasks.retrieval import chance_metrics, metrics_from_ranks
+from structvl.tasks.task_config import read_task_records, video_root
 
 log = logging.getLogger("structvl")
 
@@ -125,8 +134,6 @@ def rerank_ranks(sims: torch.Tensor, positives: list[list[int]], top_k: int, pai
 def evaluate_with_rerank(module: RetrievalFinetuneModule, records, tokenizer, task, run_cfg, video_root, device,
                          prefix: str) -> dict[str, float]:
     """Dual-encoder ranks both ways, each query's top-k re-ordered by the matching head's probability."""
-    from structvl.engine.trainer import move_to
-    from structvl.tasks.evaluate import eval_loader
 
     model = module.model.eval()
     module.eval()
@@ -178,13 +185,6 @@ def run_finetune_retrieval(model, run_cfg, task, root, out_dir: str | Path, *, d
     """Fine-tune (a copy of) `model` on the task's training split, save the run to `out_dir`, evaluate."""
     import copy
 
-    from structvl.config import save_config
-    from structvl.data.dataset import VideoTextCollator, VideoTextDataset
-    from structvl.data.text import Tokenizer
-    from structvl.data.transforms import VideoTransform
-    from structvl.tasks.downstream import finetune_run_config, train_module
-    from structvl.tasks.evaluate import evaluate_retrieval
-    from structvl.tasks.task_config import read_task_records, video_root
 
     videos = video_root(task.data, root)
     train = read_task_records(task.data, root, "train")

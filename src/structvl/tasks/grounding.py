@@ -40,9 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from structvl.config import RunConfig
+from structvl.data.formats import read_annotations
 from structvl.data.sampling import sample_frame_indices
-from structvl.runtime.precision import autocast, autocast_dtype
+from structvl.data.text import Tokenizer
+from structvl.engine.checkpoint import load_run_model
 from structvl.objectives.svilm import cut_and_paste, embed_phrases, reverse_steps
+from structvl.runtime.precision import autocast, autocast_dtype
+from structvl.tasks.eval_data import eval_loader
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
@@ -50,7 +54,6 @@ def _autocast(cfg: RunConfig, device: torch.device):
 
 
 def _test_records(cfg: RunConfig, data_root: Path):
-    from structvl.data.formats import read_annotations
 
     records = read_annotations(cfg.data.format, data_root / cfg.eval.split)
     return records[: cfg.svilm.eval_clips] if cfg.svilm.eval_clips else records
@@ -81,7 +84,6 @@ def clip_groundings(model, cfg: RunConfig, tokenizer, records, video_root, devic
     """Per test clip: its record, sampled frame indices, and for each corpus phrase of its first caption the
     phrase x patch cosines (T', N) and phrase x group cosines (G,) (None without groups), plus the patch ->
     group assignment (T', N) and p(group | patch) (G, T', N)."""
-    from structvl.tasks.evaluate import eval_loader
 
     model.eval()
     for batch in eval_loader(records, cfg, video_root, tokenizer):
@@ -236,7 +238,6 @@ def random_label_chance(steps: int) -> float:
 def evaluate_scene_change(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
                           data_root: str | Path | None = None, seed: int = 0) -> dict[str, float]:
     """Scene-change accuracy of per-time-step features on cut-and-paste test clips (see module docstring)."""
-    from structvl.tasks.evaluate import eval_loader
 
     root = Path(data_root or cfg.data.root)
     records = _test_records(cfg, root)
@@ -297,8 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     the contrastive baseline's) and print/merge mean +- std over them."""
     import argparse
 
-    from structvl.data.text import Tokenizer
-    from structvl.tasks.evaluate import load_run_model
 
     parser = argparse.ArgumentParser(prog="python -m structvl.tasks.grounding")
     parser.add_argument("runs", nargs="+")

@@ -32,6 +32,7 @@ from structvl.runtime.precision import autocast
 from structvl.tasks.features import crops, normalise, view_indices
 from structvl.tasks.heads import fit_head, loss_summary, standardise
 from structvl.tasks.tal_metrics import Segment, detection_map, nms_1d, random_detections
+from structvl.tasks.task_config import read_task_records, video_root
 
 AGNOSTIC_LABEL = "action"  # the one class of class-agnostic detection
 
@@ -208,7 +209,6 @@ def decode_detections(video: str, cls_prob: np.ndarray, bound_prob: np.ndarray, 
 def run_localization(model, task, root, *, device=torch.device("cpu"), batch_size: int = 32,
                      seed: int = 0, num_workers: int = 0, autocast_dtype=None) -> dict[str, float]:
     """Train the head on the train split's snippet features, detect on the test split, return metrics."""
-    from structvl.tasks.task_config import read_task_records, video_root
 
     videos = video_root(task.data, root)
     num_frames = model.cfg.video.num_frames

@@ -30,8 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from structvl.tasks.features import (ClipFeatures, FeatureCache, TextFeatures, extract_text_features, fuse_cached,
-                                     has_fusion)
+from structvl.tasks.features import (
+    ClipFeatures,
+    FeatureCache,
+    TextFeatures,
+    extract_text_features,
+    fuse_cached,
+    has_fusion,
+)
 from structvl.tasks.heads import FusedHead, PairHead, fit_head, loss_summary
 from structvl.tasks.task_config import read_task_records, video_root
 

@@ -17,8 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from structvl.data.dataset import VideoTextCollator, VideoTextDataset
 from structvl.data.formats import read_class_list
+from structvl.data.text import Tokenizer
+from structvl.data.transforms import VideoTransform
+from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.features import FeatureCache, extract_clip_features
+from structvl.tasks.finetuning import finetune_run_config, train_module
 from structvl.tasks.heads import fit_head, loss_summary, standardise, topk_accuracy
 from structvl.tasks.task_config import read_task_records, video_root
 
@@ -82,11 +87,6 @@ class RecognitionModule(nn.Module):
 def finetune(model, run_cfg, task, train, test, videos, num_classes: int, out_dir: Path, device,
              seed: int = 0) -> dict[str, float]:
     """Full fine-tuning with the pre-training Trainer on a copy of the model, then multi-view testing."""
-    from structvl.data.dataset import VideoTextCollator, VideoTextDataset
-    from structvl.data.text import Tokenizer
-    from structvl.data.transforms import VideoTransform
-    from structvl.runtime.precision import autocast_dtype
-    from structvl.tasks.downstream import finetune_run_config, train_module
 
     (train_records, train_y), (test_records, test_y) = train, test
     cfg = finetune_run_config(run_cfg, steps=task.finetune_steps, batch_size=task.batch_size, lr=task.finetune_lr,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from structvl.runtime.precision import autocast
 from structvl.engine.trainer import move_to
+from structvl.runtime.precision import autocast
 
 RECALL_KS = (1, 5, 10)
 

@@ -18,6 +18,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from structvl.config import ConfigError, _load_with_bases, apply_overrides, resolve_config_path
+from structvl.data.formats import read_annotations
 
 TASKS = ("retrieval", "mcqa", "openqa", "recognition", "localization")
 
@@ -138,7 +139,6 @@ def load_task_config(path: str | Path, overrides: list[str] | None = None) -> Fi
 
 def read_task_records(data: TaskData, root: str | Path, split: str) -> list:
     """The records of `split` ("train" or "test") of a task, read with the format's own reader."""
-    from structvl.data.formats import read_annotations
 
     rel = data.train if split == "train" else data.test
     if not rel:

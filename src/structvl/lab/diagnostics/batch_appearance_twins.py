@@ -26,10 +26,11 @@ import torch
 
 from structvl.config import load_config
 from structvl.data.formats import read_annotations
+from structvl.data.knowledge.vocab import multi_hot
+from structvl.data.knowledge_sampler import KnowledgeGroupedSampler
+from structvl.data.sampler import ResumableDistributedSampler
 from structvl.data.text import Tokenizer
 from structvl.engine.pretrain import build_objective_context, build_train_data
-from structvl.engine.sampler import ResumableDistributedSampler
-from structvl.objectives.clop import KnowledgeGroupedSampler, multi_hot
 
 VARIANTS = [  # (knowledge types the sampler groups on, clips per group, candidate pool)
     (["object", "attribute", "action", "relation"], 4, 64),  # clop.yaml's sampler

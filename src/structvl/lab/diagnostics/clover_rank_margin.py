@@ -20,10 +20,11 @@ import torch
 
 from structvl.config import RunConfig
 from structvl.data.formats import read_annotations
-from structvl.data.knowledge import KnowledgeCache, knowledge_for
+from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
 from structvl.data.masking import corrupt_tokens, semantic_selection
 from structvl.data.text import Tokenizer
-from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.engine.checkpoint import load_run_model
+from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.retrieval import embed_videos
 
 

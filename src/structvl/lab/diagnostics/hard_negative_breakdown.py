@@ -23,8 +23,9 @@ import torch
 
 from structvl.data.formats import read_annotations
 from structvl.data.text import Tokenizer
+from structvl.engine.checkpoint import load_run_model
 from structvl.lab.demo import write_json_merged
-from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.hard_negative import hard_negative_metrics, read_hard_negatives
 
 FACTORS = ("shape", "colour", "size", "action", "relation")

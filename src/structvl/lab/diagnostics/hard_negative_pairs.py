@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 from structvl.data.records import VideoRecord
-from structvl.lab.synth.vocab import ACTIONS, COLOURS, RELATIONS, SHAPES, SIZES
 from structvl.data.text import Tokenizer
-from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.engine.checkpoint import load_run_model
+from structvl.lab.synth.vocab import ACTIONS, COLOURS, RELATIONS, SHAPES, SIZES
+from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.hard_negative import balanced_accuracy, frozen_to_middle_frame, read_hard_negatives
 from structvl.tasks.retrieval import embed_texts, embed_videos
-
 
 LABELS = {"action": ACTIONS, "shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "relation": RELATIONS}
 

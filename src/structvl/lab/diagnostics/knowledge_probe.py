@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from structvl.data.formats import read_annotations
 from structvl.data.text import Tokenizer
-from structvl.objectives.clop import average_precision
-from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.engine.checkpoint import load_run_model
+from structvl.tasks.eval_data import eval_loader
+from structvl.tasks.knowledge_prediction import average_precision
 from structvl.tasks.retrieval import embed_texts, video_stage_features
 
 STAGES = ("tokens", "pooled", "embed", "text")

@@ -33,14 +33,13 @@ import torch.nn.functional as F
 
 from structvl.config import load_config
 from structvl.data.formats import read_annotations, read_class_list
+from structvl.engine.checkpoint import load_run_model
+from structvl.lab.diagnostics.knowledge_probe import clip_labels
 from structvl.models.video_encoder import VideoEncoder
-from structvl.objectives.clop import average_precision
-from structvl.tasks.evaluate import load_run_model
 from structvl.tasks.features import ClipViews, collate_views
+from structvl.tasks.knowledge_prediction import average_precision
 from structvl.tasks.recognition import labelled
 from structvl.tasks.task_config import load_task_config, read_task_records, video_root
-
-from structvl.lab.diagnostics.knowledge_probe import clip_labels
 
 TASK_CONFIG = "finetune/structured"
 

@@ -23,7 +23,8 @@ import torch
 
 from structvl.data.formats import read_annotations
 from structvl.data.text import Tokenizer
-from structvl.tasks.evaluate import eval_loader, load_run_model
+from structvl.engine.checkpoint import load_run_model
+from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.retrieval import embed_texts, embed_videos, ranks_blockwise
 
 APPEARANCE = ("shape", "colour", "size")

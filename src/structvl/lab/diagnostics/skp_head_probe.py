@@ -31,12 +31,13 @@ import torch.nn.functional as F
 
 from structvl.config import load_config
 from structvl.data.formats import read_annotations
-from structvl.data.knowledge import KnowledgeCache, knowledge_for
+from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
 from structvl.data.text import Tokenizer
 from structvl.engine.pretrain import build_objective_context
 from structvl.models.video_text import build_model
-from structvl.objectives.clop import KnowledgePredictionObjective, average_precision
+from structvl.objectives.clop import KnowledgePredictionObjective
 from structvl.tasks.features import ClipViews, collate_views
+from structvl.tasks.knowledge_prediction import average_precision
 
 
 def decode(corpus: Path, split: str, num_frames: int, size: int):

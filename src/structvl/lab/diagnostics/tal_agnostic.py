@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from structvl.engine.checkpoint import load_run_model
 from structvl.lab.demo import DOWNSTREAM_CONFIG, write_json_merged
-from structvl.tasks.evaluate import load_run_model
 from structvl.tasks.localization import run_localization
 from structvl.tasks.task_config import load_task_config
 

@@ -47,6 +47,6 @@ Record `meta` of a trimmed clip:
     heldout_composition (the clip shows a held-out colour-shape pair), num_frames, fps
 """
 
-from structvl.lab.synth.corpus import GENERATOR_VERSION, generate_corpus
+from structvl.lab.synth.corpus import GENERATOR_VERSION, ensure_corpus, generate_corpus
 
-__all__ = ["GENERATOR_VERSION", "generate_corpus"]
+__all__ = ["GENERATOR_VERSION", "ensure_corpus", "generate_corpus"]

@@ -19,11 +19,23 @@ import numpy as np
 from tqdm import tqdm
 
 from structvl.lab.synth.layouts import (
-    MC_ANSWER_BASE, CorpusFiles, link_msrvtt_videos, write_actions, write_eval, write_localization,
-    write_msrvtt, write_native,
+    MC_ANSWER_BASE,
+    CorpusFiles,
+    link_msrvtt_videos,
+    write_actions,
+    write_eval,
+    write_localization,
+    write_msrvtt,
+    write_native,
 )
 from structvl.lab.synth.plan import (
-    SPLITS, Clip, UntrimmedVideo, heldout_compositions, plan_clip, plan_untrimmed, split_sizes,
+    SPLITS,
+    Clip,
+    UntrimmedVideo,
+    heldout_compositions,
+    plan_clip,
+    plan_untrimmed,
+    split_sizes,
 )
 from structvl.lab.synth.scene import render_frames
 from structvl.lab.synth.video import encode_mp4
@@ -186,3 +198,11 @@ def _summary(manifest: dict, root: Path, seconds: float, reused: bool) -> dict:
             "counts": manifest["counts"], "eval_counts": manifest["eval_counts"],
             "videos": manifest["videos"], "heldout_compositions": manifest["heldout_compositions"],
             "files": manifest["files"]}
+
+
+def ensure_corpus(cfg) -> None:
+    """`data.synth: true` in a run config: generate the structured corpus at `data.root` (`data.synth_clips`
+    clips, seed 0) when that directory holds none yet."""
+    root = Path(cfg.data.root)
+    if cfg.data.synth and not (root / "corpus.json").exists():
+        generate_corpus(root, num_clips=cfg.data.synth_clips, seed=0)

@@ -18,7 +18,14 @@ from functools import lru_cache
 import numpy as np
 
 from structvl.lab.synth.vocab import (
-    BACKGROUNDS, COLOURS, CONVERSE, REFERENCE_FRAME, ROTATION_SYMMETRY, SHAPES, SIZES, actions_for,
+    BACKGROUNDS,
+    COLOURS,
+    CONVERSE,
+    REFERENCE_FRAME,
+    ROTATION_SYMMETRY,
+    SHAPES,
+    SIZES,
+    actions_for,
 )
 
 # ----------------------------------------------------------------------------- shapes
