@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structvl.config import ConfigError, RunConfig, load_config, save_config
+from structvl.config import ConfigError, RunConfig, frame_normalization, load_config, save_config
 
 log = logging.getLogger("structvl")
 
@@ -40,7 +40,7 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
     if cfg.data.shards:
         from structvl.data.shards import ShardedVideoTextDataset
         pattern = cfg.data.shards if Path(cfg.data.shards).is_absolute() else str(root / cfg.data.shards)
-        transform = VideoTransform(cfg.model.video.image_size, train=True,
+        transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video),
                                    scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
         try:
             dataset = ShardedVideoTextDataset(
@@ -54,7 +54,7 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
     records = train_records(cfg)
     if not records:
         raise ConfigError(f"config key 'data.train': {root / cfg.data.train} holds no usable records")
-    transform = VideoTransform(cfg.model.video.image_size, train=True,
+    transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video),
                                scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
     dataset = VideoTextDataset(records, cfg.data.videos or root, num_frames=cfg.data.num_frames,
                                sampling=cfg.data.sampling, target_fps=cfg.data.target_fps, transform=transform,
@@ -122,7 +122,7 @@ def ensure_corpus(cfg: RunConfig) -> None:
 
 def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluate: bool = True) -> dict:
     from structvl.data.dataset import SkipLedger
-    from structvl.data.text import Tokenizer
+    from structvl.models.text_encoder import build_tokenizer
     from structvl.runtime.distributed import barrier, cleanup, init_distributed
     from structvl.runtime.precision import dtype_name
     from structvl.engine.trainer import Trainer
@@ -138,7 +138,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     barrier()
     seed_everything(cfg.train.seed)  # same init on every rank (DDP also broadcasts it)
 
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     if info.is_main:  # parses the captions into the cache; the other ranks then only read it
         context = build_objective_context(cfg, tokenizer, run_dir, is_main=True)
     barrier()
@@ -174,7 +174,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
         if info.enabled and cfg.train.distributed == "fsdp":
             # FSDP left each rank a shard; evaluate an unsharded copy rebuilt from the final checkpoint.
             from structvl.engine.checkpoint import latest_checkpoint, load_model_weights
-            model = build_model(cfg.model).to(info.device)
+            model = build_model(cfg.model, load_pretrained=False).to(info.device)
             load_model_weights(model, latest_checkpoint(run_dir))
         metrics.update(evaluate_model(model, cfg, tokenizer, device=info.device))
         if not (info.enabled and cfg.train.distributed == "fsdp"):  # FSDP heads are sharded across ranks

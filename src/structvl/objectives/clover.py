@@ -124,8 +124,8 @@ class CloverCore(nn.Module):
         self.cfg = cfg.clover
         self.tokenizer = context.tokenizer
         if self.tokenizer is None:
-            from structvl.data.text import Tokenizer
-            self.tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+            from structvl.models.text_encoder import build_tokenizer
+            self.tokenizer = build_tokenizer(cfg.model.text)
         # Only what an enabled objective uses is built: under DDP a parameter without a gradient is an error.
         weights = cfg.objectives
         if weights.get("clover_align", 0) > 0 or weights.get("clover_rank", 0) > 0:

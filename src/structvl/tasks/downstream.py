@@ -87,12 +87,12 @@ def train_module(cfg, module, dataset, collator, out_dir: Path, device) -> list[
 def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = False, out_dir=None, cache=None,
              tokenizer=None, device=torch.device("cpu")) -> dict[str, float]:
     """One task of the protocol file `task_cfg` on the dataset at `root`; returns its flat metrics."""
-    from structvl.data.text import Tokenizer
+    from structvl.models.text_encoder import build_tokenizer
     from structvl.tasks.features import FeatureCache
 
     cache = cache or FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
                                   autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
-    tokenizer = tokenizer or Tokenizer(max_length=run_cfg.model.text.max_length)
+    tokenizer = tokenizer or build_tokenizer(run_cfg.model.text)
     task = copy.deepcopy(getattr(task_cfg, name))
     seed = task_cfg.seed
     if name == "retrieval":
@@ -131,12 +131,12 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
 def run_suite(model, run_cfg, task_cfg, root, *, device=torch.device("cpu"), tasks=None) -> dict[str, float]:
     """The frozen-encoder protocol of every task in `task_cfg.suite` (or `tasks`), one shared feature cache.
     A task whose files the dataset lacks is skipped with a warning rather than failing the others."""
-    from structvl.data.text import Tokenizer
+    from structvl.models.text_encoder import build_tokenizer
     from structvl.tasks.features import FeatureCache
 
     cache = FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
                          autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
-    tokenizer = Tokenizer(max_length=run_cfg.model.text.max_length)
+    tokenizer = build_tokenizer(run_cfg.model.text)
     metrics: dict[str, float] = {}
     for name in tasks or task_cfg.suite:
         start = time.perf_counter()

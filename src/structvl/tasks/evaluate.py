@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from structvl.config import RunConfig
+from structvl.config import RunConfig, frame_normalization
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.hard_negative import hard_negative_metrics
 from structvl.tasks.retrieval import embed_texts, embed_videos, retrieval_metrics
@@ -23,7 +23,7 @@ def eval_loader(records, cfg: RunConfig, video_root, tokenizer):
     from structvl.data.transforms import VideoTransform
 
     dataset = VideoTextDataset(records, video_root, num_frames=cfg.eval.num_frames, sampling=cfg.eval.sampling,
-                               transform=VideoTransform(cfg.model.video.image_size, train=False),
+                               transform=VideoTransform(cfg.model.video.image_size, train=False, **frame_normalization(cfg.model.video)),
                                backend=cfg.data.backend, caption_mode="first", seed=0)
     return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=cfg.eval.batch_size, shuffle=False,
                             num_workers=min(cfg.data.num_workers, 2), seed=0, drop_last=False)
@@ -104,17 +104,18 @@ def load_run_model(checkpoint: str | Path):
     ckpt = latest_checkpoint(path)
     if ckpt is None or not (run_dir / "config.yaml").exists():
         raise SystemExit(f"structvl eval: no checkpoint with a config.yaml found at {path}")
-    cfg = load_config(run_dir / "config.yaml")
-    model = build_model(cfg.model)
+    # The run's weights replace the init checkpoints, which need not be on disk any more.
+    cfg = load_config(run_dir / "config.yaml", check_init=False)
+    model = build_model(cfg.model, load_pretrained=False)
     load_model_weights(model, ckpt)
     return model, cfg, run_dir
 
 
 def evaluate_from_cli(args) -> int:
-    from structvl.data.text import Tokenizer
+    from structvl.models.text_encoder import build_tokenizer
 
     model, cfg, run_dir = load_run_model(args.checkpoint)
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     data = Path(args.data)
     if data.is_dir():  # a structured-corpus directory: its eval split (+ hard negatives for that task)
         metrics = evaluate_model(model, cfg, tokenizer, data_root=data)

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from structvl.config import frame_normalization
 from structvl.data.records import VideoRecord
 from structvl.objectives.contrastive import info_nce
 from structvl.tasks.features import has_fusion
@@ -180,7 +181,7 @@ def run_finetune_retrieval(model, run_cfg, task, root, out_dir: str | Path, *, d
 
     from structvl.config import save_config
     from structvl.data.dataset import VideoTextCollator, VideoTextDataset
-    from structvl.data.text import Tokenizer
+    from structvl.models.text_encoder import build_tokenizer
     from structvl.data.transforms import VideoTransform
     from structvl.tasks.downstream import finetune_run_config, train_module
     from structvl.tasks.evaluate import evaluate_retrieval
@@ -197,8 +198,8 @@ def run_finetune_retrieval(model, run_cfg, task, root, out_dir: str | Path, *, d
     if task.rerank_top_k > 0 and not rerank:
         log.info("finetune_retrieval: rerank_top_k ignored: the model has no fusion encoder")
     module = RetrievalFinetuneModule(copy.deepcopy(model), task.matching_weight if rerank else 0.0)
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
-    transform = VideoTransform(cfg.model.video.image_size, train=True, scale=tuple(cfg.data.random_resized_crop_scale),
+    tokenizer = build_tokenizer(cfg.model.text)
+    transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video), scale=tuple(cfg.data.random_resized_crop_scale),
                                hflip=cfg.data.hflip)
     dataset = VideoTextDataset(train, videos, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
                                transform=transform, backend=cfg.data.backend, caption_mode="random", seed=seed)

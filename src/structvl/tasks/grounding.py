@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     the contrastive baseline's) and print/merge mean +- std over them."""
     import argparse
 
-    from structvl.data.text import Tokenizer
+    from structvl.models.text_encoder import build_tokenizer
     from structvl.tasks.evaluate import load_run_model
 
     parser = argparse.ArgumentParser(prog="python -m structvl.tasks.grounding")
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     per_run = {}
     for run in args.runs:
         model, cfg, _ = load_run_model(run)
-        per_run[run] = evaluate_all(model, cfg, Tokenizer(cfg.model.text.max_length), data_root=args.data)
+        per_run[run] = evaluate_all(model, cfg, build_tokenizer(cfg.model.text), data_root=args.data)
         print(run, json.dumps(per_run[run], indent=1))
     keys = sorted(set.intersection(*(set(m) for m in per_run.values())))
     summary = {"mean": {k: float(np.mean([m[k] for m in per_run.values()])) for k in keys},

@@ -26,7 +26,7 @@ import torch
 
 from structvl.config import load_config
 from structvl.data.formats import read_annotations
-from structvl.data.text import Tokenizer
+from structvl.models.text_encoder import build_tokenizer
 from structvl.engine.pretrain import build_objective_context, build_train_data
 from structvl.engine.sampler import ResumableDistributedSampler
 from structvl.objectives.clop import KnowledgeGroupedSampler, multi_hot
@@ -70,7 +70,7 @@ def main() -> int:
     args = parser.parse_args()
 
     cfg = load_config("clop", [f"data.root={args.corpus}"])
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     context = build_objective_context(cfg, tokenizer, Path(tempfile.mkdtemp()), is_main=True)
     dataset, _ = build_train_data(cfg, tokenizer, knowledge=context.knowledge)
     records = [dataset.records[record_index] for record_index, _ in dataset.items]

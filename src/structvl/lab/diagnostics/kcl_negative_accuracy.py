@@ -18,7 +18,7 @@ import torch
 
 from structvl.data.formats import read_annotations
 from structvl.data.knowledge import KnowledgeCache, KnowledgeVocab, knowledge_for
-from structvl.data.text import Tokenizer
+from structvl.models.text_encoder import build_tokenizer
 from structvl.objectives.clop import build_swapped_negatives
 from structvl.tasks.evaluate import eval_loader, load_run_model
 
@@ -34,7 +34,7 @@ with KnowledgeCache(root / "knowledge_cache") as cache:
 for run in sys.argv[3:]:
     model, cfg, _ = load_run_model(run)
     model.eval()
-    tok = Tokenizer(cfg.model.text.max_length)
+    tok = build_tokenizer(cfg.model.text)
     for split, recs in splits.items():
         hits, other_clip = collections.defaultdict(list), collections.defaultdict(list)
         with torch.no_grad():

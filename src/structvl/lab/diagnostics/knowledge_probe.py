@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from structvl.data.formats import read_annotations
-from structvl.data.text import Tokenizer
+from structvl.models.text_encoder import build_tokenizer
 from structvl.objectives.clop import average_precision
 from structvl.tasks.evaluate import eval_loader, load_run_model
 from structvl.tasks.retrieval import embed_texts, video_stage_features
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     chance_row = format_row("chance", chance_scores(test_labels))  # the same for every run
     for run in args.runs:
         model, cfg, _ = load_run_model(run)
-        tokenizer = Tokenizer(cfg.model.text.max_length)
+        tokenizer = build_tokenizer(cfg.model.text)
         train_feats = stage_features(model, cfg, train, args.corpus, tokenizer)
         test_feats = stage_features(model, cfg, test, args.corpus, tokenizer)
         print(f"{run}: linear probe on {len(train)} train clips, test mAP (count: accuracy) over {len(test)} clips")
