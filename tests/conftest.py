@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +61,51 @@ def realdata() -> Path:
     if not REALDATA.exists():
         pytest.skip(f"real annotation files not found at {REALDATA}")
     return REALDATA
+
+
+# ---------------------------------------------------------------- timm / open_clip for the checkpoint-format tests
+# They build the source models whose files structvl must load. PyPI has only CUDA builds of torchvision (which
+# both import) for this CPU torch, and installing one beside it breaks `import transformers`; so the Makefile
+# installs them with --no-deps into a folder beside the venv (`interop`), which only these tests put on sys.path.
+INTEROP = Path(sys.prefix) / "interop"
+_TORCHVISION_STUB_LIB = []
+
+
+def _import_torchvision_without_ops() -> None:
+    """A CUDA torchvision cannot load its C++ ops next to CPU torch, and then fails on import when it registers
+    shapes for two of them (nms, qnms). Declaring those two ops first lets its pure-Python parts import."""
+    import torch
+
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_STUB_LIB.append(lib)  # the definitions live as long as the library object
+        import torchvision  # noqa: F401
+
+
+def import_interop(name: str):
+    """timm or open_clip; skipped where they are not installed, except under CI, where that is a failure."""
+    if INTEROP.is_dir() and str(INTEROP) not in sys.path:
+        sys.path.append(str(INTEROP))
+    try:
+        _import_torchvision_without_ops()
+        return importlib.import_module(name)
+    except ImportError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{name} is not installed (make {INTEROP} with the Makefile's `interop` target): {e}")
+
+
+@pytest.fixture(scope="session")
+def open_clip_lib():
+    return import_interop("open_clip")
+
+
+@pytest.fixture(scope="session")
+def timm_lib():
+    return import_interop("timm")

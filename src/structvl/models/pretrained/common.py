@@ -35,12 +35,16 @@ class Converted:
     at the source's resolution); `sources`: our name -> the source key(s) it came from; `dropped`: source keys
     unused by design (the text tower, a classifier head, buffers); `unexpected`: source keys the format does not
     know; `zeros`: our parameters the source has no counterpart for that start at zero (CLIP's bias-free conv
-    and projection), so the output is the source's."""
+    and projection), so the output is the source's; `antialias`: see below."""
     params: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
     dropped: list = field(default_factory=list)
     unexpected: list = field(default_factory=list)
     zeros: list = field(default_factory=list)
+    # How the source library resizes its position table for another resolution: bicubic, with antialiasing
+    # (timm, open_clip) or without (transformers). PyTorch's antialiased bicubic is another kernel, so the
+    # two differ even when enlarging.
+    antialias: bool = True
 
     def put(self, name: str, value: torch.Tensor, source: str) -> None:
         self.params[name] = value
@@ -108,15 +112,17 @@ def inflate_patch_kernel(weight: torch.Tensor, tubelet: int, mode: str) -> torch
     return out
 
 
-def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+def resize_pos_embed(pos: torch.Tensor, grid: int, antialias: bool = True) -> torch.Tensor:
     """(1, 1 + n*n, D) [CLS] + square grid table -> (1, 1 + grid*grid, D): the grid part resized bicubically
-    with antialiasing and align_corners=False (as timm's resample_abs_pos_embed and open_clip do)."""
+    with align_corners=False, antialiased as timm's resample_abs_pos_embed and open_clip's resize_pos_embed do
+    or not, as transformers' interpolate_pos_encoding does."""
     cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
     old = int(round(grid_pos.shape[1] ** 0.5))
     if old * old != grid_pos.shape[1]:
         raise ConfigError(f"{KEY}: the position table's {grid_pos.shape[1]} patch positions are not a square grid")
     grid_pos = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-    grid_pos = F.interpolate(grid_pos, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+    grid_pos = F.interpolate(grid_pos, size=(grid, grid), mode="bicubic", antialias=antialias,
+                             align_corners=False)
     grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
     return torch.cat([cls_pos, grid_pos], dim=1)
 
@@ -139,7 +145,7 @@ def load_converted(encoder: nn.Module, converted: Converted, init: VideoInitConf
         params["patch_embed.proj.weight"] = inflate_patch_kernel(params["patch_embed.proj.weight"],
                                                                  encoder.cfg.tubelet_size, init.inflate)
     if params.get("pos_embed") is not None and params["pos_embed"].shape != encoder.pos_embed.shape:
-        params["pos_embed"] = resize_pos_embed(params["pos_embed"], encoder.grid)
+        params["pos_embed"] = resize_pos_embed(params["pos_embed"], encoder.grid, converted.antialias)
     expected = {name for name in targets if IMAGE_PARAM.fullmatch(name) or name.startswith("head.")}
     expected -= set(converted.zeros)
     unexpected = list(converted.unexpected) + [converted.sources[k] for k in params if k not in targets]

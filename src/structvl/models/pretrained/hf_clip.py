@@ -1,6 +1,7 @@
 """transformers' CLIP vision tower (a `save_pretrained` directory of CLIPVisionModel, CLIPVisionModelWithProjection
 or CLIPModel: config.json + model.safetensors) -> our names. Under the `vision_model.` prefix:
 
+    (transformers >= 5 saves a CLIPVisionModel's keys without the prefix; both load.)
     embeddings.class_embedding (D)            -> cls_token (1, 1, D)
     embeddings.patch_embedding.weight         -> patch_embed.proj.weight  (no bias: ours starts at 0)
     embeddings.position_embedding.weight      -> pos_embed (1, 1 + N, D)
@@ -35,6 +36,7 @@ _TOP = {"vision_model.embeddings.patch_embedding.weight": "patch_embed.proj.weig
         "vision_model.post_layernorm.weight": "norm.weight", "vision_model.post_layernorm.bias": "norm.bias",
         "visual_projection.weight": "head.weight"}
 _ENCODER = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)")
+_BARE = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")
 _ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu"}  # transformers' hidden_act -> model.video.act
 
 
@@ -50,9 +52,11 @@ def check_config(path: str | Path, cfg: VideoEncoderConfig) -> None:
 
 
 def convert(state: dict[str, torch.Tensor]) -> Converted:
-    out = Converted(zeros=["patch_embed.proj.bias", "head.bias"])
+    out = Converted(zeros=["patch_embed.proj.bias", "head.bias"], antialias=False)
     qkv: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}
     for key, value in state.items():
+        if key.startswith(_BARE):  # transformers >= 5 saves a CLIPVisionModel without the prefix
+            key = "vision_model." + key
         layer = _ENCODER.fullmatch(key)
         if not (key.startswith("vision_model.") or key == "visual_projection.weight"):
             out.dropped.append(key)
