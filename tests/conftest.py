@@ -90,15 +90,18 @@ def _import_torchvision_without_ops() -> None:
 
 def import_interop(name: str):
     """timm or open_clip; skipped where they are not installed, except under CI, where that is a failure."""
-    if INTEROP.is_dir() and str(INTEROP) not in sys.path:
-        sys.path.append(str(INTEROP))
+    # On sys.path only while importing: processes spawned later (the two-rank tests) copy sys.path, and there
+    # transformers would find this torchvision without the declarations above.
+    sys.path.append(str(INTEROP))
     try:
         _import_torchvision_without_ops()
         return importlib.import_module(name)
     except ImportError as e:
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"{name} is not installed (make {INTEROP} with the Makefile's `interop` target): {e}")
+        pytest.skip(f"{name} is not installed (the Makefile's venv target puts it in {INTEROP}): {e}")
+    finally:
+        sys.path.remove(str(INTEROP))
 
 
 @pytest.fixture(scope="session")
