@@ -124,3 +124,14 @@ def test_fusion_layers_start_from_the_chosen_text_layers(bert_dir, where, index)
     assert all(torch.equal(ours[k], text[k]) for k in text)
     other = model.text_encoder.layers[2 - index].state_dict()
     assert not all(torch.equal(ours[k], other[k]) for k in other)
+
+
+def test_paragraph_tokenizer_takes_what_the_encoder_allows(bert_dir):
+    """Paragraph retrieval (DiDeMo, ActivityNet) reads as many tokens as the checkpoint's positions hold, and a
+    scratch BERT's as many as its table was built with."""
+    from structvl.models.text_encoder import paragraph_tokenizer
+
+    pretrained = TextEncoder(TextEncoderConfig(init=TextInitConfig(path=str(bert_dir)), max_length=12))
+    scratch = TextEncoder(TextEncoderConfig(init=TextInitConfig(path="scratch"), max_length=16, width=16, depth=1,
+                                            heads=2, intermediate_size=32))
+    assert (paragraph_tokenizer(pretrained).max_length, paragraph_tokenizer(scratch).max_length) == (40, 64)

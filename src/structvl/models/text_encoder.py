@@ -6,6 +6,7 @@ from scratch (`model.text.init.path`). Nothing is ever fetched from a hub: weigh
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -38,6 +39,15 @@ def build_tokenizer(cfg: TextEncoderConfig) -> Tokenizer:
     """The tokenizer of the text tower `cfg` describes (MiniLM's WordPiece for "minilm" and "scratch")."""
     path = cfg.init.path
     return Tokenizer(cfg.max_length, path=None if path in ("minilm", "scratch") else path)
+
+
+def paragraph_tokenizer(encoder: "TextEncoder") -> Tokenizer:
+    """For paragraph queries (DiDeMo, ActivityNet Captions): as many tokens as the tokenizer and this encoder's
+    position table allow, whatever model.text.max_length the run trained with."""
+    limit = build_tokenizer(dataclasses.replace(encoder.cfg, max_length=None)).max_length
+    if not encoder.pretrained:  # a scratch BERT's position table was sized when it was built
+        limit = min(limit, encoder.bert.config.max_position_embeddings)
+    return build_tokenizer(dataclasses.replace(encoder.cfg, max_length=limit))
 
 
 class TextEncoder(nn.Module):

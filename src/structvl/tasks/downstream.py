@@ -87,7 +87,7 @@ def train_module(cfg, module, dataset, collator, out_dir: Path, device) -> list[
 def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = False, out_dir=None, cache=None,
              tokenizer=None, device=torch.device("cpu")) -> dict[str, float]:
     """One task of the protocol file `task_cfg` on the dataset at `root`; returns its flat metrics."""
-    from structvl.models.text_encoder import build_tokenizer
+    from structvl.models.text_encoder import build_tokenizer, paragraph_tokenizer
     from structvl.tasks.features import FeatureCache
 
     cache = cache or FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
@@ -101,6 +101,8 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
             from structvl.tasks.finetune_retrieval import paragraph_records
             from structvl.tasks.task_config import read_task_records, video_root
             test = read_task_records(task.data, root, "test")
+            if task.paragraph:  # long queries: as many tokens as the text encoder allows
+                tokenizer = paragraph_tokenizer(model.text_encoder)
             return evaluate_retrieval(model, run_cfg, tokenizer, paragraph_records(test) if task.paragraph else test,
                                       video_root(task.data, root), device)
         from structvl.tasks.finetune_retrieval import run_finetune_retrieval

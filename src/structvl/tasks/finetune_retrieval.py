@@ -181,7 +181,7 @@ def run_finetune_retrieval(model, run_cfg, task, root, out_dir: str | Path, *, d
 
     from structvl.config import save_config
     from structvl.data.dataset import VideoTextCollator, VideoTextDataset
-    from structvl.models.text_encoder import build_tokenizer
+    from structvl.models.text_encoder import build_tokenizer, paragraph_tokenizer
     from structvl.data.transforms import VideoTransform
     from structvl.tasks.downstream import finetune_run_config, train_module
     from structvl.tasks.evaluate import evaluate_retrieval
@@ -198,7 +198,8 @@ def run_finetune_retrieval(model, run_cfg, task, root, out_dir: str | Path, *, d
     if task.rerank_top_k > 0 and not rerank:
         log.info("finetune_retrieval: rerank_top_k ignored: the model has no fusion encoder")
     module = RetrievalFinetuneModule(copy.deepcopy(model), task.matching_weight if rerank else 0.0)
-    tokenizer = build_tokenizer(cfg.model.text)
+    # Paragraph queries are long: as many tokens as the text encoder allows, not the pre-training length.
+    tokenizer = paragraph_tokenizer(model.text_encoder) if task.paragraph else build_tokenizer(cfg.model.text)
     transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video), scale=tuple(cfg.data.random_resized_crop_scale),
                                hflip=cfg.data.hflip)
     dataset = VideoTextDataset(train, videos, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
