@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from structvl.config import load_config
-from structvl.data.text import Tokenizer
 from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
 from structvl.lab.demo import ABLATIONS
 from structvl.lab.demo import RECIPES as DEMO_RECIPES
+from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 
@@ -39,7 +39,7 @@ EXTRA_PASSES = {"baseline": "-", "clop": "text: constructed negatives",
 
 def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
     """The first `batch_size` training clips, collated with their knowledge, and the objective context."""
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     context = build_objective_context(cfg, tokenizer, run_dir, is_main=True)
     dataset, collator = build_train_data(cfg, tokenizer, knowledge=context.knowledge or None)
     return collator([dataset[i] for i in range(batch_size)]), context

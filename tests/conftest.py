@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,54 @@ def one_thread():
 def parsed():
     """The knowledge of SHAPE_CAPTIONS, parsed once per test session."""
     return extract_knowledge(SHAPE_CAPTIONS)
+
+
+# ---------------------------------------------------------------- timm / open_clip for the checkpoint-format tests
+# They build the source models whose files structvl must load. PyPI has only CUDA builds of torchvision (which
+# both import) for this CPU torch, and installing one beside it breaks `import transformers`; so the Makefile
+# installs them with --no-deps into a folder beside the venv (`interop`), which only these tests put on sys.path.
+INTEROP = Path(sys.prefix) / "interop"
+_TORCHVISION_STUB_LIB = []
+
+
+def _import_torchvision_without_ops() -> None:
+    """A CUDA torchvision cannot load its C++ ops next to CPU torch, and then fails on import when it registers
+    shapes for two of them (nms, qnms). Declaring those two ops first lets its pure-Python parts import."""
+    import torch
+
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_STUB_LIB.append(lib)  # the definitions live as long as the library object
+        import torchvision  # noqa: F401
+
+
+def import_interop(name: str):
+    """timm or open_clip; skipped where they are not installed, except under CI, where that is a failure."""
+    # On sys.path only while importing: processes spawned later (the two-rank tests) copy sys.path, and there
+    # transformers would find this torchvision without the declarations above.
+    sys.path.append(str(INTEROP))
+    try:
+        _import_torchvision_without_ops()
+        return importlib.import_module(name)
+    except ImportError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{name} is not installed (the Makefile's venv target puts it in {INTEROP}): {e}")
+    finally:
+        sys.path.remove(str(INTEROP))
+
+
+@pytest.fixture(scope="session")
+def open_clip_lib():
+    return import_interop("open_clip")
+
+
+@pytest.fixture(scope="session")
+def timm_lib():
+    return import_interop("timm")

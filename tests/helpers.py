@@ -27,7 +27,7 @@ SHAPE_CAPTIONS = [
 TINY = [
     "model.video.image_size=32", "model.video.patch_size=8", "model.video.num_frames=4",
     "model.video.tubelet_size=2", "model.video.width=32", "model.video.depth=1", "model.video.heads=2",
-    "model.text.init=scratch", "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
+    "model.text.init.path=scratch", "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
     "model.text.intermediate_size=64", "model.text.max_length=24", "model.embed_dim=32",
     "data.num_frames=4", "eval.num_frames=4", "data.num_workers=0", "data.synth=false",
     "train.batch_size=8", "train.log_every=1", "optim.warmup_steps=2", "optim.lr=2e-3",

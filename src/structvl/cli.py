@@ -190,7 +190,9 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
                        description="Pre-train from a config file; KEY=VALUE arguments override dotted config keys "
                                    "(e.g. optim.lr=3e-4 objectives.contrastive=1.0). Works unchanged under "
                                    "`torchrun --nproc-per-node K -m structvl pretrain ...`.")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, action="append",
+                   help="config file; repeat it to combine files, later ones over earlier ones (e.g. --config "
+                        "clover.yaml --config model/clip_vit_b16.yaml)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)

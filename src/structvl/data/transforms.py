@@ -16,6 +16,11 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # what OpenAI CLIP (and open_clip, HF CLIP) trained with
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Per-channel (mean, std) of [0, 1] pixels, by the name `data.normalize` gives them.
+NORMALIZATION = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
+                 "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -129,7 +129,8 @@ def load_run_model(checkpoint: str | Path):
     ckpt = latest_checkpoint(path)
     if ckpt is None or not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"no checkpoint with a config.yaml found at {path}")
-    cfg = load_config(run_dir / "config.yaml")
-    model = build_model(cfg.model)
+    # The run's weights replace the init checkpoints, which need not be on disk any more.
+    cfg = load_config(run_dir / "config.yaml", check_init=False)
+    model = build_model(cfg.model, load_pretrained=False)
     load_model_weights(model, ckpt)
     return model, cfg, run_dir

@@ -1,8 +1,10 @@
-"""AdamW with weight-decay groups and a linear-warmup + cosine schedule."""
+"""AdamW with weight-decay and learning-rate groups (pretrained vs new parameters, optional layer-wise decay)
+and a linear-warmup + cosine schedule."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn as nn
@@ -13,23 +15,62 @@ from structvl.config import OptimConfig
 # special tokens (decaying them toward 0 erases position information).
 _NO_DECAY_NAMES = ("pos_embed", "time_embed", "cls_token", "mask_token", "position_embeddings",
                    "token_type_embeddings", "group_token", "log_inv_temperature")
+# Layer-wise decay: the embedding parameters of a tower (layer 0), and where a layer index is in a name
+# (the video encoder's blocks.i., BERT/RoBERTa's encoder.layer.i., DistilBERT's transformer.layer.i.).
+_EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed", "time_embed", "norm_pre", "embeddings")
+_LAYER = re.compile(r"(?:^|\.)(?:blocks|layer)\.(\d+)\.")
+
+
+def _pretrained_model(module: nn.Module) -> tuple[str, nn.Module | None]:
+    """The VideoTextModel inside `module` (under DDP's "module." and PretrainingModule's "model." prefixes) and
+    its name prefix; ("", None) when there is none."""
+    for prefix, sub in module.named_modules():
+        if hasattr(sub, "pretrained_parameters"):
+            return (prefix + "." if prefix else ""), sub
+    return "", None
+
+
+def layer_id(name: str, depth: int) -> int:
+    """A tower parameter's layer for layer-wise decay: embeddings 0, block/layer i -> i + 1, the rest depth + 1."""
+    match = _LAYER.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    if any(k in name for k in _EMBEDDING_NAMES):
+        return 0
+    return depth + 1
 
 
 def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Four groups: {decay, no decay} x {text encoder, everything else} (the text encoder may use text_lr)."""
-    text_lr = cfg.text_lr if cfg.text_lr is not None else cfg.lr
-    groups = {(d, t): [] for d in (True, False) for t in (True, False)}
+    """AdamW groups by (weight decay, learning rate).
+
+    No decay for biases, norms and the embedding tables in `_NO_DECAY_NAMES`. Rates: `optim.lr` for parameters
+    the run starts from scratch, `optim.pretrained_lr` for the video tower's parameters loaded from
+    model.video.init, `optim.text_lr` for the text encoder (default: pretrained_lr when it was loaded from a
+    checkpoint, else lr); with `optim.layer_decay` < 1 a pretrained parameter of layer l of L is scaled by
+    layer_decay^(L + 1 - l) (`layer_id`).
+    """
+    prefix, model = _pretrained_model(module)
+    pretrained = {prefix + n for n in model.pretrained_parameters} if model is not None else set()
+    pretrained_lr = cfg.pretrained_lr if cfg.pretrained_lr is not None else cfg.lr
+    depths = {}
+    if model is not None:
+        depths = {"video_encoder.": model.video_encoder.cfg.depth, "text_encoder.": len(model.text_encoder.layers)}
+    groups: dict[tuple[float, float], list] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         decay = p.ndim >= 2 and not any(k in name for k in _NO_DECAY_NAMES)
-        groups[(decay, "text_encoder." in name)].append(p)
-    out = []
-    for (decay, is_text), params in groups.items():
-        if params:
-            out.append({"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
-                        "lr": text_lr if is_text else cfg.lr})
-    return out
+        is_text = "text_encoder." in name
+        if is_text:
+            lr = cfg.text_lr if cfg.text_lr is not None else pretrained_lr if name in pretrained else cfg.lr
+        else:
+            lr = pretrained_lr if name in pretrained else cfg.lr
+        if name in pretrained and cfg.layer_decay < 1.0:
+            tower = "text_encoder." if is_text else "video_encoder."
+            depth = depths[tower]
+            lr *= cfg.layer_decay ** (depth + 1 - layer_id(name.split(tower, 1)[-1], depth))
+        groups.setdefault((cfg.weight_decay if decay else 0.0, lr), []).append(p)
+    return [{"params": params, "weight_decay": wd, "lr": lr} for (wd, lr), params in groups.items()]
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:

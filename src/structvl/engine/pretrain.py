@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structvl.config import ConfigError, RunConfig, save_config
+from structvl.config import ConfigError, RunConfig, frame_normalization, save_config
 from structvl.data.dataset import SkipLedger, VideoTextCollator, VideoTextDataset
 from structvl.data.formats import read_annotations
 from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
@@ -27,6 +27,7 @@ from structvl.data.text import Tokenizer
 from structvl.data.transforms import VideoTransform
 from structvl.engine.checkpoint import latest_checkpoint, load_model_weights
 from structvl.engine.trainer import Trainer
+from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import VideoTextModel, build_model
 from structvl.objectives import OBJECTIVES
 from structvl.objectives.base import ObjectiveContext
@@ -53,7 +54,7 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
     root = data_root(cfg)
     if cfg.data.shards:
         pattern = cfg.data.shards if Path(cfg.data.shards).is_absolute() else str(root / cfg.data.shards)
-        transform = VideoTransform(cfg.model.video.image_size, train=True,
+        transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video),
                                    scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
         try:
             dataset = ShardedVideoTextDataset(
@@ -67,7 +68,7 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
     records = train_records(cfg)
     if not records:
         raise ConfigError(f"config key 'data.train': {root / cfg.data.train} holds no usable records")
-    transform = VideoTransform(cfg.model.video.image_size, train=True,
+    transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video),
                                scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
     dataset = VideoTextDataset(records, cfg.data.videos or root, num_frames=cfg.data.num_frames,
                                sampling=cfg.data.sampling, target_fps=cfg.data.target_fps, transform=transform,
@@ -161,7 +162,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False,
     barrier()
     seed_everything(cfg.train.seed)  # same init on every rank (DDP also broadcasts it)
 
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     if info.is_main:  # parses the captions into the cache; the other ranks then only read it
         context = build_objective_context(cfg, tokenizer, run_dir, is_main=True)
     barrier()
@@ -191,7 +192,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False,
     metrics["train/bf16"] = float(precision == "bf16")  # "auto" differs by machine, and so do the numbers
     fsdp = info.enabled and cfg.train.distributed == "fsdp"
     if fsdp and info.is_main:  # FSDP left each rank a shard: rebuild an unsharded copy from the final checkpoint
-        model = build_model(cfg.model).to(info.device)
+        model = build_model(cfg.model, load_pretrained=False).to(info.device)
         load_model_weights(model, latest_checkpoint(run_dir))
     if info.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")

@@ -22,6 +22,7 @@ from structvl.data.sampler import ResumableDistributedSampler
 from structvl.engine import checkpoint as ckpt
 from structvl.engine.logger import RunLogger
 from structvl.engine.optim import build_optimizer, build_scheduler
+from structvl.models.video_text import VideoTextModel
 from structvl.runtime.distributed import DistInfo, all_reduce_mean
 from structvl.runtime.precision import autocast, autocast_dtype
 
@@ -38,7 +39,7 @@ def wrap_distributed(module: nn.Module, cfg: RunConfig, info: DistInfo) -> nn.Mo
         from torch.distributed.fsdp import fully_shard
         for block in module.model.video_encoder.blocks:
             fully_shard(block)
-        for layer in module.model.text_encoder.bert.encoder.layer:
+        for layer in module.model.text_encoder.layers:
             fully_shard(layer)
         fully_shard(module)
         return module
@@ -55,6 +56,8 @@ class Trainer:
         self.module = wrap_distributed(self.raw_module, cfg, info)
         self.dataset = dataset
         self.optimizer = build_optimizer(self.module, cfg.optim)
+        # Models whose logit scale is clamped after each optimizer step (open_clip's rule; see VideoTextModel).
+        self.clamped = [m for m in self.raw_module.modules() if isinstance(m, VideoTextModel)]
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.max_steps)
         # A streaming (sharded) dataset splits itself across ranks; a map-style one needs the sampler.
         self.streaming = isinstance(dataset, torch.utils.data.IterableDataset)
@@ -199,6 +202,8 @@ class Trainer:
                     logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(),
                                                                              cfg.optim.grad_clip))
                 self.optimizer.step()
+                for model in self.clamped:
+                    model.clamp_logit_scale_()
                 self.scheduler.step()
                 self.step += 1
                 logs["lr"] = self.scheduler.get_last_lr()[0]

@@ -15,10 +15,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from structvl.config import load_config, resolved_yaml
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
 from structvl.lab.report import examples_section, grounding_section, write_report
 from structvl.lab.synth import generate_corpus
+from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.downstream import run_suite
 from structvl.tasks.evaluate import pretrain_and_evaluate
 from structvl.tasks.finetuning import pick_device
@@ -101,7 +101,7 @@ def downstream_metrics(run_dir: Path, data: Path, pretrain_metrics: dict) -> dic
     device = pick_device(cfg)
     model = model.to(device)
     metrics = run_suite(model, cfg, load_task_config(DOWNSTREAM_CONFIG), data, device=device)
-    tokenizer = Tokenizer(cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     if "grounding/pointing_best_patch" not in pretrain_metrics:
         metrics.update(evaluate_grounding(model, cfg, tokenizer, device, data))
     if "temporal/scene_change_acc" not in pretrain_metrics:
@@ -215,11 +215,11 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
     model, cfg, _ = load_run_model(runs[baseline_label][0])
-    examples = examples_section(model, cfg, Tokenizer(cfg.model.text.max_length), data)
+    examples = examples_section(model, cfg, build_tokenizer(cfg.model.text), data)
     for run_dirs in runs.values():  # S-ViLM recipes: the groups their noun phrases pick
         group_model, group_cfg, _ = load_run_model(run_dirs[0])
         if group_cfg.model.video.num_group_tokens:
-            examples += grounding_section(group_model, group_cfg, Tokenizer(group_cfg.model.text.max_length), data)
+            examples += grounding_section(group_model, group_cfg, build_tokenizer(group_cfg.model.text), data)
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
     notes = (f"Corpus: {data} ({corpus['num_clips']} clips). Seeds: {seeds}. Chance for retrieval is a random "
              f"ranking of the {int(first.get('retrieval/num_videos', 0))} test videos; for hard negatives 50%. "

@@ -9,7 +9,7 @@ Input sequence (as in Clover's released `CrossModalTransformerFromPretrained`):
 
 The layers are BERT layers with the text encoder's own sizes, by default copies of its first `layers` layers
 (Clover initialises its 3 fusion layers from BERT-base's first 3), so text states enter a network that
-already reads them. The fused vector is the output at the text [CLS] position (`FusionOutput.cls`); the
+already reads them; `model.fusion.init_from_text_layers: top` copies its last `layers` instead. The fused vector is the output at the text [CLS] position (`FusionOutput.cls`); the
 output text states feed the MLM head and, downstream, the QA heads (`VideoTextModel.fuse`).
 
 The MLM head is BERT's (dense -> GELU -> LayerNorm -> vocabulary) with the decoder tied to the text encoder's
@@ -71,12 +71,19 @@ class FusionEncoder(nn.Module):
         nn.init.normal_(self.token_type_embeddings.weight, std=0.02)
         self.video_norm = nn.LayerNorm(self.width, eps=eps)  # Clover (after VIOLET): LayerNorm on video tokens
         self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, self.width)) if cfg.learned_cls else None
-        source = text_encoder.bert.encoder.layer
+        if not hasattr(text_encoder.bert, "encoder"):
+            raise ConfigError(f"config key 'model.fusion.layers': the fusion encoder is made of BERT layers, which a "
+                              f"{bert_config.model_type} text model does not have; use a BERT/RoBERTa-style one")
+        source = list(text_encoder.layers)
+        if cfg.init_from_text_layers == "none":
+            source = []
+        elif cfg.init_from_text_layers == "top":
+            source = source[-cfg.layers:]
         layers = []
         for i in range(cfg.layers):
-            if cfg.init_from_text and i < len(source):
+            if i < len(source):
                 layers.append(copy.deepcopy(source[i]))
-            else:  # fresh layers beyond the text encoder's depth (or init_from_text: false), BERT's init
+            else:  # fresh layers beyond the text encoder's depth (or init_from_text_layers: none), BERT's init
                 layer = BertLayer(bert_config, layer_idx=i)
                 layer.apply(_bert_init)
                 layers.append(layer)

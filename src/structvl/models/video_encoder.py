@@ -5,14 +5,15 @@ temporal position embeddings -> transformer blocks (joint space-time or divided 
 attention) -> the pooled [CLS] embedding *and* the patch tokens (B, T', N, D), which S-ViLM's grouping and
 Clover's fusion encoder consume.
 
-Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...), so an
-image ViT checkpoint loads by name and only the patch embedding is inflated over time.
+Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...). An image
+model (open_clip, timm or transformers' CLIP) is loaded into it by models/pretrained/, whose parts images don't
+have start so that a one-frame clip is the image model: CLIP's ln_pre is `norm_pre` (model.video.pre_norm),
+its QuickGELU `model.video.act`, its ln_post `norm`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -39,13 +40,19 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """OpenAI CLIP's activation, x * sigmoid(1.702 x): its weights were trained with it, not with GELU."""
+    return x * torch.sigmoid(1.702 * x)
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu"):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.act = quick_gelu if act == "quick_gelu" else F.gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class DropPath(nn.Module):
@@ -65,19 +72,20 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block. `divided=True` adds a temporal attention before the spatial one."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, divided: bool):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, divided: bool,
+                 act: str = "gelu", eps: float = 1e-5):
         super().__init__()
         self.divided = divided
         if divided:
-            self.temporal_norm = nn.LayerNorm(dim)
+            self.temporal_norm = nn.LayerNorm(dim, eps=eps)
             self.temporal_attn = Attention(dim, heads)
             # Zero-init the temporal output so an inflated image ViT starts as a per-frame image model.
             nn.init.zeros_(self.temporal_attn.proj.weight)
             nn.init.zeros_(self.temporal_attn.proj.bias)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, t: int, frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -138,8 +146,9 @@ class VideoEncoder(nn.Module):
         self.time_embed = nn.Parameter(torch.zeros(1, self.time, cfg.width))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(cfg.width, cfg.heads, cfg.mlp_ratio, rate, cfg.attention == "divided") for rate in rates)
-        self.norm = nn.LayerNorm(cfg.width)
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio, rate, cfg.attention == "divided", cfg.act, cfg.layer_norm_eps)
+            for rate in rates)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.time_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -150,8 +159,8 @@ class VideoEncoder(nn.Module):
             self.grouping = nn.ModuleList(
                 GroupingBlock(cfg.width, cfg.heads, cfg.group_gumbel_tau, cfg.group_hard, cfg.group_gumbel_noise)
                 for _ in self.group_layers)
-        if cfg.init_checkpoint:
-            load_image_vit(self, cfg.init_checkpoint)
+        # CLIP's ln_pre; built last (and only when asked) so other models initialise exactly as before.
+        self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
 
     def embed(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) -> patch embeddings (B, T', N, D), position embeddings included (no CLS)."""
@@ -170,6 +179,8 @@ class VideoEncoder(nn.Module):
             token_mask = torch.cat([tube_mask.new_ones(b, 1), tube_mask.repeat_interleave(n, 1)], dim=1)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x.reshape(b, t * n, d)], dim=1)
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
         groups = assign = probs = None
         if self.cfg.num_group_tokens:
             groups = self.group_token.expand(b, -1, -1)
@@ -222,35 +233,3 @@ class VideoEncoder(nn.Module):
         patch = 2 * self.time * self.grid ** 2 * d * 3 * c.tubelet_size * c.patch_size ** 2
         return float(c.depth * per_block + patch)
 
-
-def load_image_vit(encoder: VideoEncoder, path: str | Path) -> list[str]:
-    """Initialise from an image ViT (timm naming) in a local .safetensors/.pt file; returns missing keys.
-
-    The 2-D patch kernel is inflated over the tubelet by repeating it and dividing by its length (a static
-    video then gives the image model's embedding); the spatial position table is resized bilinearly when the
-    grid differs. Loading never unpickles objects (`weights_only=True`).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model.video.init_checkpoint: no such file {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state.get("state_dict", state))
-    w = state.get("patch_embed.proj.weight")
-    if w is not None and w.dim() == 4:
-        tub = encoder.cfg.tubelet_size
-        state["patch_embed.proj.weight"] = w.unsqueeze(2).repeat(1, 1, tub, 1, 1) / tub
-    pos = state.get("pos_embed")
-    if pos is not None and pos.shape != encoder.pos_embed.shape:
-        cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
-        old = int(grid_pos.shape[1] ** 0.5)
-        grid_pos = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-        grid_pos = F.interpolate(grid_pos, size=(encoder.grid, encoder.grid), mode="bilinear", align_corners=False)
-        state["pos_embed"] = torch.cat([cls_pos, grid_pos.permute(0, 2, 3, 1).reshape(1, encoder.grid ** 2, -1)], 1)
-    own = encoder.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    encoder.load_state_dict(usable, strict=False)
-    return sorted(set(own) - set(usable))

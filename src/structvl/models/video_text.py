@@ -1,12 +1,14 @@
 """The dual encoder every recipe shares, and the one function that builds it from a config.
 
 `VideoTextModel` = video encoder + text encoder + projection heads into a shared L2-normalised space +
-a learnable (clamped) temperature. Objectives call `encode_video` / `encode_text` and read whatever they
-need from the outputs (pooled embeddings, patch tokens, token states).
+a learnable temperature (CLIP's logit scale, clamped after each optimizer step). Objectives call
+`encode_video` / `encode_text` and read whatever they need from the outputs (pooled embeddings, patch tokens,
+token states).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -16,8 +18,12 @@ import torch.nn.functional as F
 
 from structvl.config import ModelConfig
 from structvl.models.fusion import FusionEncoder, FusionOutput
+from structvl.models.pretrained import LoadReport, load_video_init
+from structvl.models.pretrained.common import IMAGE_PARAM
 from structvl.models.text_encoder import TextEncoder, TextEncoderOutput
 from structvl.models.video_encoder import VideoEncoder, VideoEncoderOutput
+
+log = logging.getLogger("structvl")
 
 
 def projection_head(in_dim: int, out_dim: int, kind: str) -> nn.Module:
@@ -39,16 +45,20 @@ class TextEmbedding:
 
 
 class VideoTextModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """`load_pretrained=False` builds the architecture without reading model.video.init / model.text.init's
+    weights (a run's own checkpoint is about to replace them)."""
+
+    def __init__(self, cfg: ModelConfig, load_pretrained: bool = True):
         super().__init__()
         self.cfg = cfg
         self.video_encoder = VideoEncoder(cfg.video, cfg.activation_checkpointing)
-        self.text_encoder = TextEncoder(cfg.text)
+        self.text_encoder = TextEncoder(cfg.text, load_weights=load_pretrained)
         self.text_encoder.set_activation_checkpointing(cfg.activation_checkpointing)
         self.video_proj = projection_head(self.video_encoder.width, cfg.embed_dim, cfg.projection)
         self.text_proj = projection_head(self.text_encoder.width, cfg.embed_dim, cfg.projection)
-        # Stored as log(1/tau) (CLIP's logit scale); clamped in `logit_scale` so tau >= min_temperature.
-        # Shape (1,), not a scalar: FSDP cannot shard 0-d parameters.
+        # Stored as log(1/tau) (CLIP's logit scale). Clamped in the parameter after each optimizer step
+        # (`clamp_logit_scale_`), as open_clip does, not in the forward: a forward clamp zeroes the gradient at
+        # the bound, so the scale could never come back. Shape (1,): FSDP cannot shard 0-d parameters.
         self.log_inv_temperature = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.temperature)),
                                                 requires_grad=cfg.learn_temperature)
         if cfg.video.num_group_tokens:  # S-ViLM: the groups' own head into the shared space
@@ -56,10 +66,31 @@ class VideoTextModel(nn.Module):
         # Clover's cross-modal fusion encoder (+ MLM head); None when model.fusion.layers == 0. Built after
         # everything else, so a model without it initialises exactly as the plain dual encoder.
         self.fusion = FusionEncoder(cfg.fusion, self.video_encoder, self.text_encoder) if cfg.fusion.layers else None
+        # Parameter names (relative to this model) whose values come from a pretrained checkpoint: the optimizer
+        # gives them optim.pretrained_lr / text_lr and the layer-wise decay (engine/optim.py).
+        self.pretrained_parameters: set[str] = set()
+        if self.text_encoder.pretrained:
+            self.pretrained_parameters |= {f"text_encoder.{n}" for n, _ in self.text_encoder.named_parameters()}
+        self.video_init: LoadReport | None = None
+        if cfg.video.init.format != "none" and load_pretrained:
+            # CLIP's image projection becomes the video projection when it is a Linear of the same sizes.
+            head = self.video_proj if isinstance(self.video_proj, nn.Linear) else None
+            self.video_init = load_video_init(self.video_encoder, cfg.video.init, head)
+            log.info(self.video_init.summary())
+        if cfg.video.init.format != "none":
+            loaded = self.video_init.loaded if self.video_init else _image_parameters(self)
+            self.pretrained_parameters |= {n.replace("head.", "video_proj.", 1) if n.startswith("head.")
+                                           else f"video_encoder.{n}" for n in loaded}
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        return self.log_inv_temperature.clamp(max=math.log(1.0 / self.cfg.min_temperature)).exp().squeeze(0)
+        return self.log_inv_temperature.exp().squeeze(0)
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep the logit scale in [1, 1 / model.min_temperature] ([0, ln 100] in the parameter by default);
+        called after every optimizer step."""
+        self.log_inv_temperature.clamp_(0.0, math.log(1.0 / self.cfg.min_temperature))
 
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None,
                      patch_embeddings: torch.Tensor | None = None) -> VideoEmbedding:
@@ -86,6 +117,12 @@ class VideoTextModel(nn.Module):
         return self.fusion.mlm_head(fused_text_states, self.text_encoder.word_embeddings.weight)
 
 
-def build_model(cfg: ModelConfig) -> VideoTextModel:
-    """The one place a model is built from a config (no registry: read this to see what you get)."""
-    return VideoTextModel(cfg)
+def _image_parameters(model: VideoTextModel) -> list[str]:
+    """The video parameters an image checkpoint provides, for a model built without reading it."""
+    return [n for n, _ in model.video_encoder.named_parameters() if IMAGE_PARAM.fullmatch(n)]
+
+
+def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> VideoTextModel:
+    """The one place a model is built from a config (no registry: read this to see what you get).
+    `load_pretrained=False`: do not read the init checkpoints (a run's checkpoint will be loaded instead)."""
+    return VideoTextModel(cfg, load_pretrained)

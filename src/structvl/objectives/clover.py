@@ -32,7 +32,7 @@ from structvl.data.masking import (
     semantic_selection,
     video_tube_masks,
 )
-from structvl.data.text import Tokenizer
+from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import projection_head
 from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
 
@@ -130,7 +130,7 @@ class CloverCore(nn.Module):
         self.cfg = cfg.clover
         self.tokenizer = context.tokenizer
         if self.tokenizer is None:
-            self.tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+            self.tokenizer = build_tokenizer(cfg.model.text)
         # Only what an enabled objective uses is built: under DDP a parameter without a gradient is an error.
         weights = cfg.objectives
         if weights.get("clover_align", 0) > 0 or weights.get("clover_rank", 0) > 0:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
+from structvl.models.text_encoder import build_tokenizer, paragraph_tokenizer
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.evaluate import evaluate_retrieval
 from structvl.tasks.features import FeatureCache
@@ -64,12 +64,14 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
 
     cache = cache or FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
                                   autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
-    tokenizer = tokenizer or Tokenizer(max_length=run_cfg.model.text.max_length)
+    tokenizer = tokenizer or build_tokenizer(run_cfg.model.text)
     task = copy.deepcopy(getattr(task_cfg, name))
     seed = task_cfg.seed
     if name == "retrieval":
         if not finetune:  # the frozen protocol for retrieval is the zero-shot one of `structvl eval`
             test = read_task_records(task.data, root, "test")
+            if task.paragraph:  # long queries: as many tokens as the text encoder allows
+                tokenizer = paragraph_tokenizer(model.text_encoder)
             return evaluate_retrieval(model, run_cfg, tokenizer, paragraph_records(test) if task.paragraph else test,
                                       video_root(task.data, root), device)
         return run_finetune_retrieval(model, run_cfg, task, root, out_dir, device=device, seed=seed)
@@ -99,7 +101,7 @@ def run_suite(model, run_cfg, task_cfg, root, *, device=torch.device("cpu"), tas
 
     cache = FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
                          autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
-    tokenizer = Tokenizer(max_length=run_cfg.model.text.max_length)
+    tokenizer = build_tokenizer(run_cfg.model.text)
     metrics: dict[str, float] = {}
     for name in tasks or task_cfg.suite:
         start = time.perf_counter()

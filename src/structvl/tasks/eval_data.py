@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from structvl.config import RunConfig
+from structvl.config import RunConfig, frame_normalization
 from structvl.data.dataset import VideoTextCollator, VideoTextDataset, build_dataloader
 from structvl.data.formats import read_annotations
 from structvl.data.transforms import VideoTransform
@@ -13,7 +13,8 @@ from structvl.data.transforms import VideoTransform
 def eval_loader(records, cfg: RunConfig, video_root, tokenizer):
     """Deterministic loader over records' videos: uniform frames, centre crop, first caption."""
     dataset = VideoTextDataset(records, video_root, num_frames=cfg.eval.num_frames, sampling=cfg.eval.sampling,
-                               transform=VideoTransform(cfg.model.video.image_size, train=False),
+                               transform=VideoTransform(cfg.model.video.image_size, train=False,
+                                                        **frame_normalization(cfg.model.video)),
                                backend=cfg.data.backend, caption_mode="first", seed=0)
     return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=cfg.eval.batch_size, shuffle=False,
                             num_workers=min(cfg.data.num_workers, 2), seed=0, drop_last=False)

@@ -15,9 +15,9 @@ import torch
 
 from structvl.config import RunConfig
 from structvl.data.formats import read_annotations
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
 from structvl.engine.pretrain import run_pretraining
+from structvl.models.text_encoder import build_tokenizer
 from structvl.runtime.distributed import barrier, cleanup
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.eval_data import eval_loader, test_video_root
@@ -129,7 +129,7 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
 
 def evaluate_from_cli(args) -> int:
     model, cfg, run_dir = load_run_model(args.checkpoint)
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     data = Path(args.data)
     if data.is_dir():  # a structured-corpus directory: its eval split (+ hard negatives for that task)
         metrics = evaluate_model(model, cfg, tokenizer, data_root=data)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from structvl.config import frame_normalization
 from structvl.data.records import VideoRecord
 from structvl.data.sampling import frame_window
 from structvl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_shorter_side
@@ -37,12 +38,13 @@ def view_indices(first: int, stop: int, num_frames: int, view: int, num_views: i
     return np.minimum(np.floor(picks), stop - 1).astype(np.int64)
 
 
-def normalise(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (T, 3, H', W') with the shorter side resized to `size`, ImageNet-normalised."""
+def normalise(frames: np.ndarray | torch.Tensor, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, H', W') with the shorter side resized to `size`, normalised with the
+    per-channel `mean` / `std` of [0, 1] pixels (the model's: `frame_normalization(model.cfg.video)`)."""
     video = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     video = resize_shorter_side(video, size)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(std).view(1, 3, 1, 1) * 255.0
     return (video - mean) / std
 
 
@@ -63,8 +65,10 @@ class ClipViews(Dataset):
     An unreadable video gives a "skipped" marker (dropped by `collate_views`), as in training."""
 
     def __init__(self, records: list[VideoRecord], video_root, num_frames: int, image_size: int,
-                 temporal_views: int = 1, spatial_crops: int = 1, backend: str = "pyav"):
+                 temporal_views: int = 1, spatial_crops: int = 1, backend: str = "pyav",
+                 normalization: dict | None = None):
         self.records, self.video_root = records, video_root
+        self.normalization = normalization or {}  # normalise()'s mean / std; default ImageNet's
         self.num_frames, self.image_size = num_frames, image_size
         self.temporal_views, self.spatial_crops, self.backend = temporal_views, spatial_crops, backend
 
@@ -82,7 +86,7 @@ class ClipViews(Dataset):
                 frames = reader.get_frames(indices)
         except (VideoDecodeError, OSError) as e:
             return {"skipped": True, "index": i, "reason": str(e)}
-        video = normalise(frames, self.image_size)
+        video = normalise(frames, self.image_size, **self.normalization)
         views = [c for clip in video.split(self.num_frames) for c in crops(clip, self.image_size, self.spatial_crops)]
         return {"views": torch.stack(views), "index": i}
 
@@ -110,7 +114,7 @@ def extract_clip_features(model, records: list[VideoRecord], video_root, *, num_
                           backend: str = "pyav") -> ClipFeatures:
     model.eval()
     dataset = ClipViews(records, video_root, num_frames, model.cfg.video.image_size, temporal_views, spatial_crops,
-                        backend)
+                        backend, frame_normalization(model.cfg.video))
     loader = DataLoader(dataset, batch_size=max(1, batch_size // (temporal_views * spatial_crops)),
                         collate_fn=collate_views, num_workers=num_workers)
     pooled, embed, tokens, kept = [], [], [], []

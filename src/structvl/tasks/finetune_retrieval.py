@@ -28,12 +28,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from structvl.config import save_config
+from structvl.config import frame_normalization, save_config
 from structvl.data.dataset import VideoTextCollator, VideoTextDataset
 from structvl.data.records import VideoRecord
-from structvl.data.text import Tokenizer
 from structvl.data.transforms import VideoTransform
 from structvl.engine.trainer import move_to
+from structvl.models.text_encoder import build_tokenizer, paragraph_tokenizer
 from structvl.objectives.contrastive import info_nce
 from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.evaluate import evaluate_retrieval
@@ -197,8 +197,9 @@ def run_finetune_retrieval(model, run_cfg, task, root, out_dir: str | Path, *, d
     if task.rerank_top_k > 0 and not rerank:
         log.info("finetune_retrieval: rerank_top_k ignored: the model has no fusion encoder")
     module = RetrievalFinetuneModule(copy.deepcopy(model), task.matching_weight if rerank else 0.0)
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
-    transform = VideoTransform(cfg.model.video.image_size, train=True, scale=tuple(cfg.data.random_resized_crop_scale),
+    # Paragraph queries are long: as many tokens as the text encoder allows, not the pre-training length.
+    tokenizer = paragraph_tokenizer(model.text_encoder) if task.paragraph else build_tokenizer(cfg.model.text)
+    transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video), scale=tuple(cfg.data.random_resized_crop_scale),
                                hflip=cfg.data.hflip)
     dataset = VideoTextDataset(train, videos, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
                                transform=transform, backend=cfg.data.backend, caption_mode="random", seed=seed)

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from structvl.config import RunConfig
 from structvl.data.formats import read_annotations
 from structvl.data.sampling import sample_frame_indices
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
+from structvl.models.text_encoder import build_tokenizer
 from structvl.objectives.svilm import cut_and_paste, embed_phrases, reverse_steps
 from structvl.runtime.precision import autocast, autocast_dtype
 from structvl.tasks.eval_data import eval_loader
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     per_run = {}
     for run in args.runs:
         model, cfg, _ = load_run_model(run)
-        per_run[run] = evaluate_all(model, cfg, Tokenizer(cfg.model.text.max_length), data_root=args.data)
+        per_run[run] = evaluate_all(model, cfg, build_tokenizer(cfg.model.text), data_root=args.data)
         print(run, json.dumps(per_run[run], indent=1))
     keys = sorted(set.intersection(*(set(m) for m in per_run.values())))
     summary = {"mean": {k: float(np.mean([m[k] for m in per_run.values()])) for k in keys},

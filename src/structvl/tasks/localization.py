@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from structvl.config import frame_normalization
 from structvl.data.records import VideoRecord
 from structvl.data.video import VideoDecodeError, open_video
 from structvl.runtime.precision import autocast
@@ -55,8 +56,9 @@ class SnippetWindows(Dataset):
     """Record i -> {"windows": (K, T, 3, S, S), "centres": (K,), "duration", "index"} (or a skip marker)."""
 
     def __init__(self, records: list[VideoRecord], video_root, num_frames: int, image_size: int, window: float,
-                 stride: float, backend: str = "pyav"):
+                 stride: float, backend: str = "pyav", normalization: dict | None = None):
         self.records, self.video_root, self.num_frames, self.image_size = records, video_root, num_frames, image_size
+        self.normalization = normalization or {}  # normalise()'s mean / std; default ImageNet's
         self.window, self.stride, self.backend = window, stride, backend
 
     def __len__(self) -> int:
@@ -73,7 +75,7 @@ class SnippetWindows(Dataset):
                 frames = reader.get_frames(needed)  # each frame decoded once, shared by overlapping windows
         except (VideoDecodeError, OSError) as e:
             return {"skipped": True, "index": i, "reason": str(e)}
-        video = crops(normalise(frames, self.image_size), self.image_size, 1)[0]
+        video = crops(normalise(frames, self.image_size, **self.normalization), self.image_size, 1)[0]
         windows = video[torch.from_numpy(inverse.reshape(idx.shape))]
         return {"windows": windows, "centres": torch.from_numpy(centres), "duration": duration, "index": i}
 
@@ -85,7 +87,8 @@ def snippet_features(model, records: list[VideoRecord], video_root, *, num_frame
                      num_workers: int = 0) -> tuple[list[torch.Tensor], list[int], list[float]]:
     """Per readable video: (K_i, D) snippet features; also their record indices and durations."""
     model.eval()
-    loader = DataLoader(SnippetWindows(records, video_root, num_frames, model.cfg.video.image_size, window, stride),
+    loader = DataLoader(SnippetWindows(records, video_root, num_frames, model.cfg.video.image_size, window, stride,
+                                       normalization=frame_normalization(model.cfg.video)),
                         batch_size=None, num_workers=num_workers)
     feats, kept, durations = [], [], []
     pending: list[tuple[int, torch.Tensor]] = []  # windows of several videos batched together

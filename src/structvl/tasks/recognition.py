@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from structvl.config import frame_normalization
 from structvl.data.dataset import VideoTextCollator, VideoTextDataset
 from structvl.data.formats import read_class_list
-from structvl.data.text import Tokenizer
 from structvl.data.transforms import VideoTransform
+from structvl.models.text_encoder import build_tokenizer
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.features import FeatureCache, extract_clip_features
 from structvl.tasks.finetuning import finetune_run_config, train_module
@@ -92,10 +93,10 @@ def finetune(model, run_cfg, task, train, test, videos, num_classes: int, out_di
     cfg = finetune_run_config(run_cfg, steps=task.finetune_steps, batch_size=task.batch_size, lr=task.finetune_lr,
                               seed=seed)
     module = RecognitionModule(copy.deepcopy(model), num_classes, train_y)
-    transform = VideoTransform(cfg.model.video.image_size, train=True, scale=tuple(cfg.data.random_resized_crop_scale))
+    transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video), scale=tuple(cfg.data.random_resized_crop_scale))
     dataset = VideoTextDataset(train_records, videos, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
                                transform=transform, backend=cfg.data.backend, caption_mode="first", seed=seed)
-    history = train_module(cfg, module, dataset, VideoTextCollator(Tokenizer(cfg.model.text.max_length)), out_dir,
+    history = train_module(cfg, module, dataset, VideoTextCollator(build_tokenizer(cfg.model.text)), out_dir,
                            device)
     feats = extract_clip_features(module.model, test_records, videos, num_frames=cfg.model.video.num_frames,
                                   temporal_views=task.temporal_views, spatial_crops=task.spatial_crops,

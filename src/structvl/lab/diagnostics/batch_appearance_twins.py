@@ -29,8 +29,8 @@ from structvl.data.formats import read_annotations
 from structvl.data.knowledge.vocab import multi_hot
 from structvl.data.knowledge_sampler import KnowledgeGroupedSampler
 from structvl.data.sampler import ResumableDistributedSampler
-from structvl.data.text import Tokenizer
 from structvl.engine.pretrain import build_objective_context, build_train_data
+from structvl.models.text_encoder import build_tokenizer
 
 VARIANTS = [  # (knowledge types the sampler groups on, clips per group, candidate pool)
     (["object", "attribute", "action", "relation"], 4, 64),  # clop.yaml's sampler
@@ -71,7 +71,7 @@ def main() -> int:
     args = parser.parse_args()
 
     cfg = load_config("clop", [f"data.root={args.corpus}"])
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     context = build_objective_context(cfg, tokenizer, Path(tempfile.mkdtemp()), is_main=True)
     dataset, _ = build_train_data(cfg, tokenizer, knowledge=context.knowledge)
     records = [dataset.records[record_index] for record_index, _ in dataset.items]

@@ -24,6 +24,7 @@ from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
 from structvl.data.masking import corrupt_tokens, semantic_selection
 from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
+from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.retrieval import embed_videos
 
@@ -60,7 +61,7 @@ def main(root: Path, runs: list[str]) -> None:
     print(f"{'run':<40} {'own gap':>8} {'met':>6} {'other-clip gap':>15} {'met':>6}")
     for run in runs:
         model, cfg, _ = load_run_model(run)
-        tok = Tokenizer(cfg.model.text.max_length)
+        tok = build_tokenizer(cfg.model.text)
         video, kept = embed_videos(model, eval_loader(records, cfg, root, tok), torch.device("cpu"))
         tokens, masked_ids = mask_captions(tok, [captions[i] for i in kept], [knowledge[i] for i in kept],
                                            defaults.clover.text_mask_ratio)

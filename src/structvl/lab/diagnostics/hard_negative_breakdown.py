@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from structvl.data.formats import read_annotations
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
 from structvl.lab.demo import write_json_merged
+from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.hard_negative import hard_negative_metrics, read_hard_negatives
 
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     for run in argv[1:]:
         model, cfg, run_dir = load_run_model(run)
         with torch.no_grad():
-            metrics = hard_negative_metrics(model.eval(), cfg, Tokenizer(cfg.model.text.max_length), path, corpus,
+            metrics = hard_negative_metrics(model.eval(), cfg, build_tokenizer(cfg.model.text), path, corpus,
                                             torch.device("cpu"), eval_loader, group_of=group_of)
         write_json_merged(run_dir / "metrics.json", {k: v for k, v in metrics.items()
                                                      if k.startswith(("hard_negative/blind/", "hard_negative/static/",

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from structvl.data.records import VideoRecord
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
 from structvl.lab.synth.vocab import ACTIONS, COLOURS, RELATIONS, SHAPES, SIZES
+from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.hard_negative import balanced_accuracy, frozen_to_middle_frame, read_hard_negatives
 from structvl.tasks.retrieval import embed_texts, embed_videos
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     records = [VideoRecord(video_id=r["video_id"], video=r["video"], captions=[r["caption"]]) for r in rows]
     for run in argv[1:]:
         model, cfg, _ = load_run_model(run)
-        tokenizer, device = Tokenizer(cfg.model.text.max_length), torch.device("cpu")
+        tokenizer, device = build_tokenizer(cfg.model.text), torch.device("cpu")
         with torch.no_grad():
             video, kept = embed_videos(model, eval_loader(records, cfg, corpus, tokenizer), device)
             frozen, _ = embed_videos(model, eval_loader(records, cfg, corpus, tokenizer), device,

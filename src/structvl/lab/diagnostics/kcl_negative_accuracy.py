@@ -20,9 +20,10 @@ from structvl.data.formats import read_annotations
 from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
 from structvl.data.knowledge.swaps import build_swapped_negatives
 from structvl.data.knowledge.vocab import KnowledgeVocab
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
+from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.eval_data import eval_loader
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         model, cfg, _ = load_run_model(run)
         model.eval()
-        tok = Tokenizer(cfg.model.text.max_length)
+        tok = build_tokenizer(cfg.model.text)
         for split, recs in splits.items():
             hits, other_clip = collections.defaultdict(list), collections.defaultdict(list)
             with torch.no_grad():

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from structvl.data.formats import read_annotations
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
+from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.knowledge_prediction import average_precision
 from structvl.tasks.retrieval import embed_texts, video_stage_features
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     chance_row = format_row("chance", chance_scores(test_labels))  # the same for every run
     for run in args.runs:
         model, cfg, _ = load_run_model(run)
-        tokenizer = Tokenizer(cfg.model.text.max_length)
+        tokenizer = build_tokenizer(cfg.model.text)
         train_feats = stage_features(model, cfg, train, args.corpus, tokenizer)
         test_feats = stage_features(model, cfg, test, args.corpus, tokenizer)
         print(f"{run}: linear probe on {len(train)} train clips, test mAP (count: accuracy) over {len(test)} clips")

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from structvl.data.formats import read_annotations
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import load_run_model
+from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.retrieval import embed_texts, embed_videos, ranks_blockwise
 
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
     for run in argv[1:]:
         model, cfg, _ = load_run_model(run)
         records = read_annotations(cfg.data.format, corpus / cfg.eval.split)
-        tokenizer = Tokenizer(cfg.model.text.max_length)
+        tokenizer = build_tokenizer(cfg.model.text)
         video_embed, kept = embed_videos(model.eval(), eval_loader(records, cfg, corpus, tokenizer), torch.device("cpu"))
         kept_records = [records[i] for i in kept]
         own = [position for position, r in enumerate(kept_records) for _ in r.captions]

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from structvl.config import load_config
 from structvl.data.formats import read_annotations
 from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
-from structvl.data.text import Tokenizer
 from structvl.engine.pretrain import build_objective_context
+from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import build_model
 from structvl.objectives.clop import KnowledgePredictionObjective
 from structvl.tasks.features import ClipViews, collate_views
@@ -72,7 +72,7 @@ def main() -> None:
     train_records, train_x = decode(args.corpus, cfg.data.train, cfg.data.num_frames, cfg.model.video.image_size)
     test_records, test_x = decode(args.corpus, "test.jsonl", cfg.data.num_frames, cfg.model.video.image_size)
     with tempfile.TemporaryDirectory() as run_dir:  # the vocabulary is written there and thrown away
-        context = build_objective_context(cfg, Tokenizer(max_length=cfg.model.text.max_length), Path(run_dir),
+        context = build_objective_context(cfg, build_tokenizer(cfg.model.text), Path(run_dir),
                                           is_main=True)
     classes = sorted({obj["action"] for r in train_records for obj in r.meta.get("objects", [])})
     with KnowledgeCache(Path(cfg.knowledge.cache_dir or args.corpus / "knowledge_cache")) as cache:

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from structvl.config import load_config
-from structvl.data.text import Tokenizer
 from structvl.engine.optim import build_optimizer
 from structvl.engine.pretrain import build_objective_context, build_train_data
+from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 
@@ -38,7 +38,7 @@ def main() -> None:
     cfg = load_config("clop", [f"data.root={args.corpus}", "data.synth=false", "objectives.clop_kcl=0",
                                "objectives.contrastive=0", "objectives.clop_skp=1", "train.precision=fp32",
                                *args.overrides])
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     with tempfile.TemporaryDirectory() as run_dir:  # the vocabulary is written there and thrown away
         context = build_objective_context(cfg, tokenizer, Path(run_dir), is_main=True)
     dataset, collator = build_train_data(cfg, tokenizer, knowledge=context.knowledge)

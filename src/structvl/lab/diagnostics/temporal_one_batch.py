@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from structvl.config import load_config
-from structvl.data.text import Tokenizer
 from structvl.engine.optim import build_optimizer
 from structvl.engine.pretrain import build_train_data
+from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 from structvl.objectives.svilm import cut_and_paste, reverse_steps
@@ -60,7 +60,7 @@ def main() -> None:
     cfg = load_config("svilm", [f"data.root={args.corpus}", "data.synth=false", "objectives.contrastive=0",
                                 "objectives.svilm_grounding=0", "objectives.svilm_temporal=1",
                                 "train.precision=fp32", *args.overrides])
-    tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     dataset, collator = build_train_data(cfg, tokenizer)
     batch = collator([dataset[i] for i in range(32)])
     module = PretrainingModule(build_model(cfg.model), cfg)
