@@ -144,6 +144,9 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
+    # Steps whose loss or gradient is NaN/inf are skipped (and counted); this many in a row stop the run, the
+    # last checkpoint kept as it was (engine/trainer.py). 1 stops at the first one.
+    max_nonfinite_steps: int = 5
     eval_every: int = 0  # 0: evaluate only at the end
     distributed: str = "ddp"  # "ddp" or "fsdp" (large models) when launched by torchrun
     device: str = "auto"  # "auto", "cpu" or "cuda"
@@ -423,6 +426,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"config key 'data.num_frames'/'eval.num_frames' ({cfg.data.num_frames}/{cfg.eval.num_frames}) must equal "
             f"'model.video.num_frames' ({v.num_frames}): the temporal position embeddings have that length")
+    if cfg.train.max_nonfinite_steps < 1:
+        raise ConfigError(f"config key 'train.max_nonfinite_steps': {cfg.train.max_nonfinite_steps} is not allowed; "
+                          "expected an integer >= 1 (1 stops at the first non-finite step)")
     for name, weight in cfg.objectives.items():
         if name not in OBJECTIVES:
             raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVES)}")

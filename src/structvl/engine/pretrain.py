@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from structvl.config import ConfigError, RunConfig, load_config, save_config
+from structvl.engine.run_dir import check_run_dir, prepare_run_dir
 
 log = logging.getLogger("structvl")
 
@@ -117,10 +118,14 @@ def ensure_corpus(cfg: RunConfig) -> None:
     root = data_root(cfg)
     if cfg.data.synth and not (root / "corpus.json").exists():
         from structvl.lab.synth import generate_corpus
-        generate_corpus(root, num_clips=cfg.data.synth_clips, seed=0)
+        generate_corpus(root, num_clips=cfg.data.synth_clips, seed=0,
+                        hint="set config key 'data.root' to another directory (data.synth generates one there)")
 
 
-def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluate: bool = True) -> dict:
+def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluate: bool = True,
+                    overwrite: bool = False) -> dict:
+    """resume / overwrite: what to do when run_dir already holds a run (engine/run_dir.py): continue it, or
+    move it aside and start anew; with neither, such a directory is refused."""
     from structvl.data.dataset import SkipLedger
     from structvl.data.text import Tokenizer
     from structvl.runtime.distributed import barrier, cleanup, init_distributed
@@ -129,10 +134,12 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
     from structvl.models.video_text import build_model
     from structvl.objectives.pretraining import PretrainingModule
 
-    info = init_distributed(cfg.train.device)
     run_dir = Path(run_dir)
+    action = check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # every rank, before anything changes
+    info = init_distributed(cfg.train.device)
+    barrier()
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(run_dir, action)
         save_config(cfg, run_dir / "config.yaml")
         ensure_corpus(cfg)
     barrier()
@@ -198,7 +205,7 @@ def pretrain_from_cli(args) -> int:
     cfg = load_config(args.config, overrides)
     run_dir = Path(args.out or Path("runs") / cfg.name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = run_pretraining(cfg, run_dir, resume=args.resume)
+    metrics = run_pretraining(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         from structvl.tasks.evaluate import format_metrics_table
         print(format_metrics_table(metrics))

@@ -180,10 +180,15 @@ def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[s
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Path = "data/structured",
-             seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None) -> int:
+             seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None,
+             use_existing_data: bool = False, overwrite_data: bool = False) -> int:
     """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
-    recipe (e.g. `train.max_steps=150` for a shorter ablation budget)."""
-    from structvl.lab.synth import generate_corpus
+    recipe (e.g. `train.max_steps=150` for a shorter ablation budget). A corpus at `data` generated with other
+    arguments is refused unless `use_existing_data` (run on it as it is) or `overwrite_data` (replace it).
+    A run directory of a recipe that holds an unfinished run of the same config resumes it; one that holds a
+    run of another config is moved aside (engine/run_dir.py), never deleted."""
+    from structvl.engine.run_dir import same_config
+    from structvl.lab.synth.corpus import structured_corpus
     from structvl.data.text import Tokenizer
     from structvl.engine.pretrain import run_pretraining
     from structvl.lab.report import examples_section, grounding_section, write_report
@@ -196,7 +201,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
         data = data.with_name(data.name + "-quick")
     corpus = QUICK_CORPUS if quick else FULL_CORPUS
     print(f"[1/3] structured corpus at {data}", flush=True)
-    generate_corpus(data, num_clips=corpus["num_clips"], num_untrimmed=corpus["num_untrimmed"], seed=0)
+    corpus = structured_corpus(data, {**corpus, "seed": 0}, use_existing_data, overwrite_data,
+                               hint="pass --use-existing-data to run the demo on it, or --overwrite-data to replace it")
 
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     runs: dict[str, list[Path]] = {}
@@ -215,7 +221,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
                               + (QUICK_OVERRIDES if quick else []) + recipe_overrides + list(overrides or []))
             metrics = finished_run_metrics(cfg, run_dir)
             if metrics is None:
-                metrics = run_pretraining(cfg, run_dir)
+                metrics = run_pretraining(cfg, run_dir, resume=same_config(cfg, run_dir), overwrite=True)
                 metrics.update(downstream_metrics(run_dir, data, metrics))
                 write_json_merged(run_dir / "metrics.json", {"demo/finished": 1.0})
             else:

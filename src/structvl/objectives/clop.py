@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from structvl.data.knowledge import CaptionKnowledge, KnowledgeVocab, knowledge_for
 from structvl.runtime.distributed import all_gather_with_grad
+from structvl.runtime.nonfinite import NonFiniteTally, pessimistic_order
 from structvl.runtime.precision import autocast_dtype
 from structvl.engine.sampler import ResumableDistributedSampler
 from structvl.objectives.contrastive import info_nce
@@ -214,7 +215,9 @@ class KnowledgePredictionObjective(nn.Module):
         scores = self.predict({used: e.to(device).float() for used, e in video_embed.items()})
         self.train(was_training)
         metrics, all_ap, all_chance = {}, [], []
+        tally = NonFiniteTally("clop")
         for kind in self.types:
+            tally.add(scores[kind])
             target = torch.stack([v[kind] for v in per_video])
             ap, chance = average_precision(scores[kind].float().cpu(), target)
             metrics[f"clop/skp_mAP/{kind}"] = 100.0 * float(np.mean(ap)) if ap else float("nan")
@@ -222,7 +225,7 @@ class KnowledgePredictionObjective(nn.Module):
             all_chance += chance
         metrics["clop/skp_mAP"] = 100.0 * float(np.mean(all_ap)) if all_ap else float("nan")
         metrics["clop/skp_mAP_chance"] = 100.0 * float(np.mean(all_chance)) if all_chance else float("nan")
-        return metrics
+        return tally.report(metrics)
 
 
 def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -233,7 +236,7 @@ def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> tuple[list
         positives = targets[:, j] > 0
         if not positives.any():
             continue
-        order = torch.argsort(scores[:, j], descending=True, stable=True)
+        order = pessimistic_order(scores[:, j], positives)  # a non-finite score ranks as the worst
         hits = positives[order].float()
         precision_at_hit = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
         aps.append(float((precision_at_hit * hits).sum() / hits.sum()))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from structvl.data.masking import (apply_video_mask, corrupt_tokens, random_selection, semantic_selection,
                                    video_tube_masks)
 from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
+from structvl.runtime.nonfinite import NonFiniteTally, top1_hits
 from structvl.runtime.precision import autocast, autocast_dtype
 from structvl.models.video_text import projection_head
 
@@ -293,6 +294,7 @@ def evaluate_masked_words(model, cfg, tokenizer, device=torch.device("cpu")) -> 
     correct = {"noun": 0, "verb": 0, "shuffled": 0}
     total = {"noun": 0, "verb": 0, "shuffled": 0}
     units_seen = 0
+    tally = NonFiniteTally("clover_mlm")
     with KnowledgeCache(cache_dir) as cache:
         for batch in eval_loader(records, cfg, video_root, tokenizer):
             captions = batch["caption"]
@@ -324,7 +326,8 @@ def evaluate_masked_words(model, cfg, tokenizer, device=torch.device("cpu")) -> 
                     fused = model.fuse(VideoEncoderOutput(pooled=video.pooled[owner], tokens=video.tokens[owner],
                                                           frame_mask=video.frame_mask[owner]), text)
                     where = labels.to(device) != -100
-                    hit = (model.mlm_logits(fused.text_states[where]).argmax(-1) == labels.to(device)[where]).cpu()
+                    hit = top1_hits(model.mlm_logits(fused.text_states[where]).float(), labels.to(device)[where],
+                                    tally).cpu()  # a non-finite logit: a miss
                     row_of = where.nonzero()[:, 0].cpu()
                     if shuffled:
                         correct["shuffled"] += int(hit.sum())
@@ -336,10 +339,10 @@ def evaluate_masked_words(model, cfg, tokenizer, device=torch.device("cpu")) -> 
                             total[kind] += int(sel.sum())
     model.train(was_training)
     pct = lambda c, t: 100.0 * c / t if t else float("nan")  # noqa: E731
-    return {
+    return tally.report({
         "clover_mlm/accuracy": pct(correct["noun"] + correct["verb"], total["noun"] + total["verb"]),
         "clover_mlm/noun_accuracy": pct(correct["noun"], total["noun"]),
         "clover_mlm/verb_accuracy": pct(correct["verb"], total["verb"]),
         "clover_mlm/accuracy_shuffled_video": pct(correct["shuffled"], total["shuffled"]),
         "clover_mlm/masked_units": float(units_seen),
-    }
+    })

@@ -76,7 +76,8 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
             row = [metrics[f"{prefix}/R@{k}"] for k in (1, 5, 10)] + [metrics[f"{prefix}/MdR"], metrics[f"{prefix}/MnR"]]
             lines.append(f"  {name:<32}" + "".join(f"{v:7.1f}" for v in row))
     own = sorted(k.split("/")[1] for k in metrics
-                 if k.startswith("hard_negative/") and k.count("/") == 1 and k != "hard_negative/chance")
+                 if k.startswith("hard_negative/") and k.count("/") == 1
+                 and k not in ("hard_negative/chance", "hard_negative/nonfinite_scores"))
     if own:
         lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0); blind: the")
         lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone;")
@@ -90,6 +91,10 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
             counted = f"{int(pairs):7d}{standard_error(accuracy, pairs):7.1f}" if pairs else ""
             lines.append((f"  {f:<32}{accuracy:7.1f}"
                           + "".join(f"{v:7.1f}" if v is not None else " " * 7 for v in controls) + counted).rstrip())
+    nonfinite = {k[:-len("/nonfinite_scores")]: int(v) for k, v in metrics.items() if k.endswith("/nonfinite_scores")}
+    if nonfinite:  # runtime/nonfinite.py: each was scored as the worst possible
+        lines.append("NON-FINITE scores (NaN/inf), each scored as the worst possible: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(nonfinite.items())))
     return "\n".join(lines)
 
 
