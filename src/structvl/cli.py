@@ -24,7 +24,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     summary = generate_corpus(
         args.out, num_clips=args.clips, seed=args.seed, holdout_compositions=args.holdout_compositions,
         size=args.size, num_frames=args.frames, fps=args.fps, num_untrimmed=args.untrimmed,
-        workers=args.workers,
+        workers=args.workers, overwrite=args.overwrite, hint="pass --overwrite to replace it",
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -82,6 +82,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=16, help="frames per trimmed clip")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a corpus at --out generated with other arguments (refused without it)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("knowledge", help="parse captions into structural knowledge and cache it",
@@ -153,7 +155,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     run_dir = Path(args.out or Path("runs") / cfg.name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = pretrain_and_evaluate(cfg, run_dir, resume=args.resume,
+    metrics = pretrain_and_evaluate(cfg, run_dir, resume=args.resume, overwrite=args.overwrite,
                                     prepare_data=ensure_corpus if cfg.data.synth else None)
     if os.environ.get("RANK", "0") == "0":
         print(format_metrics_table(metrics))
@@ -182,7 +184,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     recipes = [r.strip() for r in args.recipes.split(",")] if args.recipes else None
     return run_demo(out=args.out, quick=args.quick, data=args.data, seeds=args.seeds, recipes=recipes,
-                    overrides=args.overrides)
+                    overrides=args.overrides, use_existing_data=args.use_existing_data,
+                    overwrite_data=args.overwrite_data)
 
 
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
@@ -197,6 +200,9 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="when --out holds another run, move it aside (to OUT.replaced-N) and start anew; "
+                        "without --resume or --overwrite such a directory is refused")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -237,7 +243,13 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
                                    "retrieval, hard negatives, the downstream suite and each paper's own measure, "
                                    "print one row per recipe and write an HTML report in the run directory.")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data", default="data/structured", help="where the structured corpus lives (made if absent)")
+    p.add_argument("--data", default="data/structured",
+                   help="where the structured corpus lives (made if absent; a corpus generated there with other "
+                        "arguments is refused unless one of the next two options says what to do)")
+    p.add_argument("--use-existing-data", action="store_true",
+                   help="run on the complete corpus at --data whatever arguments it was generated with")
+    p.add_argument("--overwrite-data", action="store_true",
+                   help="replace a corpus at --data generated with other arguments by the demo's own")
     p.add_argument("--quick", action="store_true", help="same pipeline on a 400-clip corpus at 60 steps (smoke test)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per recipe; the table shows mean ± std")
     p.add_argument("--recipes", default=None,
@@ -258,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from structvl.config import ConfigError  # lazy
     from structvl.data.records import AnnotationError  # lazy
+    from structvl.runtime.errors import RunStopped  # lazy
 
     args = build_parser().parse_args(argv)
     try:
@@ -266,4 +279,9 @@ def main(argv: list[str] | None = None) -> None:
         # A user's file or config is wrong: say which and where, without a traceback.
         print(f"structvl {args.command}: error: {e}", file=sys.stderr)
         code = 2
+    except RunStopped as e:
+        # The run could not go on without harm (non-finite numbers, a checkpoint write that failed): the
+        # message says why and what was kept; not a bug, so no traceback.
+        print(f"structvl {args.command}: stopped: {e}", file=sys.stderr)
+        code = 1
     sys.exit(code)

@@ -198,6 +198,9 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
+    # Steps whose loss or gradient is NaN/inf are skipped (and counted); this many in a row stop the run, the
+    # last checkpoint kept as it was (engine/trainer.py). 1 stops at the first one.
+    max_nonfinite_steps: int = 5
     eval_every: int = 0  # 0: evaluate only at the end
     distributed: str = "ddp"  # "ddp" or "fsdp" (large models) when launched by torchrun
     device: str = "auto"  # "auto", "cpu" or "cuda"
@@ -510,6 +513,9 @@ def validate(cfg: RunConfig, check_init: bool = True) -> None:
                           "start and end tokens")
     if not 0 < cfg.optim.layer_decay <= 1:
         raise ConfigError(f"config key 'optim.layer_decay': {cfg.optim.layer_decay} is not in (0, 1]")
+    if cfg.train.max_nonfinite_steps < 1:
+        raise ConfigError(f"config key 'train.max_nonfinite_steps': {cfg.train.max_nonfinite_steps} is not allowed; "
+                          "expected an integer >= 1 (1 stops at the first non-finite step)")
     for name, weight in cfg.objectives.items():
         if name not in OBJECTIVE_NAMES:
             raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVE_NAMES)}")

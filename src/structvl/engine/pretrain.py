@@ -26,6 +26,7 @@ from structvl.data.shards import ShardedVideoTextDataset
 from structvl.data.text import Tokenizer
 from structvl.data.transforms import VideoTransform
 from structvl.engine.checkpoint import latest_checkpoint, load_model_weights
+from structvl.engine.run_dir import check_run_dir, prepare_run_dir
 from structvl.engine.trainer import Trainer
 from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import VideoTextModel, build_model
@@ -144,18 +145,23 @@ def batch_sampler(cfg: RunConfig, dataset, context: ObjectiveContext, info: Dist
     return next(iter(samplers.values()), None)
 
 
-def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False,
+def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwrite: bool = False,
                     prepare_data: Callable[[RunConfig], None] | None = None) -> PretrainResult:
     """Train `cfg` into `run_dir` (checkpoints, logs, config.yaml, metrics.json with the training metrics).
+
+    resume / overwrite: what to do when run_dir already holds a run (engine/run_dir.py): continue it, or move it
+    aside and start anew; with neither, such a directory is refused before anything is written.
 
     prepare_data: called once on the main rank before anything reads the data (e.g. the lab's corpus
     generator); the other ranks wait for it. The caller tears the process group down when it is done
     (`structvl.runtime.distributed.cleanup`), so that it can evaluate first.
     """
-    info = init_distributed(cfg.train.device)
     run_dir = Path(run_dir)
+    action = check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # every rank, before anything changes
+    info = init_distributed(cfg.train.device)
+    barrier()
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(run_dir, action)
         save_config(cfg, run_dir / "config.yaml")
         if prepare_data is not None:
             prepare_data(cfg)

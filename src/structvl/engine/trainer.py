@@ -3,11 +3,19 @@
 The trainer knows nothing about objectives: it calls `module(batch) -> (loss, logs)` on a
 `PretrainingModule` and steps the optimizer. Everything needed to continue a run exactly (weights,
 optimizer, scheduler, step, epoch, samples consumed this epoch, RNG states) goes into each checkpoint.
+
+Non-finite numbers are never trained on: a step whose loss or gradient holds a NaN or inf is skipped (the
+optimizer and scheduler do not move, the step is not counted, `nonfinite_skipped` in the logged metrics counts
+it), and `train.max_nonfinite_steps` such steps in a row stop the run with `NonFiniteTrainingError`. The weights
+are checked after every optimizer step too: a step that makes them non-finite stops the run at once, before
+anything is saved, so the last checkpoint is the last good one (and `checkpoint.save_checkpoint` refuses
+non-finite weights as well).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -24,7 +32,15 @@ from structvl.engine.logger import RunLogger
 from structvl.engine.optim import build_optimizer, build_scheduler
 from structvl.models.video_text import VideoTextModel
 from structvl.runtime.distributed import DistInfo, all_reduce_mean
+from structvl.runtime.errors import RunStopped
+from structvl.runtime.nonfinite import all_finite, nonfinite_names
 from structvl.runtime.precision import autocast, autocast_dtype
+
+log = logging.getLogger("structvl")
+
+
+class NonFiniteTrainingError(RunStopped):
+    """Training stopped because its numbers went non-finite; the last checkpoint is the last good one."""
 
 
 def move_to(batch: dict, device: torch.device) -> dict:
@@ -75,6 +91,7 @@ class Trainer:
                              f"{len(self.sampler)} training items each rank gets")
         self.skip_ledger = skip_ledger
         self.step, self.epoch, self.samples_seen = 0, 0, 0
+        self.nonfinite_skipped = 0  # optimizer steps skipped for a non-finite loss or gradient, over the whole run
         self.autocast_dtype = autocast_dtype(cfg.train.precision, self.info.device)
 
     # ------------------------------------------------------------------ state
@@ -93,11 +110,17 @@ class Trainer:
         module_state, optim_state = self._full_state()
         state = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
                  "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "scaler": {},
-                 "rng": self._rng_states(), "world_size": self.info.world_size}
-        path = None
+                 "rng": self._rng_states(), "world_size": self.info.world_size,
+                 "nonfinite_skipped": self.nonfinite_skipped}
+        path, error = None, None
         if self.info.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, module_state, state,
-                                        keep=self.cfg.train.keep_checkpoints)
+            try:
+                path = ckpt.save_checkpoint(self.run_dir, self.step, module_state, state,
+                                            keep=self.cfg.train.keep_checkpoints)
+            except RunStopped as e:  # every rank stops, rather than the others waiting at the barrier for ever
+                error = e
+        if not self._all_ranks_ok(error is None):
+            raise error or RunStopped(f"rank 0 could not save step {self.step} (its message says why)")
         if self.info.enabled:
             dist.barrier()
         return path
@@ -112,12 +135,14 @@ class Trainer:
         return states
 
     def resume(self) -> bool:
-        """Load the run's latest checkpoint if there is one; returns whether it did."""
-        path = ckpt.latest_checkpoint(self.run_dir)
-        if path is None:
+        """Load the run's newest loadable checkpoint (`checkpoint.find_resumable`); returns whether there was
+        one. Raises CheckpointError when checkpoints exist but none loads."""
+        found = ckpt.find_resumable(self.run_dir)
+        if found is None:
+            if self.info.is_main:
+                log.info("no checkpoint in %s: starting at step 0", self.run_dir / "checkpoints")
             return False
-        module_state = ckpt.load_module_state(path)
-        state = ckpt.load_train_state(path)
+        path, module_state, state = found
         if self._is_fsdp():
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
             set_state_dict(self.raw_module, self.optimizer, model_state_dict=module_state,
@@ -127,6 +152,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.samples_seen = state["step"], state["epoch"], state["samples_seen"]
+        self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
         rng = state["rng"]
         ckpt.set_rng_state(rng[self.info.rank] if len(rng) == self.info.world_size else rng[0])
         return True
@@ -173,6 +199,7 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, cfg.train.max_steps, self.step, enabled=self.info.is_main)
         batches = self._batches()
         last_logs: dict = {}
+        consecutive = 0  # non-finite steps in a row
         t_last, clips_since = time.perf_counter(), 0
         try:
             while self.step < cfg.train.max_steps:
@@ -195,18 +222,19 @@ class Trainer:
                     micro_logs.append(logs)
                     clips_since += batch["video"].shape[0] * self.info.world_size
                 logs = {k: sum(m[k] for m in micro_logs) / len(micro_logs) for k in micro_logs[0]}
-                if not math.isfinite(logs["loss"]):
-                    raise FloatingPointError(f"step {self.step}: loss is {logs['loss']}; stopping before the "
-                                             "weights are corrupted (lower optim.lr or use train.precision=fp32)")
-                if cfg.optim.grad_clip > 0:
-                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(),
-                                                                             cfg.optim.grad_clip))
+                if not self._finite_step(logs):
+                    consecutive += 1
+                    self._skip_step(logs, consecutive)
+                    continue
+                consecutive = 0
                 self.optimizer.step()
+                self._check_weights()
                 for model in self.clamped:
                     model.clamp_logit_scale_()
                 self.scheduler.step()
                 self.step += 1
                 logs["lr"] = self.scheduler.get_last_lr()[0]
+                logs["nonfinite_skipped"] = self.nonfinite_skipped
                 self.logger.step(1, {"loss": logs["loss"]})
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
                     now = time.perf_counter()
@@ -226,3 +254,51 @@ class Trainer:
 
     def _autocast(self):
         return autocast(self.info.device, self.autocast_dtype)
+
+    # ------------------------------------------------------------------ non-finite numbers
+    def _all_ranks_ok(self, ok: bool) -> bool:
+        """True only when every rank says ok (ranks must skip or stop together, or their collectives desync)."""
+        if not self.info.enabled:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.info.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return not bool(flag.item())
+
+    def _finite_step(self, logs: dict) -> bool:
+        """Whether this step's loss and gradients are finite (on every rank); clips the gradients as configured
+        and logs their norm."""
+        ok = math.isfinite(logs["loss"])
+        if self.cfg.optim.grad_clip > 0:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(),
+                                                                     self.cfg.optim.grad_clip))
+            ok = ok and math.isfinite(logs["grad_norm"])
+        else:
+            ok = ok and all_finite(p.grad for p in self.module.parameters() if p.grad is not None)
+        return self._all_ranks_ok(ok)
+
+    def _skip_step(self, logs: dict, consecutive: int) -> None:
+        """Drop this step's gradients and count it; stop the run after train.max_nonfinite_steps in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_skipped += 1
+        limit = self.cfg.train.max_nonfinite_steps
+        what = f"loss {logs['loss']:.4g}" + (f", gradient norm {logs['grad_norm']:.4g}" if "grad_norm" in logs else "")
+        self.logger.message(f"step {self.step + 1}: non-finite loss or gradient ({what}); optimizer step skipped "
+                            f"({consecutive} in a row of train.max_nonfinite_steps={limit}, "
+                            f"{self.nonfinite_skipped} in this run)")
+        self.logger.log(self.step, {"nonfinite_skipped": self.nonfinite_skipped}, kind="nonfinite")
+        if consecutive >= limit:
+            kept = ckpt.latest_checkpoint(self.run_dir, quiet=True)
+            raise NonFiniteTrainingError(
+                f"{consecutive} steps in a row had a non-finite loss or gradient (train.max_nonfinite_steps={limit}, "
+                f"last: {what}); stopped after step {self.step} without saving, last checkpoint: "
+                f"{kept if kept else 'none'}; lower optim.lr, try train.precision=fp32 or check the data")
+
+    def _check_weights(self) -> None:
+        """Stop at once when the optimizer step just taken made a weight non-finite: nothing is saved."""
+        if self._all_ranks_ok(all_finite(self.module.parameters())):
+            return
+        names = nonfinite_names(dict(self.raw_module.named_parameters())) or ["some weights"]
+        kept = ckpt.latest_checkpoint(self.run_dir, quiet=True)
+        raise NonFiniteTrainingError(
+            f"the optimizer step after step {self.step} made {', '.join(names)} non-finite; stopped without "
+            f"saving, last checkpoint: {kept if kept else 'none'}; lower optim.lr or optim.grad_clip")

@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 
 from structvl.config import load_config, resolved_yaml
 from structvl.engine.checkpoint import load_run_model
+from structvl.engine.run_dir import same_config
 from structvl.lab.report import examples_section, grounding_section, write_report
-from structvl.lab.synth import generate_corpus
+from structvl.lab.synth.corpus import structured_corpus
 from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.downstream import run_suite
 from structvl.tasks.evaluate import pretrain_and_evaluate
@@ -157,9 +158,13 @@ def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[s
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Path = "data/structured",
-             seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None) -> int:
+             seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None,
+             use_existing_data: bool = False, overwrite_data: bool = False) -> int:
     """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
-    recipe (e.g. `train.max_steps=150` for a shorter ablation budget)."""
+    recipe (e.g. `train.max_steps=150` for a shorter ablation budget). A corpus at `data` generated with other
+    arguments is refused unless `use_existing_data` (run on it as it is) or `overwrite_data` (replace it).
+    A run directory of a recipe that holds an unfinished run of the same config resumes it; one that holds a
+    run of another config is moved aside (engine/run_dir.py), never deleted."""
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t_start = time.perf_counter()
@@ -168,7 +173,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
         data = data.with_name(data.name + "-quick")
     corpus = QUICK_CORPUS if quick else FULL_CORPUS
     print(f"[1/3] structured corpus at {data}", flush=True)
-    generate_corpus(data, num_clips=corpus["num_clips"], num_untrimmed=corpus["num_untrimmed"], seed=0)
+    corpus = structured_corpus(data, {**corpus, "seed": 0}, use_existing_data, overwrite_data,
+                               hint="pass --use-existing-data to run the demo on it, or --overwrite-data to replace it")
 
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     runs: dict[str, list[Path]] = {}
@@ -186,7 +192,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
                               + (QUICK_OVERRIDES if quick else []) + list(overrides or []))
             metrics = finished_run_metrics(cfg, run_dir)
             if metrics is None:
-                metrics = pretrain_and_evaluate(cfg, run_dir)
+                metrics = pretrain_and_evaluate(cfg, run_dir, resume=same_config(cfg, run_dir), overwrite=True)
                 metrics.update(downstream_metrics(run_dir, data, metrics))
                 write_json_merged(run_dir / "metrics.json", {"demo/finished": 1.0})
             else:

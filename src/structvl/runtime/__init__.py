@@ -1,2 +1,3 @@
-"""What every layer uses and that uses none of them: ranks and gathers (`distributed.py`) and the training and
-evaluation dtype (`precision.py`)."""
+"""What every layer uses and that uses none of them: ranks and gathers (`distributed.py`), the training and
+evaluation dtype (`precision.py`), non-finite numbers (`nonfinite.py`: scored as the worst, never trained on)
+and the error a run stops with (`errors.py`)."""

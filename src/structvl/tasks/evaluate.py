@@ -76,11 +76,13 @@ def objective_measures(module, model, cfg: RunConfig, tokenizer, device) -> dict
     return metrics
 
 
-def pretrain_and_evaluate(cfg: RunConfig, run_dir: str | Path, resume: bool = False, prepare_data=None) -> dict:
-    """`structvl pretrain`: train (structvl.engine.pretrain.run_pretraining), then evaluate on the main rank:
-    retrieval and hard negatives, and each enabled paper objective's own measure. All metrics are merged into
-    run_dir/metrics.json; the process group is torn down at the end."""
-    result = run_pretraining(cfg, Path(run_dir), resume=resume, prepare_data=prepare_data)
+def pretrain_and_evaluate(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+                          prepare_data=None) -> dict:
+    """`structvl pretrain`: train (structvl.engine.pretrain.run_pretraining, which says what resume / overwrite /
+    prepare_data do), then evaluate on the main rank: retrieval and hard negatives, and each enabled paper
+    objective's own measure. All metrics are merged into run_dir/metrics.json; the process group is torn down
+    at the end."""
+    result = run_pretraining(cfg, Path(run_dir), resume=resume, overwrite=overwrite, prepare_data=prepare_data)
     metrics = dict(result.metrics)
     if result.info.is_main:
         device = result.info.device
@@ -110,7 +112,8 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
             row = [metrics[f"{prefix}/R@{k}"] for k in (1, 5, 10)] + [metrics[f"{prefix}/MdR"], metrics[f"{prefix}/MnR"]]
             lines.append(f"  {name:<32}" + "".join(f"{v:7.1f}" for v in row))
     own = sorted(k.split("/")[1] for k in metrics
-                 if k.startswith("hard_negative/") and k.count("/") == 1 and k != "hard_negative/chance")
+                 if k.startswith("hard_negative/") and k.count("/") == 1
+                 and k not in ("hard_negative/chance", "hard_negative/nonfinite_scores"))
     if own:
         lines.append("hard-negative accuracy (true caption beats its one-factor twin; chance 50.0); blind: the")
         lines.append("same pairs scored against the mean test video, i.e. what the text side prefers alone;")
@@ -124,6 +127,10 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
             counted = f"{int(pairs):7d}{standard_error(accuracy, pairs):7.1f}" if pairs else ""
             lines.append((f"  {f:<32}{accuracy:7.1f}"
                           + "".join(f"{v:7.1f}" if v is not None else " " * 7 for v in controls) + counted).rstrip())
+    nonfinite = {k[:-len("/nonfinite_scores")]: int(v) for k, v in metrics.items() if k.endswith("/nonfinite_scores")}
+    if nonfinite:  # runtime/nonfinite.py: each was scored as the worst possible
+        lines.append("NON-FINITE scores (NaN/inf), each scored as the worst possible: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(nonfinite.items())))
     return "\n".join(lines)
 
 

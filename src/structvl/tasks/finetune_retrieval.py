@@ -35,12 +35,13 @@ from structvl.data.transforms import VideoTransform
 from structvl.engine.trainer import move_to
 from structvl.models.text_encoder import build_tokenizer, paragraph_tokenizer
 from structvl.objectives.contrastive import info_nce
+from structvl.runtime.nonfinite import NonFiniteTally
 from structvl.tasks.eval_data import eval_loader
 from structvl.tasks.evaluate import evaluate_retrieval
 from structvl.tasks.features import has_fusion
 from structvl.tasks.finetuning import finetune_run_config, train_module
 from structvl.tasks.heads import loss_summary
-from structvl.tasks.retrieval import chance_metrics, metrics_from_ranks
+from structvl.tasks.retrieval import chance_metrics, metrics_from_ranks, pessimistic_ranks
 from structvl.tasks.task_config import read_task_records, video_root
 
 log = logging.getLogger("structvl")
@@ -113,20 +114,22 @@ class RetrievalFinetuneModule(nn.Module):
         return loss, logs
 
 
-def rerank_ranks(sims: torch.Tensor, positives: list[list[int]], top_k: int, pair_scores) -> np.ndarray:
-    """1-based rank of each query's best positive after re-ordering its top-k by `pair_scores(q, idx)`."""
+def rerank_ranks(sims: torch.Tensor, positives: list[list[int]], top_k: int, pair_scores,
+                 tally: NonFiniteTally | None = None) -> np.ndarray:
+    """1-based rank of each query's best positive after re-ordering its top-k by `pair_scores(q, idx)`.
+    Non-finite scores rank as the worst (`tasks.retrieval.pessimistic_ranks`); a query with a non-finite
+    similarity keeps its dual-encoder rank, in which those items already rank above its positive."""
     ranks = np.empty(len(sims), dtype=np.int64)
     for q in range(len(sims)):
         pos = torch.zeros(sims.shape[1], dtype=torch.bool)
         pos[positives[q]] = True
-        best_pos = sims[q].masked_fill(~pos, float("-inf")).max()
-        original = 1 + int(((sims[q] >= best_pos) & ~pos).sum())  # the dual encoder's rank, ties pessimistic
+        original = int(pessimistic_ranks(sims[q][None], pos[None], tally)[0])  # the dual encoder's rank
         top = sims[q].topk(min(top_k, sims.shape[1])).indices
-        if not bool(pos[top].any()):
+        if not bool(pos[top].any()) or not bool(torch.isfinite(sims[q]).all()):
             ranks[q] = original
             continue
         rescored = pair_scores(q, top)
-        ranks[q] = 1 + int(((rescored >= rescored[pos[top]].max()) & ~pos[top]).sum())
+        ranks[q] = int(pessimistic_ranks(rescored[None].float(), pos[top][None], tally)[0])
     return ranks
 
 
@@ -172,9 +175,12 @@ def evaluate_with_rerank(module: RetrievalFinetuneModule, records, tokenizer, ta
     video_to_texts = [[] for _ in kept]
     for m, v in enumerate(text_to_video):
         video_to_texts[v].append(m)
-    k = task.rerank_top_k
-    out = {**metrics_from_ranks(rerank_ranks(sims, [[v] for v in text_to_video], k, t2v_scores), f"{prefix}/t2v"),
-           **metrics_from_ranks(rerank_ranks(sims.t().contiguous(), video_to_texts, k, v2t_scores), f"{prefix}/v2t")}
+    k, tally = task.rerank_top_k, NonFiniteTally(prefix)
+    out = {**metrics_from_ranks(rerank_ranks(sims, [[v] for v in text_to_video], k, t2v_scores, tally),
+                                f"{prefix}/t2v"),
+           **metrics_from_ranks(rerank_ranks(sims.t().contiguous(), video_to_texts, k, v2t_scores, tally),
+                                f"{prefix}/v2t")}
+    tally.report(out)
     out.update(chance_metrics(len(kept), f"{prefix}/chance"))
     out[f"{prefix}/num_videos"], out[f"{prefix}/num_captions"] = float(len(kept)), float(len(texts))
     return out

@@ -26,7 +26,10 @@ beside it: the pasted clip shares the test clip's background, so only the object
 `scene_change_acc_reversed_steps` (and `scene_change_reversed_steps_pixels`) is the hardest: the "pasted"
 steps are the clip's own, each playing its frames backwards (`svilm.paste_source: reversed_steps`), so only
 the direction of motion inside a step tells the parts apart.
-All metrics are percentages.
+All metrics are percentages. A non-finite score is the worst possible: a phrase whose group or patch
+similarities, or a group whose attention, hold a NaN or inf is a miss on that step, and a clip whose per-step
+features are not finite scores 0 on scene change; `grounding/nonfinite_scores` and
+`temporal/nonfinite_scores` count them.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from structvl.data.sampling import sample_frame_indices
 from structvl.engine.checkpoint import load_run_model
 from structvl.models.text_encoder import build_tokenizer
 from structvl.objectives.svilm import cut_and_paste, embed_phrases, reverse_steps
+from structvl.runtime.nonfinite import NonFiniteTally
 from structvl.runtime.precision import autocast, autocast_dtype
 from structvl.tasks.eval_data import eval_loader
 
@@ -116,14 +120,26 @@ def clip_groundings(model, cfg: RunConfig, tokenizer, records, video_root, devic
             }
 
 
-def group_peak(assignment: torch.Tensor, probs: torch.Tensor, group: int, t: int) -> int:
+def group_peak(assignment: torch.Tensor, probs: torch.Tensor, group: int | None, t: int) -> int | None:
     """The group's attention peak on time step t: argmax of p(group | patch) over the patches assigned to it
-    there (over all patches when it owns none)."""
+    there (over all patches when it owns none). None (a miss) when the group is None or its attention there
+    is not finite."""
+    if group is None or not bool(torch.isfinite(probs[group, t]).all()):
+        return None
     p = probs[group, t].clone()
     owned = assignment[t] == group
     if bool(owned.any()):
         p[~owned] = -1.0
     return int(p.argmax())
+
+
+def _best(scores: torch.Tensor, tally: NonFiniteTally) -> int | None:
+    """argmax of `scores`, or None (a miss) when any of them is not finite."""
+    return None if tally.add(scores) else int(scores.argmax())
+
+
+def _hit(inside: np.ndarray, index: int | None) -> float:
+    return 0.0 if index is None else float(inside[index])
 
 
 def _step_boxes(obj: dict, frames: np.ndarray, t: int, tubelet: int) -> list:
@@ -154,6 +170,7 @@ def evaluate_grounding(model, cfg: RunConfig, tokenizer, device=torch.device("cp
     rng = np.random.default_rng(0)
     hits: dict[str, list[float]] = {k: [] for k in ("best_patch", "chance", "group", "random", "oracle", "precision")}
     empty, groups_used, num_phrases = [], [], 0
+    tally = NonFiniteTally("grounding")
     for clip in clip_groundings(model, cfg, tokenizer, records, video_root, device):
         assign, probs = clip["assignment"], clip["probs"]
         if assign is not None:
@@ -167,7 +184,7 @@ def evaluate_grounding(model, cfg: RunConfig, tokenizer, device=torch.device("cp
                 in_box_steps.append(None if not boxes else
                                     _inside(centres, boxes_to_input(np.array(boxes), scale_from, v.image_size)))
             if assign is not None:
-                chosen = int(clip["group_sim"][p].argmax())
+                chosen = _best(clip["group_sim"][p], tally)
                 random_group = int(rng.integers(probs.shape[0]))
                 # Oracle: the group owning most in-box patches over the clip.
                 counts = torch.zeros(probs.shape[0])
@@ -179,14 +196,15 @@ def evaluate_grounding(model, cfg: RunConfig, tokenizer, device=torch.device("cp
             for t, inside in enumerate(in_box_steps):
                 if inside is None:
                     continue
-                hits["best_patch"].append(float(inside[int(clip["patch_sim"][p, t].argmax())]))
+                hits["best_patch"].append(_hit(inside, _best(clip["patch_sim"][p, t], tally)))
                 hits["chance"].append(float(inside.mean()))
                 if assign is None:
                     continue
-                hits["group"].append(float(inside[group_peak(assign, probs, chosen, t)]))
-                hits["random"].append(float(inside[group_peak(assign, probs, random_group, t)]))
-                hits["oracle"].append(float(inside[group_peak(assign, probs, oracle, t)]))
-                owned = (assign[t] == chosen).numpy()
+                tally.add(probs[:, t])
+                hits["group"].append(_hit(inside, group_peak(assign, probs, chosen, t)))
+                hits["random"].append(_hit(inside, group_peak(assign, probs, random_group, t)))
+                hits["oracle"].append(_hit(inside, group_peak(assign, probs, oracle, t)))
+                owned = (assign[t] == chosen).numpy() if chosen is not None else np.zeros(len(inside), bool)
                 empty.append(float(not owned.any()))
                 if owned.any():
                     hits["precision"].append(float(inside[owned].mean()))
@@ -200,7 +218,7 @@ def evaluate_grounding(model, cfg: RunConfig, tokenizer, device=torch.device("cp
                     "grounding/group_precision": 100.0 * float(np.mean(hits["precision"] or [0.0])),
                     "grounding/group_empty": 100.0 * float(np.mean(empty)),
                     "grounding/groups_used": float(np.mean(groups_used))})
-    return out
+    return tally.report(out)
 
 
 # ----------------------------------------------------------------------------- scene change
@@ -249,6 +267,7 @@ def evaluate_scene_change(model, cfg: RunConfig, tokenizer, device=torch.device(
     reversed_generator = torch.Generator().manual_seed(seed + 2)
     acc: dict[str, list[float]] = {k + p: [] for k in ("", "_same_background", "_reversed_steps")
                                    for p in ("", "_pixels")}
+    tally = NonFiniteTally("temporal")
 
     def score(cut, keep: list[bool], suffix: str) -> None:
         with _autocast(cfg, device):
@@ -257,7 +276,8 @@ def evaluate_scene_change(model, cfg: RunConfig, tokenizer, device=torch.device(
         pixels = cut.video.reshape(cut.video.shape[0], steps, -1)
         pixels = pixels - pixels.mean(1, keepdim=True)  # what changes over time, not the clip's overall look
         for i in (i for i, k in enumerate(keep) if k):
-            acc[suffix].append(permutation_accuracy(two_means(features[i]), ~cut.is_a[i]))
+            garbage = tally.add(features[i])  # features that are not finite cannot tell the parts apart
+            acc[suffix].append(0.0 if garbage else permutation_accuracy(two_means(features[i]), ~cut.is_a[i]))
             acc[suffix + "_pixels"].append(permutation_accuracy(two_means(pixels[i]), ~cut.is_a[i]))
 
     for batch in eval_loader(records, cfg, video_root, tokenizer):
@@ -283,7 +303,7 @@ def evaluate_scene_change(model, cfg: RunConfig, tokenizer, device=torch.device(
     out = {f"temporal/scene_change_acc{k}" if not k.endswith("pixels") else f"temporal/scene_change{k}":
            100.0 * float(np.mean(v)) for k, v in acc.items() if v}
     out["temporal/scene_change_chance"] = 100.0 * random_label_chance(steps)
-    return out
+    return tally.report(out)
 
 
 def evaluate_all(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),

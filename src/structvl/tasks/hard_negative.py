@@ -27,12 +27,14 @@ of a moving object's "still" twin, from a single frame as well as from the clip)
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from structvl.data.records import VideoRecord
+from structvl.runtime.nonfinite import NonFiniteTally
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.retrieval import embed_texts, embed_videos
 
@@ -59,21 +61,32 @@ def hard_negative_accuracy(video_embed: torch.Tensor, true_embed: torch.Tensor,
     clip_groups: optional group name per clip position; adds `hard_negative/<factor>/<group>` per group.
     static_embed: optional embedding of each clip frozen to one frame; adds `hard_negative/static/*`.
     changes: optional name of what each negative changed ("staying still>moving left"); adds
-    `hard_negative/balanced/<factor>`, the mean over the factor's changes of their accuracy."""
+    `hard_negative/balanced/<factor>`, the mean over the factor's changes of their accuracy.
+    A pair with a non-finite score is a loss (the worst possible); `hard_negative/nonfinite_scores` counts
+    such scores when there are any."""
     own, blind, static, grouped = (defaultdict(list) for _ in range(4))  # key -> wins (1.0 / 0.0)
     by_change = defaultdict(lambda: defaultdict(list))  # factor -> change -> wins
+    tally = NonFiniteTally("hard_negative")
     true_scores = (video_embed * true_embed).sum(-1)
     mean_video = video_embed.mean(0)
     blind_true_scores = true_embed @ mean_video
     static_true_scores = None if static_embed is None else (static_embed * true_embed).sum(-1)
+
+    def wins(true, neg) -> float:
+        """1.0 when the true caption scores strictly above its twin, both scores finite; else 0.0."""
+        true, neg = float(true), float(neg)
+        bad = (not math.isfinite(true)) + (not math.isfinite(neg))
+        tally.seen, tally.nonfinite = tally.seen + 2, tally.nonfinite + bad
+        return 0.0 if bad else float(true > neg)
+
     for j, (clip, factor, neg) in enumerate(negatives):
-        win = float(true_scores[clip] > video_embed[clip] @ neg)
+        win = wins(true_scores[clip], video_embed[clip] @ neg)
         own[factor].append(win)
         if changes is not None:
             by_change[factor][changes[j]].append(win)
-        blind[factor].append(float(blind_true_scores[clip] > mean_video @ neg))
+        blind[factor].append(wins(blind_true_scores[clip], mean_video @ neg))
         if static_embed is not None:
-            static[factor].append(float(static_true_scores[clip] > static_embed[clip] @ neg))
+            static[factor].append(wins(static_true_scores[clip], static_embed[clip] @ neg))
         if clip_groups is not None:
             grouped[f"{factor}/{clip_groups[clip]}"].append(win)
     controls = (("", own), ("blind/", blind)) + ((("static/", static),) if static_embed is not None else ())
@@ -92,7 +105,7 @@ def hard_negative_accuracy(video_embed: torch.Tensor, true_embed: torch.Tensor,
         out[f"hard_negative/pairs/{factor}"] = float(len(wins))
     out["hard_negative/pairs/overall"] = float(len(negatives))
     out["hard_negative/chance"] = 50.0
-    return out
+    return tally.report(out)
 
 
 def balanced_accuracy(wins_by_change: dict) -> float:

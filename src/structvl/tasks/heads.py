@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from structvl.runtime.nonfinite import pessimistic_rank
+
 
 class PairHead(nn.Module):
     """MLP over [v; t; v*t; |v-t|] of pooled video and text embeddings (same width) -> `out` scores.
@@ -89,9 +91,9 @@ def loss_summary(history: Sequence[float], prefix: str) -> dict[str, float]:
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
     """Percentage of rows whose label is among the k highest scores. Ties count against the row (a label
-    scored equal to a wrong class ranks below it), so a constant scorer cannot beat chance."""
-    true = scores.gather(1, labels[:, None])
-    rank = (scores > true).sum(1) + (scores == true).sum(1)  # 1-based, ties pessimistic
+    scored equal to a wrong class ranks below it), so a constant scorer cannot beat chance; a non-finite score
+    is the worst (the label's own puts it last, another class's ranks that class above it)."""
+    rank = pessimistic_rank(scores, labels)
     return {k: float(100.0 * (rank <= k).float().mean()) for k in ks}
 
 

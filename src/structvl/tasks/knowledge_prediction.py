@@ -9,6 +9,7 @@ import torch
 
 from structvl.config import RunConfig
 from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
+from structvl.runtime.nonfinite import NonFiniteTally, pessimistic_order
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.eval_data import eval_loader, test_records, test_video_root
 from structvl.tasks.retrieval import embed_videos
@@ -22,7 +23,7 @@ def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> tuple[list
         positives = targets[:, j] > 0
         if not positives.any():
             continue
-        order = torch.argsort(scores[:, j], descending=True, stable=True)
+        order = pessimistic_order(scores[:, j], positives)  # a non-finite score ranks as the worst
         hits = positives[order].float()
         precision_at_hit = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
         aps.append(float((precision_at_hit * hits).sum() / hits.sum()))
@@ -56,7 +57,9 @@ def evaluate_knowledge_prediction(skp, model, cfg: RunConfig, tokenizer, device)
     scores = skp.predict({used: e.to(device).float() for used, e in video_embed.items()})
     skp.train(was_training)
     metrics, all_ap, all_chance = {}, [], []
+    tally = NonFiniteTally("clop")
     for kind in skp.types:
+        tally.add(scores[kind])
         target = torch.stack([v[kind] for v in per_video])
         ap, chance = average_precision(scores[kind].float().cpu(), target)
         metrics[f"clop/skp_mAP/{kind}"] = 100.0 * float(np.mean(ap)) if ap else float("nan")
@@ -64,4 +67,4 @@ def evaluate_knowledge_prediction(skp, model, cfg: RunConfig, tokenizer, device)
         all_chance += chance
     metrics["clop/skp_mAP"] = 100.0 * float(np.mean(all_ap)) if all_ap else float("nan")
     metrics["clop/skp_mAP_chance"] = 100.0 * float(np.mean(all_chance)) if all_chance else float("nan")
-    return metrics
+    return tally.report(metrics)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from structvl.config import frame_normalization
 from structvl.data.records import VideoRecord
 from structvl.data.video import VideoDecodeError, open_video
+from structvl.runtime.nonfinite import NonFiniteTally, top1_hits
 from structvl.runtime.precision import autocast
 from structvl.tasks.features import crops, normalise, view_indices
 from structvl.tasks.heads import fit_head, loss_summary, standardise
@@ -246,6 +247,9 @@ def run_localization(model, task, root, *, device=torch.device("cpu"), batch_siz
                        modules=[head])
     with torch.no_grad():
         cls_logits, bound_logits = head(test_x)
+    tally = NonFiniteTally("localization")  # the head's outputs: every detection and snippet score comes from them
+    tally.add(cls_logits)
+    tally.add(bound_logits)
     cls_prob, bound_prob = cls_logits.softmax(-1).numpy(), bound_logits.sigmoid().numpy()
     detections = [d for k, r in enumerate(test_records)
                   for d in decode_detections(r.video_id, cls_prob[k], bound_prob[k], test_dur[k], labels,
@@ -267,7 +271,8 @@ def run_localization(model, task, root, *, device=torch.device("cpu"), batch_siz
                                  "localization/agnostic/chance"))
     test_cls = torch.stack([snippet_targets(r.segments or [], d, task.temporal_scale, class_index)[0]
                             for r, d in zip(test_records, test_dur)])
-    metrics["localization/snippet_accuracy"] = float(100 * (cls_logits.argmax(-1) == test_cls).float().mean())
+    hits = top1_hits(cls_logits.flatten(0, 1), test_cls.flatten())
+    metrics["localization/snippet_accuracy"] = float(100 * hits.float().mean())
     metrics.update(loss_summary(history, "localization"))
     metrics["localization/num_test_videos"] = float(len(test_records))
-    return metrics
+    return tally.report(metrics)

@@ -11,6 +11,7 @@ from structvl.config import RunConfig
 from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
 from structvl.data.masking import candidate_units, unit_token_groups
 from structvl.models.video_encoder import VideoEncoderOutput
+from structvl.runtime.nonfinite import NonFiniteTally, top1_hits
 from structvl.runtime.precision import autocast, autocast_dtype
 from structvl.tasks.eval_data import eval_loader, test_records, test_video_root
 
@@ -40,6 +41,7 @@ def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device(
     correct = {"noun": 0, "verb": 0, "shuffled": 0}
     total = {"noun": 0, "verb": 0, "shuffled": 0}
     units_seen = 0
+    tally = NonFiniteTally("clover_mlm")
     with KnowledgeCache(cache_dir) as cache:
         for batch in eval_loader(records, cfg, video_root, tokenizer):
             captions = batch["caption"]
@@ -71,7 +73,8 @@ def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device(
                     fused = model.fuse(VideoEncoderOutput(pooled=video.pooled[owner], tokens=video.tokens[owner],
                                                           frame_mask=video.frame_mask[owner]), text)
                     where = labels.to(device) != -100
-                    hit = (model.mlm_logits(fused.text_states[where]).argmax(-1) == labels.to(device)[where]).cpu()
+                    hit = top1_hits(model.mlm_logits(fused.text_states[where]).float(), labels.to(device)[where],
+                                    tally).cpu()  # a non-finite logit: a miss
                     row_of = where.nonzero()[:, 0].cpu()
                     if shuffled:
                         correct["shuffled"] += int(hit.sum())
@@ -83,10 +86,10 @@ def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device(
                             total[kind] += int(sel.sum())
     model.train(was_training)
     pct = lambda c, t: 100.0 * c / t if t else float("nan")  # noqa: E731
-    return {
+    return tally.report({
         "clover_mlm/accuracy": pct(correct["noun"] + correct["verb"], total["noun"] + total["verb"]),
         "clover_mlm/noun_accuracy": pct(correct["noun"], total["noun"]),
         "clover_mlm/verb_accuracy": pct(correct["verb"], total["verb"]),
         "clover_mlm/accuracy_shuffled_video": pct(correct["shuffled"], total["shuffled"]),
         "clover_mlm/masked_units": float(units_seen),
-    }
+    })

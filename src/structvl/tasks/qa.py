@@ -16,6 +16,10 @@ Clover's heads); otherwise it falls back to an MLP over [v; t; v*t; |v-t|] of th
 and text embeddings (`heads.PairHead`). The unimodal encoders stay frozen; the fusion encoder is frozen too
 unless `train_fusion` is set (then a copy of the model is trained, never the caller's).
 
+A question whose true answer is scored non-finite, or tied with or below another candidate, or beside a candidate
+scored non-finite, counts as wrong (`structvl.runtime.nonfinite.pessimistic_rank`); such scores are counted in
+`mcqa/nonfinite_scores` / `openqa/nonfinite_scores`.
+
 Beside each accuracy: chance (1 / candidates), and for open-ended QA the majority answer and a "blind" head
 of the same size trained with the video zeroed, i.e. how far the question alone gets.
 """
@@ -30,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from structvl.runtime.nonfinite import NonFiniteTally, top1_hits
 from structvl.tasks.features import (
     ClipFeatures,
     FeatureCache,
@@ -140,7 +145,8 @@ def run_mcqa(model, task, root, *, cache: FeatureCache, tokenizer, device=torch.
     feats, text, pairs, answers, k = _mc_items(model, read_task_records(task.data, root, "test"), videos, cache,
                                                tokenizer, device, fused)
     sims = (feats.embed[pairs[:, 0], 0] * text.embed[pairs[:, 1]]).sum(-1).view(-1, k)
-    zeroshot = float(100 * (sims.argmax(1) == answers).float().mean())
+    tally = NonFiniteTally("mcqa")
+    zeroshot = float(100 * top1_hits(sims, answers, tally).float().mean())
     metrics = {"mcqa/zeroshot_accuracy": zeroshot, "mcqa/accuracy": zeroshot, "mcqa/chance": 100.0 / k,
                "mcqa/num_test": float(len(answers))}
     if task.mode == "finetune":
@@ -157,9 +163,9 @@ def run_mcqa(model, task, root, *, cache: FeatureCache, tokenizer, device=torch.
         history = _train(scorer, loss_fn, len(tr_answers), task, seed)
         scorer.switch_to(feats, text, pairs)
         scores = scorer.predict(torch.arange(len(pairs))).view(-1, k)
-        metrics["mcqa/accuracy"] = float(100 * (scores.argmax(1) == answers).float().mean())
+        metrics["mcqa/accuracy"] = float(100 * top1_hits(scores, answers, tally).float().mean())
         metrics.update(loss_summary(history, "mcqa"))
-    return metrics
+    return tally.report(metrics)
 
 
 # ----------------------------------------------------------------------------- open-ended
@@ -197,6 +203,7 @@ def run_openqa(model, task, root, *, cache: FeatureCache, tokenizer, device=torc
                "openqa/num_answers": float(len(vocab)), "openqa/num_test": float(len(splits["test"][3]))}
     majority = splits["test"][3] == 0  # answer 0 is the most frequent training answer
     metrics["openqa/majority_accuracy"] = float(100 * majority.float().mean())
+    tally = NonFiniteTally("openqa")
     for blind in ([False, True] if task.blind_baseline else [False]):
         torch.manual_seed(seed)
         tr_feats, tr_text, tr_pairs, tr_labels = splits["train"]
@@ -206,10 +213,10 @@ def run_openqa(model, task, root, *, cache: FeatureCache, tokenizer, device=torc
                          seed)
         *test_split, labels = splits["test"]
         scorer.switch_to(*test_split)
-        correct = scorer.predict(torch.arange(len(labels))).argmax(1) == labels  # OOV (-1) never matches
+        correct = top1_hits(scorer.predict(torch.arange(len(labels))), labels, tally)  # OOV (-1) never matches
         if blind:
             metrics["openqa/text_only_accuracy"] = float(100 * correct.float().mean())
         else:
             metrics["openqa/accuracy"] = float(100 * correct.float().mean())
             metrics.update(loss_summary(history, "openqa"))
-    return metrics
+    return tally.report(metrics)

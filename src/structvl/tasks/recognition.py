@@ -22,6 +22,7 @@ from structvl.data.dataset import VideoTextCollator, VideoTextDataset
 from structvl.data.formats import read_class_list
 from structvl.data.transforms import VideoTransform
 from structvl.models.text_encoder import build_tokenizer
+from structvl.runtime.nonfinite import NonFiniteTally
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.features import FeatureCache, extract_clip_features
 from structvl.tasks.finetuning import finetune_run_config, train_module
@@ -42,10 +43,14 @@ def labelled(records, classes: list[str]) -> tuple[list, torch.Tensor]:
 
 
 def multiview_metrics(view_logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
-    """view_logits (N, V, C): softmax per view, averaged over views, then top-1 / top-5."""
+    """view_logits (N, V, C): softmax per view, averaged over views, then top-1 / top-5 (a clip with a
+    non-finite logit in any view is wrong, even -inf, which softmax would turn into a plain 0)."""
     probs = view_logits.float().softmax(-1).mean(1)
+    probs[~torch.isfinite(view_logits).flatten(1).all(1)] = float("nan")
     acc = topk_accuracy(probs, labels, (1, 5))
-    return {f"{prefix}/top1": acc[1], f"{prefix}/top5": acc[5]}
+    tally = NonFiniteTally(prefix)
+    tally.add(view_logits)
+    return tally.report({f"{prefix}/top1": acc[1], f"{prefix}/top5": acc[5]})
 
 
 def linear_probe(model, task, train, test, videos, cache: FeatureCache, num_classes: int,

@@ -4,7 +4,10 @@ A gallery of N videos and M captions never materialises the M x N similarity mat
 `block_size` at a time and only each query's rank is kept. Several captions per video are handled both
 ways (text->video: the caption's own video is the target; video->text: the best-ranked of its captions
 counts, the usual MSR-VTT convention). Ranks are 1-based; ties count against the query (a positive ranked
-equal to a negative is not "first"), so a constant model cannot score above chance.
+equal to a negative is not "first"), so a constant model cannot score above chance. A non-finite similarity
+is the worst possible: a positive scored NaN is no candidate for the query's best, a negative scored NaN ranks
+above the positive, so a model that outputs NaN ranks every query last (and the metrics say how many
+similarities were not finite, see `structvl.runtime.nonfinite`).
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import numpy as np
 import torch
 
 from structvl.engine.trainer import move_to
+from structvl.runtime.nonfinite import NonFiniteTally
 from structvl.runtime.precision import autocast
 
 RECALL_KS = (1, 5, 10)
 
 
 def ranks_blockwise(queries: torch.Tensor, gallery: torch.Tensor, positives: list[list[int]],
-                    block_size: int = 1024) -> np.ndarray:
-    """1-based rank of the best-ranked positive gallery item for every query (memory: block x N)."""
+                    block_size: int = 1024, tally: NonFiniteTally | None = None) -> np.ndarray:
+    """1-based rank of the best-ranked positive gallery item for every query (memory: block x N).
+    tally: counts the non-finite similarities seen (each ranked as the worst, see the module docstring)."""
     ranks = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), block_size):
         stop = min(start + block_size, len(queries))
@@ -28,9 +33,19 @@ def ranks_blockwise(queries: torch.Tensor, gallery: torch.Tensor, positives: lis
         is_pos = torch.zeros_like(sims, dtype=torch.bool)
         for row, q in enumerate(range(start, stop)):
             is_pos[row, positives[q]] = True
-        best_pos = sims.masked_fill(~is_pos, float("-inf")).max(dim=1).values
-        ranks[start:stop] = (1 + ((sims >= best_pos[:, None]) & ~is_pos).sum(dim=1)).numpy()
+        ranks[start:stop] = pessimistic_ranks(sims, is_pos, tally).numpy()
     return ranks
+
+
+def pessimistic_ranks(sims: torch.Tensor, is_pos: torch.Tensor, tally: NonFiniteTally | None = None) -> torch.Tensor:
+    """(b, N) similarities and positive masks -> each row's 1-based rank of its best finite positive; every
+    negative scored >= it or not finite ranks above it (a row without a finite positive ranks last)."""
+    bad = ~torch.isfinite(sims)
+    if tally is not None:
+        tally.nonfinite += int(bad.sum())
+        tally.seen += sims.numel()
+    best_pos = sims.masked_fill(~is_pos | bad, float("-inf")).max(dim=1).values
+    return 1 + (((sims >= best_pos[:, None]) | bad) & ~is_pos).sum(dim=1)
 
 
 def metrics_from_ranks(ranks: np.ndarray, prefix: str) -> dict[str, float]:
@@ -56,9 +71,11 @@ def retrieval_metrics(video_embed: torch.Tensor, text_embed: torch.Tensor, text_
         video_to_texts[v].append(m)
     if any(not texts for texts in video_to_texts):
         raise ValueError("every gallery video needs at least one caption for video->text retrieval")
-    t2v = ranks_blockwise(text_embed, video_embed, [[v] for v in text_to_video], block_size)
-    v2t = ranks_blockwise(video_embed, text_embed, video_to_texts, block_size)
+    tally = NonFiniteTally(prefix)
+    t2v = ranks_blockwise(text_embed, video_embed, [[v] for v in text_to_video], block_size, tally)
+    v2t = ranks_blockwise(video_embed, text_embed, video_to_texts, block_size, tally)
     out = {**metrics_from_ranks(t2v, f"{prefix}/t2v"), **metrics_from_ranks(v2t, f"{prefix}/v2t")}
+    tally.report(out)
     out.update(chance_metrics(len(video_embed), f"{prefix}/chance"))
     out[f"{prefix}/num_videos"] = float(len(video_embed))
     out[f"{prefix}/num_captions"] = float(len(text_embed))

@@ -11,15 +11,23 @@
 * AP is the area under the *interpolated* precision-recall curve: precision at each recall is replaced by
   the best precision at that recall or beyond, and summed over the recall steps (no 11-point sampling);
 * mAP averages AP over the classes that have ground truth; a class with no detection has AP 0.
+
+A detection whose score is not finite is the worst a detection can be: ranked before every other one and
+never a true positive (a false positive at the top); `detection_map` counts them as
+`<prefix>/nonfinite_detections` and logs a warning.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("structvl")
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,17 @@ def average_precision(ground_truth: Sequence[Segment], detections: Sequence[Segm
     for j, g in enumerate(ground_truth):
         gt_by_video[g.video].append(j)
     gt_bounds = np.array([[g.start, g.end] for g in ground_truth], dtype=np.float64)
-    order = np.argsort(-np.array([d.score for d in detections]), kind="stable")
+    scores = np.array([d.score for d in detections], dtype=np.float64)
+    garbage = ~np.isfinite(scores)  # non-finite scores: false positives ranked first (the module docstring)
+    finite = np.flatnonzero(~garbage)
+    order = np.concatenate([np.flatnonzero(garbage), finite[np.argsort(-scores[finite], kind="stable")]])
     matched = np.zeros((len(thresholds), len(ground_truth)), dtype=bool)
     tp = np.zeros((len(thresholds), len(detections)))
-    for rank, d in enumerate(detections[i] for i in order):
+    for rank, i in enumerate(order):
+        d = detections[i]
         candidates = gt_by_video.get(d.video, [])
-        if not candidates:
-            continue  # no ground truth in that video: a false positive at every threshold
+        if garbage[i] or not candidates:
+            continue  # no ground truth in that video (or a non-finite score): a false positive at every threshold
         ious = segment_iou((d.start, d.end), gt_bounds[candidates])
         by_iou = np.argsort(-ious, kind="stable")
         for t, threshold in enumerate(thresholds):
@@ -108,7 +120,9 @@ def detection_map(ground_truth: Iterable[Segment], detections: Iterable[Segment]
     det_by_class: dict[str, list[Segment]] = defaultdict(list)
     for g in ground_truth:
         gt_by_class[g.label].append(g)
+    nonfinite = 0
     for d in detections:
+        nonfinite += not math.isfinite(d.score)
         det_by_class[d.label].append(d)
     if not gt_by_class:
         raise ValueError("no ground-truth segments to evaluate against")
@@ -117,6 +131,10 @@ def detection_map(ground_truth: Iterable[Segment], detections: Iterable[Segment]
     per_threshold = 100.0 * aps.mean(axis=0)
     out = {f"{prefix}/mAP@{t:g}": float(m) for t, m in zip(thresholds, per_threshold)}
     out[f"{prefix}/mAP_avg"] = float(per_threshold.mean())
+    if nonfinite:
+        log.warning("%s: %d detections have a non-finite score; each ranked first as a false positive", prefix,
+                    nonfinite)
+        out[f"{prefix}/nonfinite_detections"] = float(nonfinite)
     return out
 
 

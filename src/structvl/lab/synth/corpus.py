@@ -2,9 +2,14 @@
 and, last, the manifest `corpus.json`.
 
 The manifest is the commit point. While a corpus is being written the directory holds an `.incomplete`
-marker and no manifest, so a half-written corpus is never mistaken for a finished one; a later call finds the
-marker (or a manifest made with other arguments), clears the folders this generator owns and starts over.
+marker (naming the arguments) and no manifest, so a half-written corpus is never mistaken for a finished one.
 A call whose arguments match an existing manifest returns at once without touching anything.
+
+A call never deletes data it did not make: a directory holding a corpus generated with other arguments (a
+manifest, or the marker of an unfinished one), or files of the corpus layout without either, is refused with
+`CorpusConflict` naming the differing arguments, unless `overwrite=True`; then the folders this generator owns
+are cleared and it starts over. The one thing cleared without asking is an unfinished corpus whose marker
+names these very arguments: the generator is deterministic, so it writes exactly that data again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from structvl.config import ConfigError
 from structvl.lab.synth.layouts import (
     MC_ANSWER_BASE,
     CorpusFiles,
@@ -47,14 +53,20 @@ INCOMPLETE_MARKER = ".incomplete"
 OWNED_DIRS = ("videos", "untrimmed", "msrvtt", "eval", "actions", "localization")
 
 
+class CorpusConflict(ConfigError):
+    """The output directory holds a corpus generated with other arguments, or files that are not a corpus."""
+
+
 def generate_corpus(out_dir, num_clips: int = 2000, seed: int = 0, holdout_compositions: bool = False,
                     size: int = 64, num_frames: int = 16, fps: int = 8, num_untrimmed: int = 200,
-                    workers: int = 2, progress: bool = True) -> dict:
+                    workers: int = 2, progress: bool = True, overwrite: bool = False,
+                    hint: str = "pass overwrite=True to replace it") -> dict:
     """Write the structured synthetic corpus under `out_dir` and return a JSON-serialisable summary.
 
     Deterministic: the same arguments give byte-identical annotation files and identical decoded frames,
     whatever `workers` is. Idempotent: if `out_dir/corpus.json` was written with the same arguments, returns
-    its summary without regenerating.
+    its summary without regenerating. Another corpus there is refused (`CorpusConflict`, its message ending
+    in `hint`) unless `overwrite`.
     """
     started = time.perf_counter()
     root = Path(out_dir)
@@ -64,7 +76,7 @@ def generate_corpus(out_dir, num_clips: int = 2000, seed: int = 0, holdout_compo
     if existing and existing.get("generator_version") == GENERATOR_VERSION and existing.get("arguments") == arguments:
         return _summary(existing, root, time.perf_counter() - started, reused=True)
     _check_arguments(arguments)
-    _claim(root, arguments)
+    _claim(root, arguments, overwrite, hint)
 
     heldout = heldout_compositions(seed) if holdout_compositions else []
     clips, videos = _make_videos(root, arguments, heldout, workers, progress)
@@ -115,10 +127,66 @@ def _read_manifest(root: Path) -> dict | None:
         return None
 
 
-def _claim(root: Path, arguments: dict) -> None:
-    """Mark the corpus as being written; clear what an earlier (finished or interrupted) run left."""
+def corpus_arguments(root) -> dict | None:
+    """The arguments a complete corpus at `root` was generated with (its manifest's), else None."""
+    manifest = _read_manifest(Path(root))
+    return None if manifest is None else manifest.get("arguments")
+
+
+def structured_corpus(root, arguments: dict, use_existing: bool = False, overwrite: bool = False,
+                      hint: str = "pass overwrite=True to replace it", **options) -> dict:
+    """The arguments of the corpus to use at `root`: generate it with `arguments` (reused when it is there
+    already; another corpus is refused unless `overwrite`), or with `use_existing`, take the complete corpus
+    found there whatever its arguments (ConfigError when there is none)."""
+    if use_existing:
+        found = corpus_arguments(root)
+        if found is None:
+            raise ConfigError(f"{root} holds no complete structured corpus ({MANIFEST} is missing) to use as it is")
+        return found
+    generate_corpus(root, **arguments, overwrite=overwrite, hint=hint, **options)
+    return corpus_arguments(root)
+
+
+def _differences(found: dict, asked: dict) -> str:
+    keys = [k for k in asked if found.get(k) != asked[k]] + [k for k in found if k not in asked]
+    return ", ".join(f"{k}={found.get(k)!r} (asked: {asked.get(k)!r})" for k in keys)
+
+
+def _conflict(root: Path, arguments: dict) -> str | None:
+    """Why `root` must not be cleared for a corpus of `arguments`, or None when it may be."""
+    manifest, marker = _read_manifest(root), root / INCOMPLETE_MARKER
+    if manifest is not None:
+        if manifest.get("generator_version") != GENERATOR_VERSION:
+            return (f"{root} holds a corpus of generator version {manifest.get('generator_version')!r} "
+                    f"(this one writes {GENERATOR_VERSION!r})")
+        found = manifest.get("arguments") or {}
+        return f"{root} holds a corpus generated with other arguments: {_differences(found, arguments)}"
+    if marker.exists():
+        try:
+            started = json.loads(marker.read_text(encoding="utf-8"))
+        except ValueError:
+            started = None
+        if started == arguments:
+            return None  # our own unfinished write of these very arguments: regenerated identically
+        if not isinstance(started, dict):
+            return f"{root} holds an unfinished corpus whose arguments are unreadable ({marker})"
+        return (f"{root} holds an unfinished corpus generated with other arguments: "
+                f"{_differences(started, arguments)}")
+    foreign = [name for name in (*OWNED_DIRS, "train.jsonl", "val.jsonl", "test.jsonl") if (root / name).exists()]
+    if foreign:
+        return (f"{root} holds {', '.join(foreign)} but no corpus manifest ({MANIFEST}): not a corpus this "
+                "generator made")
+    return None
+
+
+def _claim(root: Path, arguments: dict, overwrite: bool, hint: str) -> None:
+    """Mark the corpus as being written; clear what an earlier (finished or interrupted) run left, when that
+    is allowed (see the module docstring)."""
+    conflict = _conflict(root, arguments)
+    if conflict and not overwrite:
+        raise CorpusConflict(f"{conflict}; it is left as it is: {hint}")
     manifest, marker = root / MANIFEST, root / INCOMPLETE_MARKER
-    if manifest.exists() or marker.exists():
+    if manifest.exists() or marker.exists() or conflict:
         manifest.unlink(missing_ok=True)
         for name in OWNED_DIRS:
             shutil.rmtree(root / name, ignore_errors=True)
@@ -205,4 +273,5 @@ def ensure_corpus(cfg) -> None:
     clips, seed 0) when that directory holds none yet."""
     root = Path(cfg.data.root)
     if cfg.data.synth and not (root / "corpus.json").exists():
-        generate_corpus(root, num_clips=cfg.data.synth_clips, seed=0)
+        generate_corpus(root, num_clips=cfg.data.synth_clips, seed=0,
+                        hint="set config key 'data.root' to another directory (data.synth generates one there)")
