@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from structvl.data.knowledge.record import KNOWLEDGE_TYPES
+from structvl.data.knowledge_sampler import POOL as KNOWLEDGE_POOL
 
 # The shipped configs (the repository's `configs/` links here, so installed packages have them too).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -169,6 +170,9 @@ class KnowledgeConfig:
     # Labels never kept (nor swapped by CLOP), per type, e.g. {action: [start, begin]}: verbs the parser
     # reads as actions that are not what anything does ("starts spinning").
     exclude: dict = field(default_factory=dict)
+    # A corpus that `structvl knowledge` has not counted is parsed by the main rank at start-up only up to this
+    # many unique captions (a few minutes on one core); a larger one stops the run with the command to run first.
+    startup_parse_limit: int = 50000
 
 
 @dataclass
@@ -441,6 +445,11 @@ def validate(cfg: RunConfig) -> None:
         if kind not in KNOWLEDGE_TYPES or used not in _CHOICES["clop.skp_input"]:
             raise ConfigError(f"config key 'clop.skp_type_inputs.{kind}': expected one of {_CHOICES['clop.skp_input']} "
                               f"under one of {KNOWLEDGE_TYPES}, got {used!r}")
+    kcl_on = cfg.objectives.get("clop_kcl", 0) > 0
+    if kcl_on and cfg.clop.kcl_batch_sampler and cfg.data.shards and cfg.data.shuffle_buffer < KNOWLEDGE_POOL:
+        raise ConfigError(f"config keys 'clop.kcl_batch_sampler' and 'data.shuffle_buffer': with data.shards, KCL "
+                          f"groups clips within the shuffle buffer, which must hold at least {KNOWLEDGE_POOL} "
+                          f"samples (the candidates compared with each anchor); got {cfg.data.shuffle_buffer}")
     for kind, labels in cfg.knowledge.exclude.items():
         if kind not in KNOWLEDGE_TYPES or not isinstance(labels, (list, tuple)):
             raise ConfigError(f"config key 'knowledge.exclude.{kind}': expected a list of labels under one of "
