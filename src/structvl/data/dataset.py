@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from structvl.data.images import ImageDecodeError, image_clip, is_image_path, load_image
 from structvl.data.knowledge.lookup import KnowledgeLookup
 from structvl.data.records import VideoRecord
 from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
@@ -36,6 +37,7 @@ CAPTION_MODES = ("random", "expand", "first")
 class VideoTextDataset(Dataset):
     """Clips with one caption each, decoded, sampled and transformed.
 
+    A record whose `video` is an image file (.jpg, .png, ...) gives a one-frame clip (structvl.data.images).
     caption_mode: "random" - one item per record, a caption drawn anew every epoch (the usual pre-training
         choice); "expand" - one item per (record, caption) pair, every caption seen every epoch (e.g. the
         MSR-VTT training protocol); "first" - one item per record with its first caption (evaluation).
@@ -101,6 +103,8 @@ class VideoTextDataset(Dataset):
 
     def _load_frames(self, path: Path, record: VideoRecord,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if is_image_path(path):  # an image-text pair: a one-frame clip (structvl.data.images)
+            return image_clip(load_image(path), self.num_frames)
         with open_video(path, self.backend) as reader:
             # "fps" sampling starts at a random offset only in training; evaluation starts at the window start.
             fixed_start = self.sampling == "fps" and not self.transform.train
@@ -117,7 +121,7 @@ class VideoTextDataset(Dataset):
         path = record.resolve(self.video_root)
         try:
             frames, valid = self._load_frames(path, record, frames_rng)
-        except VideoDecodeError as e:
+        except (VideoDecodeError, ImageDecodeError) as e:
             return {"skipped": True, "path": str(path), "reason": e.reason, "index": index}
         except OSError as e:  # unreadable file (permissions, I/O error): as unusable as a corrupt one
             return {"skipped": True, "path": str(path), "reason": f"{type(e).__name__}: {e}", "index": index}
