@@ -13,7 +13,7 @@ import sys
 DOWNSTREAM_TASKS = ["retrieval", "mcqa", "openqa", "recognition", "localization"]  # structvl.tasks.task_config.TASKS
 ANNOTATION_FORMATS = [
     "jsonl", "msrvtt", "webvid", "msvd", "activitynet", "didemo", "kinetics", "ucf101", "hmdb51",
-    "mcqa", "openqa", "nextqa", "tgifqa", "activitynetqa", "localization",
+    "mcqa", "openqa", "nextqa", "tgifqa", "activitynetqa", "localization", "howto100m", "imagetext",
 ]
 
 

@@ -179,7 +179,7 @@ def _is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
 
-def _key_hash(key: str) -> int:
+def stable_hash(key: str) -> int:
     """A stable 63-bit hash of a sample key (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
@@ -310,7 +310,7 @@ class ShardedVideoTextDataset(IterableDataset):
         return [entry["url"] for entry in wds.SimpleShardList(self.urls, seed=self._shard_seed(epoch))]
 
     def _shard_seed(self, epoch: int) -> int | None:
-        return None if not self.shuffle_shards else _key_hash(f"shards:{self.seed}:{epoch}")
+        return None if not self.shuffle_shards else stable_hash(f"shards:{self.seed}:{epoch}")
 
     def rank_shards(self, epoch: int) -> list[str]:
         """This rank's shards in `epoch`: shard i of the epoch's order goes to rank i % world_size."""
@@ -365,7 +365,7 @@ class ShardedVideoTextDataset(IterableDataset):
         -> skip -> decode."""
         import webdataset as wds
 
-        rng = random.Random(_key_hash(f"buffer:{self.seed}:{epoch}:{self.rank}:{role}"))
+        rng = random.Random(stable_hash(f"buffer:{self.seed}:{epoch}:{self.rank}:{role}"))
         if self.grouping is not None:
             order = wds.filters.pipelinefilter(self.grouping)(rng)
         elif self.shuffle_buffer > 0:
@@ -428,7 +428,7 @@ class ShardedVideoTextDataset(IterableDataset):
 
     def _generators(self, epoch: int, key: str,
                     caption_index: int | None) -> tuple[np.random.Generator, np.random.Generator, torch.Generator]:
-        entropy = [self.seed, epoch, _key_hash(key)] + ([] if caption_index is None else [caption_index])
+        entropy = [self.seed, epoch, stable_hash(key)] + ([] if caption_index is None else [caption_index])
         caption_seed, frames_seed, crop_seed = np.random.SeedSequence(entropy).spawn(3)
         crop_generator = torch.Generator().manual_seed(int(crop_seed.generate_state(1, np.uint64)[0] >> 1))
         return np.random.default_rng(caption_seed), np.random.default_rng(frames_seed), crop_generator

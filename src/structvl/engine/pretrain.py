@@ -31,6 +31,7 @@ from structvl.data.knowledge.corpus import (
 )
 from structvl.data.knowledge.lookup import KnowledgeLookup
 from structvl.data.knowledge.vocab import KnowledgeVocab
+from structvl.data.mix import MixedDataset, MixedShards
 from structvl.data.shards import ShardedVideoTextDataset
 from structvl.data.text import Tokenizer
 from structvl.data.transforms import VideoTransform
@@ -58,8 +59,11 @@ def data_root(cfg: RunConfig) -> Path:
 
 def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int = 1, knowledge=None):
     """The training dataset and its collator: webdataset shards when `data.shards` is set (each rank
-    streams its own shards), else the annotation file `data.train` (map-style, exact resume)."""
+    streams its own shards), the sources of `data.mix` when it is set, else the annotation file `data.train`
+    (map-style, exact resume)."""
     root = data_root(cfg)
+    if cfg.data.mix:
+        return build_mixed_data(cfg, rank, world_size), VideoTextCollator(tokenizer, knowledge)
     if cfg.data.shards:
         pattern = cfg.data.shards if Path(cfg.data.shards).is_absolute() else str(root / cfg.data.shards)
         transform = VideoTransform(cfg.model.video.image_size, train=True,
@@ -82,6 +86,40 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
                                sampling=cfg.data.sampling, target_fps=cfg.data.target_fps, transform=transform,
                                backend=cfg.data.backend, caption_mode=cfg.data.caption_mode, seed=cfg.train.seed)
     return dataset, VideoTextCollator(tokenizer, knowledge)
+
+
+def build_mixed_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> MixedDataset | MixedShards:
+    """`data.mix`'s sources as one dataset (structvl.data.mix): annotation files or shards."""
+    root = data_root(cfg)
+    transform = VideoTransform(cfg.model.video.image_size, train=True,
+                               scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
+    names = [s.name or s.train or s.shards for s in cfg.data.mix]
+    weights = [s.weight for s in cfg.data.mix]
+    if cfg.data.mix[0].shards is not None:
+        sources = []
+        for i, source in enumerate(cfg.data.mix):
+            pattern = source.shards if Path(source.shards).is_absolute() else str(root / source.shards)
+            try:
+                sources.append(ShardedVideoTextDataset(
+                    pattern, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling, target_fps=cfg.data.target_fps,
+                    transform=transform, backend=cfg.data.backend, caption_mode=cfg.data.caption_mode,
+                    seed=cfg.train.seed, rank=rank, world_size=world_size, shuffle_buffer=cfg.data.shuffle_buffer))
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"config key 'data.mix[{i}].shards': {e}") from e
+        return MixedShards(sources, weights, names, cfg.train.batch_size, seed=cfg.train.seed)
+    datasets = []
+    for i, source in enumerate(cfg.data.mix):
+        path = root / source.train
+        if not path.exists():
+            raise ConfigError(f"config key 'data.mix[{i}].train': annotation file {path} does not exist")
+        records = read_annotations(source.format, path)
+        if not records:
+            raise ConfigError(f"config key 'data.mix[{i}].train': {path} holds no usable records")
+        datasets.append(VideoTextDataset(records, source.videos or root, num_frames=cfg.data.num_frames,
+                                         sampling=cfg.data.sampling, target_fps=cfg.data.target_fps,
+                                         transform=transform, backend=cfg.data.backend,
+                                         caption_mode=cfg.data.caption_mode, seed=cfg.train.seed))
+    return MixedDataset(datasets, names)
 
 
 def train_records(cfg: RunConfig):
@@ -191,6 +229,9 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False,
         context = build_objective_context(cfg, tokenizer, run_dir, is_main=False)
     dataset, collator = build_train_data(cfg, tokenizer, info.rank, info.world_size, knowledge=context.knowledge)
     order = batch_sampler(cfg, dataset, context, info)
+    if isinstance(dataset, MixedDataset):  # each global batch from one source, drawn by weight
+        order = dataset.sampler([s.weight for s in cfg.data.mix], cfg.train.batch_size, info.world_size, info.rank,
+                                seed=cfg.train.seed)
     if isinstance(dataset, IterableDataset) and order is not None:
         dataset.set_grouping(order)  # a streaming dataset orders itself: the stage joins its pipeline
         order = None
