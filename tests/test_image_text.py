@@ -194,8 +194,8 @@ def test_pretraining_on_a_mix_of_videos_and_images(tmp_path, one_thread):
         (root / "img" / f"i{i}.jpg").write_bytes(image_bytes((30 * i, 100, 0)))
     (root / "videos.jsonl").write_text("".join(json.dumps(v) + "\n" for v in videos))
     (root / "images.tsv").write_text("filepath\ttitle\n" + "".join(f"img/i{i}.jpg\tan image {i}\n" for i in range(8)))
+    mix = "data.mix=[{train: videos.jsonl, weight: 1}, {train: images.tsv, format: imagetext, weight: 1}]"
     cfg = load_config("demo", TINY + [f"data.root={root}", "train.max_steps=4", "train.batch_size=4",
-                                      "train.checkpoint_every=0", "data.mix=[{train: videos.jsonl, weight: 1}, "
-                                      "{train: images.tsv, format: imagetext, weight: 1}]"])
+                                      "train.checkpoint_every=0", mix])
     result = run_pretraining(cfg, tmp_path / "run")
     assert np.isfinite(result.metrics["train/loss"]) and result.metrics["data/skipped"] == 0

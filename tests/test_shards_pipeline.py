@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,7 +84,7 @@ def test_resume_counts_samples_from_the_tar_headers_without_sizes_json(uneven, t
     copies = []
     for url in urls:  # the same shards in a directory without sizes.json
         copy = tmp_path / url.rsplit("/", 1)[1]
-        copy.write_bytes(open(url, "rb").read())
+        copy.write_bytes(Path(url).read_bytes())
         copies.append(str(copy))
     assert (root / "out" / SIZES_FILE).is_file() and not (tmp_path / SIZES_FILE).exists()
     sizes = json.loads((root / "out" / SIZES_FILE).read_text())
@@ -130,7 +131,7 @@ def test_knowledge_grouping_on_shards_makes_batches_share_knowledge(corpus_shard
 
 
 def test_grouping_attaches_knowledge_and_counts_what_it_parsed(corpus_shards, tmp_path):
-    urls, cache, vocab = corpus_shards
+    urls, _, vocab = corpus_shards
     empty = KnowledgeCache(tmp_path / "empty")  # nothing cached: the stage parses and counts every caption
     grouping = KnowledgeGrouping(KnowledgeLookup(empty), vocab, ["object"], group_size=2, buffer=64)
     dataset = ShardedVideoTextDataset(urls[:1], num_frames=2, transform=VideoTransform(8, train=True, **IDENTITY))

@@ -99,7 +99,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_data_shard(args: argparse.Namespace) -> int:
     from structvl.data.formats import read_annotations  # lazy
-    from structvl.data.shards import write_shards  # lazy
+    from structvl.data.shard_writer import write_shards  # lazy
 
     records = read_annotations(args.format, args.annotations)
     missing: list[dict] = []

@@ -1,13 +1,7 @@
-"""Webdataset tar shards: writing them from records, and reading them as a sharded iterable dataset.
+"""Webdataset tar shards read as a sharded iterable dataset (`shard_writer.write_shards` writes them).
 
 Big corpora (WebVid-scale) are read far faster as a few hundred large tar files than as millions of small
-video files. `write_shards` packs each record's video file and its annotation into tar shards; a sample is
-
-    <key>.mp4            the video file's bytes, as they were on disk (any container; the member is "mp4")
-    <key>.json           the record's `to_dict()` (captions, start/end window, ids, meta, ...)
-    <key>.record_index   the record's position in the annotation list it was written from
-
-`ShardedVideoTextDataset` reads them back and yields exactly the item dicts `VideoTextDataset` yields
+video files. `ShardedVideoTextDataset` reads them back and yields exactly the item dicts `VideoTextDataset` yields
 ({"video", "frame_mask", "caption", "index", "record_index", "video_id", "video_captions"}, or a "skipped"
 marker for a video that does not decode), so the same `VideoTextCollator` and `SkipLedger` work unchanged.
 Shards written by other tools are read too: video2dataset's ("mp4" + a json with "caption" and/or a "txt"
@@ -55,7 +49,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
@@ -69,97 +62,16 @@ from structvl.data.dataset import CAPTION_MODES
 from structvl.data.images import IMAGE_MEMBERS, ImageDecodeError, decode_image, image_clip
 from structvl.data.records import VideoRecord
 from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
+from structvl.data.shard_writer import SIZES_FILE, write_shards
 from structvl.data.transforms import VideoTransform
 from structvl.data.video import BACKENDS, VideoDecodeError, open_video_bytes
 
+__all__ = ["SIZES_FILE", "ShardedVideoTextDataset", "count_samples", "expand_urls", "shard_sizes", "write_shards"]
 log = logging.getLogger("structvl.data")
 
 # Members that may hold the video, in order of preference ("mp4" is what write_shards writes).
 VIDEO_MEMBERS = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
-SIZES_FILE = "sizes.json"  # {shard file name: samples}, beside the shards (open_clip's convention)
 _RECORD_FIELDS = {f.name for f in fields(VideoRecord)}
-
-
-# ---------------------------------------------------------------- writing
-def _safe_key(index: int, video_id: str) -> str:
-    """A tar sample key: unique (the record's position comes first) and free of the characters webdataset
-    splits names on ('.' separates key and member, '/' directories)."""
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", str(video_id)).strip("_")[:80]
-    return f"{index:09d}_{safe}" if safe else f"{index:09d}"
-
-
-def write_shards(records: Sequence[VideoRecord], video_root: str | Path | None, out_pattern: str,
-                 max_count: int = 1000, missing: list | None = None) -> list[str]:
-    """Pack records and their video files into webdataset tar shards; returns the shard paths written.
-
-    out_pattern: a printf pattern for the shard files, e.g. "out/train-%06d.tar" (its directory is created).
-    max_count: samples per shard (the last shard holds the rest).
-    missing: when given, a {"index", "video_id", "path", "reason"} dict is appended for each record whose
-        video file is missing, not a regular file or empty; such records are left out (and logged in one
-        warning). Videos are not decoded here: one that is corrupt is skipped at training time.
-    """
-    import webdataset as wds
-
-    if max_count <= 0:
-        raise ValueError(f"max_count must be positive, got {max_count}")
-    try:
-        first = out_pattern % 0
-    except TypeError:
-        first = out_pattern
-    if first == out_pattern:
-        raise ValueError(f"out_pattern needs a shard-number placeholder such as %06d, got {out_pattern!r}")
-    Path(first).parent.mkdir(parents=True, exist_ok=True)
-    left_out: list[dict] = []
-    shards: list[str] = []
-    counts: dict[str, int] = {}
-    writer = None
-    try:
-        for index, record in enumerate(records):
-            path = record.resolve(video_root)
-            reason = None
-            if not path.exists():
-                reason = "file not found"
-            elif not path.is_file():
-                reason = "not a regular file"
-            elif path.stat().st_size == 0:
-                reason = "empty file (0 bytes)"
-            if reason is not None:
-                left_out.append({"index": index, "video_id": record.video_id, "path": str(path), "reason": reason})
-                continue
-            if writer is None:  # no empty shard when every video is missing
-                writer = wds.ShardWriter(out_pattern, maxcount=max_count, verbose=0)
-            sample = {
-                "__key__": _safe_key(index, record.video_id),
-                "mp4": path.read_bytes(),
-                "json": json.dumps(record.to_dict(), ensure_ascii=False, default=str).encode("utf-8"),
-                "record_index": str(index).encode("ascii"),
-            }
-            writer.write(sample)
-            if not shards or shards[-1] != writer.fname:
-                shards.append(writer.fname)
-            counts[writer.fname] = counts.get(writer.fname, 0) + 1
-    finally:
-        if writer is not None:
-            writer.close()
-    _write_sizes(counts)
-    if left_out:
-        first_few = "; ".join(f"{m['path']}: {m['reason']}" for m in left_out[:3])
-        log.warning("write_shards: left out %d record(s) whose video is unusable (%s%s)", len(left_out),
-                    first_few, "; ..." if len(left_out) > 3 else "")
-    if missing is not None:
-        missing.extend(left_out)
-    return shards
-
-
-def _write_sizes(counts: dict[str, int]) -> None:
-    """Add the shards' sample counts to the sizes.json beside them (what exact resume reads)."""
-    for directory in {Path(name).parent for name in counts}:
-        path = directory / SIZES_FILE
-        sizes = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        sizes.update({Path(name).name: n for name, n in counts.items() if Path(name).parent == directory})
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(dict(sorted(sizes.items())), indent=1), encoding="utf-8")
-        tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 # ---------------------------------------------------------------- reading

@@ -50,11 +50,11 @@ def default_cache_version() -> str:
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS knowledge (key TEXT PRIMARY KEY, version TEXT NOT NULL, data TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, data BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS labels (corpus TEXT NOT NULL, type TEXT NOT NULL, label TEXT NOT NULL, "
-    "count INTEGER NOT NULL, PRIMARY KEY (corpus, type, label))",
+    ("CREATE TABLE IF NOT EXISTS labels (corpus TEXT NOT NULL, type TEXT NOT NULL, label TEXT NOT NULL, "
+     "count INTEGER NOT NULL, PRIMARY KEY (corpus, type, label))"),
     "CREATE INDEX IF NOT EXISTS labels_by_count ON labels (corpus, type, count DESC, label)",
-    "CREATE TABLE IF NOT EXISTS swaps (key TEXT NOT NULL, context TEXT NOT NULL, data TEXT NOT NULL, "
-    "PRIMARY KEY (key, context))",
+    ("CREATE TABLE IF NOT EXISTS swaps (key TEXT NOT NULL, context TEXT NOT NULL, data TEXT NOT NULL, "
+     "PRIMARY KEY (key, context))"),
 )
 
 

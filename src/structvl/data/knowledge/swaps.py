@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
-from structvl.data.knowledge.counts import CorpusCounts, swappable_label, knowledge_elements, span_tag
+from structvl.data.knowledge.counts import CorpusCounts, knowledge_elements, span_tag, swappable_label
 from structvl.data.knowledge.record import CaptionKnowledge
 from structvl.data.knowledge.vocab import KnowledgeVocab
 
