@@ -150,3 +150,24 @@ def test_grouping_without_a_shuffle_buffer_is_a_config_error():
     assert load_config("clop", keys + ["data.shuffle_buffer=64"]).data.shuffle_buffer == 64
     assert not load_config("clop", keys[:1] + ["clop.kcl_batch_sampler=false"]).clop.kcl_batch_sampler
     assert load_config("clop", keys + ["objectives.clop_kcl=0", "objectives.contrastive=1"])  # KCL off: no grouping
+
+
+def test_clop_pretrains_on_shards_with_knowledge_grouped_batches(tiny_corpus, corpus_shards, tmp_path, monkeypatch,
+                                                                 one_thread):
+    """The engine hands CLOP's grouping to a sharded dataset (it no longer drops it), and a run trains."""
+    from structvl.engine import pretrain
+
+    from helpers import TINY
+
+    urls, _, _ = corpus_shards
+    grouped = []
+    monkeypatch.setattr(ShardedVideoTextDataset, "set_grouping",
+                        lambda self, grouping: grouped.append(grouping) or setattr(self, "grouping", grouping))
+    pattern = f"{urls[0].rsplit('/', 1)[0]}/train-{{000..{len(urls) - 1:03d}}}.tar"
+    cfg = load_config("clop", TINY + [f"data.root={tiny_corpus}", f"data.shards={pattern}", "data.shuffle_buffer=64",
+                                      "train.max_steps=3",
+                                      "train.checkpoint_every=0", "knowledge.min_count=1", "clop.kcl_sampler_groups=2"])
+    result = pretrain.run_pretraining(cfg, tmp_path / "run")
+    assert len(grouped) == 1 and isinstance(grouped[0], KnowledgeGrouping) and grouped[0].group_size == 2
+    assert torch.isfinite(torch.tensor(result.metrics["train/loss"]))
+    assert result.metrics["data/knowledge_parsed"] == 0  # every training caption came from the cache
