@@ -14,6 +14,9 @@ corpus of 20,000 vs 200,000 cached captions, each pair measured side by side in 
 
     python benchmarks/knowledge.py                   # 20,000 captions, start-up at 20k and 200k
     python benchmarks/knowledge.py --captions 4000 --startup 2000,20000   # quick
+    python benchmarks/knowledge.py --write-captions captions.txt      # the caption set, for another machine:
+    python benchmarks/knowledge.py --captions-file captions.txt --processes 1,2,4 --startup none
+        (the last needs only spaCy, torch and tqdm: the start-up part's imports are made only when it runs)
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from structvl.config import load_config
 from structvl.data.formats import read_annotations
 from structvl.data.knowledge.cache import KnowledgeCache
 from structvl.data.knowledge.corpus import corpus_fingerprint, knowledge_pass
@@ -34,9 +36,6 @@ from structvl.data.knowledge.lookup import KnowledgeLookup
 from structvl.data.knowledge.parse import caption_key
 from structvl.data.knowledge.rules import iter_knowledge, load_nlp
 from structvl.data.records import VideoRecord
-from structvl.data.text import Tokenizer
-from structvl.engine.pretrain import build_objective_context
-from structvl.lab.synth.plan import plan_clip
 
 REALDATA = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "realdata"
 
@@ -54,6 +53,8 @@ def real_captions() -> list[str]:
 
 
 def synth_captions(count: int) -> list[str]:
+    from structvl.lab.synth.plan import plan_clip  # only here: the extraction part runs without the lab's imports
+
     out: dict[str, None] = {}
     index = 0
     while len(out) < count:
@@ -106,17 +107,22 @@ def fill_cache(root: Path, size: int, base: KnowledgeCache, base_captions: list[
         cache.put_rows(rows)
         (root / "train.jsonl").write_text("\n".join(lines) + "\n")
         knowledge_pass(read_annotations("jsonl", root / "train.jsonl"), cache,
-                       corpus_fingerprint("jsonl", root / "train.jsonl"))
+                       corpus_fingerprint("jsonl", root / "train.jsonl", cache))  # as `structvl knowledge` does
 
 
 def startup(root: Path, run_dir: Path) -> dict:
+    # Only here: the extraction part runs where only spaCy, torch and tqdm are installed.
+    from structvl.config import load_config
+    from structvl.data.text import Tokenizer
+    from structvl.engine.pretrain import build_objective_context
+
     cfg = load_config("clop", [f"data.root={root}", "clop.kcl_construct=false", "clop.kcl_batch_sampler=false",
                                "knowledge.startup_parse_limit=0"])  # a corpus not counted would be an error here
     tokenizer = Tokenizer(max_length=cfg.model.text.max_length)
     times = {}
     start = time.perf_counter()
     corpus_fingerprint(cfg.data.format, root / cfg.data.train)
-    times["fingerprint (hash of train.jsonl)"] = time.perf_counter() - start
+    times["[not at start-up] hash of train.jsonl (remembered)"] = time.perf_counter() - start
     start = time.perf_counter()
     context = build_objective_context(cfg, tokenizer, run_dir, is_main=True)
     times["build_objective_context (vocab + lookup)"] = time.perf_counter() - start
@@ -140,17 +146,27 @@ def main() -> None:
     parser.add_argument("--startup", default="20000,200000", help="corpus sizes of the start-up comparison")
     parser.add_argument("--spacy", action="store_true", help="also time spaCy's own n_process")
     parser.add_argument("--skip-extraction", action="store_true")
+    parser.add_argument("--captions-file", default=None, help="read the captions (one a line) instead of making them")
+    parser.add_argument("--write-captions", default=None, help="write the caption set to this file and stop")
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f} (shared cores: numbers are provisional)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        captions = corpus(args.captions)
-        print(f"{len(captions)} unique captions ({len(real_captions()[:args.captions // 2])} real)")
+        if args.captions_file:
+            captions = Path(args.captions_file).read_text(encoding="utf-8").splitlines()[:args.captions]
+        else:
+            captions = corpus(args.captions)
+        if args.write_captions:
+            Path(args.write_captions).write_text("\n".join(captions) + "\n", encoding="utf-8")
+            return
+        print(f"{len(captions)} unique captions")
         if not args.skip_extraction:
             rates = extraction(captions, [int(n) for n in args.processes.split(",")], work, args.spacy)
             base = next(iter(rates.values()))
             for name, rate in rates.items():
                 print(f"  {name:<55} {rate:8.1f} captions/s  {rate / base:5.2f}x")
+        if args.startup == "none":
+            return
         base_captions = captions[:2000]
         with KnowledgeCache(work / "base") as base_cache:
             knowledge_pass(records_of(base_captions), base_cache, "base", n_process=2)

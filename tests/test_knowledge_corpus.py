@@ -168,3 +168,17 @@ def test_knowledge_command_shards_and_reports(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["knowledge", str(annotations), "--shard", "2/2"])
     assert exit_info.value.code == 2
+
+
+def test_a_remembered_fingerprint_is_not_read_again_until_the_file_changes(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"video_id": "a", "video": "a.mp4", "captions": ["a dog runs"]}) + "\n")
+    cache = KnowledgeCache(tmp_path / "cache")
+    digest = corpus_fingerprint("jsonl", path, cache)
+    assert digest == corpus_fingerprint("jsonl", path)
+    name = f"fingerprint/jsonl/{path.resolve()}"
+    size, mtime, _ = cache.get_meta(name)
+    cache.put_meta(name, [size, mtime, "remembered"])  # a start-up with the file unchanged only stats it
+    assert corpus_fingerprint("jsonl", path, cache) == "remembered"
+    path.write_text(json.dumps({"video_id": "a", "video": "a.mp4", "captions": ["a cat runs fast"]}) + "\n")
+    assert corpus_fingerprint("jsonl", path, cache) == corpus_fingerprint("jsonl", path) != digest

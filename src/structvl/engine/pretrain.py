@@ -133,8 +133,8 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
     """Tokenizer, and - when an enabled objective needs it - the knowledge: the label vocabulary (saved as
     run_dir/knowledge_vocab.json) read from the knowledge cache's counts of the training captions, and the
     `KnowledgeLookup` through which the loader workers read each batch's knowledge (and CLOP's swaps) from the
-    cache. Nothing here grows with the corpus beyond reading the annotation file's bytes (its fingerprint) and
-    the cache's index, once `structvl knowledge` has counted the corpus. When it has not, the main rank runs
+    cache. Nothing here grows with the corpus beyond the cache's index, once `structvl knowledge` has counted the
+    corpus (its annotation file's fingerprint is remembered in the cache with the file's size and time). When it has not, the main rank runs
     that pass here for a corpus of at most `knowledge.startup_parse_limit` captions (call it before the
     others: they then only read), and every rank refuses a larger one with the command to run first."""
     if not needs_knowledge(cfg):
@@ -144,7 +144,7 @@ def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: b
         raise ConfigError(f"config key 'data.train': annotation file {annotations} does not exist (the knowledge "
                           "of the training captions is counted from it)")
     cache = KnowledgeCache(Path(cfg.knowledge.cache_dir or data_root(cfg) / "knowledge_cache"))
-    corpus = corpus_fingerprint(cfg.data.format, annotations)
+    corpus = corpus_fingerprint(cfg.data.format, annotations, cache)  # a stat when the file has not changed
     swaps = [hook(cfg) for name in enabled_objectives(cfg)
              if (hook := getattr(OBJECTIVES[name], "knowledge_swaps", None)) is not None]
     swaps = next((s for s in swaps if s is not None), None)

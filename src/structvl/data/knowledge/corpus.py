@@ -48,10 +48,22 @@ SWAP_CHUNK = 4096  # source captions whose swaps are built at once
 FLUSH_ROWS = 2048  # parsed rows written per transaction
 
 
-def corpus_fingerprint(fmt: str, path: str | Path) -> str:
+def corpus_fingerprint(fmt: str, path: str | Path, cache: KnowledgeCache | None = None) -> str:
     """A corpus's name in the cache: the sha1 of its format and its annotation file's bytes (of every file
-    under it, for a directory). Reading is I/O-bound (about a second per GB), no parsing."""
+    under it, for a directory). Reading is I/O-bound (about a second per GB), no parsing.
+
+    With `cache`, the digest is remembered there with the file's size and modification time, and a file whose
+    size and time have not changed is not read again: a training run's start-up then costs a `stat`, whatever
+    the corpus's size."""
     path = Path(path)
+    if cache is not None and path.is_file():
+        stat, name = path.stat(), f"fingerprint/{fmt}/{path.resolve()}"
+        remembered = cache.get_meta(name)
+        if remembered is not None and remembered[:2] == [stat.st_size, stat.st_mtime_ns]:
+            return remembered[2]
+        digest = corpus_fingerprint(fmt, path)
+        cache.put_meta(name, [stat.st_size, stat.st_mtime_ns, digest])
+        return digest
     digest = hashlib.sha1(f"{fmt}\0".encode())
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
@@ -238,8 +250,8 @@ def build_knowledge_cli(annotations: str | Path, fmt: str = "jsonl", cache_dir: 
         print(f"{annotations}: {len(records)} records but no captions: nothing to parse", file=sys.stderr)
         return 1
     cache_dir = Path(cache_dir) if cache_dir is not None else annotations.parent / ".knowledge_cache"
-    corpus = corpus_fingerprint(fmt, annotations)
     with KnowledgeCache(cache_dir) as cache:
+        corpus = corpus_fingerprint(fmt, annotations, cache)
         done = knowledge_pass(records, cache, corpus, shard=parse_shard(shard), n_process=n_process,
                               batch_size=batch_size, swaps=swaps, top_k=top_k, min_count=min_count,
                               exclude=exclude, wait=wait, progress=True)

@@ -198,6 +198,7 @@ class SwapContext:
         self.paraphrases, self.combinable, self.swappable_objects = paraphrases, combinable, swappable_objects
         self.label_weights, self.id = label_weights, id
         self.excluded = set(settings.exclude)
+        self._form_lists = {key: [text] for key, text in forms.items()}  # the shape propose_swaps reads
 
     @classmethod
     def build(cls, counts: CorpusCounts, vocab: KnowledgeVocab, settings: SwapSettings,
@@ -232,8 +233,7 @@ class SwapContext:
     def propose(self, knowledge: CaptionKnowledge) -> list[tuple[str, str, str, str]]:
         """Candidate swaps (caption, type, old label, new label) of one caption, unvalidated."""
         rng = random.Random(f"{self.settings.seed}\0{knowledge.caption}")
-        forms = {key: [text] for key, text in self.forms.items()}
-        return propose_swaps(knowledge, forms, self.labels_by_type, list(self.settings.types),
+        return propose_swaps(knowledge, self._form_lists, self.labels_by_type, list(self.settings.types),
                              self.settings.per_type, rng, self.paraphrases, self.combinable,
                              self.swappable_objects, self.excluded, self.label_weights)
 
