@@ -40,15 +40,19 @@ from structvl.data.records import VideoRecord
 REALDATA = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "realdata"
 
 
+def _rows(path: Path, delimiter: str = ",") -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter=delimiter))
+
+
 def real_captions() -> list[str]:
-    texts = [row["sentence"] for row in csv.DictReader(open(REALDATA / "msrvtt" / "MSRVTT_JSFUSION_test.csv"))]
+    texts = [row["sentence"] for row in _rows(REALDATA / "msrvtt" / "MSRVTT_JSFUSION_test.csv")]
     for name in ("test_data.json", "val_data.json"):
         texts += [c for r in read_annotations("didemo", REALDATA / "didemo" / name) for c in r.captions]
     texts += [q["question"] for q in json.loads((REALDATA / "activitynet_qa" / "test_q.json").read_text())]
     for name in ("val.csv", "test.csv"):
-        texts += [row["question"] for row in csv.DictReader(open(REALDATA / "nextqa" / name))]
-    texts += [row["question"] for row in csv.DictReader(open(REALDATA / "tgif_qa" / "Test_frameqa_question.csv"),
-                                                        delimiter="\t")]
+        texts += [row["question"] for row in _rows(REALDATA / "nextqa" / name)]
+    texts += [row["question"] for row in _rows(REALDATA / "tgif_qa" / "Test_frameqa_question.csv", "\t")]
     return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
 
 
