@@ -111,12 +111,12 @@ def test_skp_video_targets_are_the_union_over_the_videos_captions(parsed):
     knowledge = {k.caption: k for k in parsed}
     # video "v0" has two captions that name different actions; "v1" has one caption
     videos = {"v0": [SHAPE_CAPTIONS[0], SHAPE_CAPTIONS[1]], "v1": [SHAPE_CAPTIONS[2]]}
-    batch = {"video_id": ["v0", "v1"], "knowledge": [knowledge[SHAPE_CAPTIONS[0]], knowledge[SHAPE_CAPTIONS[2]]]}
+    batch = {"video_id": ["v0", "v1"], "knowledge": [knowledge[SHAPE_CAPTIONS[0]], knowledge[SHAPE_CAPTIONS[2]]],
+             "video_knowledge": [[knowledge[c] for c in videos[v]] for v in ("v0", "v1")]}
     per_caption = KnowledgePredictionObjective(load_config("clop", ["model.embed_dim=8"]), None, ObjectiveContext(
-        vocab=vocab, knowledge=knowledge, videos_captions=videos)).targets(batch)
+        vocab=vocab)).targets(batch)
     per_video = KnowledgePredictionObjective(load_config("clop", ["model.embed_dim=8", "clop.skp_targets=video"]),
-                                             None, ObjectiveContext(vocab=vocab, knowledge=knowledge,
-                                                                    videos_captions=videos)).targets(batch)
+                                             None, ObjectiveContext(vocab=vocab)).targets(batch)
     both = vocab.encode_batch([knowledge[SHAPE_CAPTIONS[0]], knowledge[SHAPE_CAPTIONS[1]]])
     first, second = vocab.encode_batch([knowledge[SHAPE_CAPTIONS[0]]]), vocab.encode_batch([knowledge[SHAPE_CAPTIONS[2]]])
     for kind in ("object", "attribute", "action"):
@@ -250,15 +250,19 @@ def test_grouped_sampler_shares_knowledge_and_covers_every_clip_once_under_two_r
     assert list(ranks[0]) == epoch1[5:]
 
 
-def test_kcl_sampling_weighs_the_kcl_types_whatever_skp_predicts(parsed):
+def test_kcl_sampling_weighs_the_kcl_types_whatever_skp_predicts(parsed, tmp_path):
     """The sampler's and the negative weights' knowledge is clop.kcl_types (all four by default), not SKP's
     types: SKP on actions alone once made the sampler group batches by action alone (docs/findings.md, stop 20)."""
     from types import SimpleNamespace
 
+    from structvl.data.knowledge.cache import KnowledgeCache
+    from structvl.data.knowledge.lookup import KnowledgeLookup
     from structvl.objectives.base import ObjectiveContext
     from structvl.objectives.clop import KnowledgeContrastiveObjective
     vocab = KnowledgeVocab.build(parsed, top_k=10)
-    context = ObjectiveContext(vocab=vocab, knowledge={k.caption: k for k in parsed})
+    cache = KnowledgeCache(tmp_path / "cache")
+    cache.put_many(parsed)
+    context = ObjectiveContext(vocab=vocab, knowledge=KnowledgeLookup(cache))
     dataset = SimpleNamespace(items=[(i, 0) for i in range(len(SHAPE_CAPTIONS))],
                               records=[SimpleNamespace(captions=[c]) for c in SHAPE_CAPTIONS])
     batch = {"knowledge": parsed}
@@ -333,13 +337,12 @@ def test_constructed_negatives_reach_the_text_encoder_only_when_asked(train_text
     captions = ["a big blue square is rotating", "a small green triangle is bouncing"]
     negatives = {captions[0]: [("a big blue square is bouncing", "action")],
                  captions[1]: [("a small green circle is bouncing", "object")]}
-    objective = KnowledgeContrastiveObjective(cfg, model, ObjectiveContext(
-        tokenizer=Tokenizer(cfg.model.text.max_length), extras={"clop_swapped_negatives": negatives}))
+    objective = KnowledgeContrastiveObjective(cfg, model, ObjectiveContext(tokenizer=Tokenizer(cfg.model.text.max_length)))
     tokens = objective.tokenizer(captions)
     video = model.encode_video(torch.randn(2, 4, 3, 32, 32))
     text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
     outputs = PretrainOutputs(video=video, text=replace(text, embed=text.embed.detach()))
-    loss = objective({"caption": captions}, outputs, model)["loss"]
+    loss = objective({"caption": captions, "swaps": [negatives[c] for c in captions]}, outputs, model)["loss"]
     loss.backward()
     text_grad = sum(float(p.grad.abs().sum()) for p in model.text_encoder.parameters() if p.grad is not None)
     video_grad = sum(float(p.grad.abs().sum()) for p in model.video_encoder.parameters() if p.grad is not None)
@@ -384,12 +387,12 @@ def test_shortcut_penalty_trains_the_text_side_only():
         torch.manual_seed(0)
         model = build_model(cfg.model).eval()  # no dropout: the swaps are encoded twice below
         objective = KnowledgeContrastiveObjective(cfg, model, ObjectiveContext(
-            tokenizer=Tokenizer(cfg.model.text.max_length), extras={"clop_swapped_negatives": negatives}))
+            tokenizer=Tokenizer(cfg.model.text.max_length)))
         tokens = objective.tokenizer(captions)
         clips = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
         outputs = PretrainOutputs(video=model.encode_video(clips),
                                   text=model.encode_text(tokens["input_ids"], tokens["attention_mask"]))
-        results[weight] = objective({"caption": captions}, outputs, model)
+        results[weight] = objective({"caption": captions, "swaps": [negatives[c] for c in captions]}, outputs, model)
         if weight:  # the penalty in logit units: the model's (already exponentiated) scale
             swaps = objective.tokenizer([negatives[c][0][0] for c in captions])
             swapped = model.encode_text(swaps["input_ids"], swaps["attention_mask"]).embed.unsqueeze(1)

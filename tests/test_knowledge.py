@@ -301,7 +301,7 @@ def test_knowledge_command_builds_cache_and_vocabulary(tmp_path, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "4 captions (3 unique); parsed 3, 0 were cached" in out
-    assert "man (3)" in out  # caption counts: the repeated caption counts twice
+    assert "man (2)" in out  # caption counts, each unique caption once (as the training vocabulary counts them)
     assert len(KnowledgeCache(tmp_path / ".knowledge_cache")) == 3
     vocab = KnowledgeVocab.load(vocab_path)
     assert vocab.labels("object")[0] == "man" and "pick up" in vocab.labels("action")

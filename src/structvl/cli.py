@@ -13,11 +13,22 @@ import sys
 DOWNSTREAM_TASKS = ["retrieval", "mcqa", "openqa", "recognition", "localization"]  # structvl.tasks.task_config.TASKS
 ANNOTATION_FORMATS = [
     "jsonl", "msrvtt", "webvid", "msvd", "activitynet", "didemo", "kinetics", "ucf101", "hmdb51",
-    "mcqa", "openqa", "nextqa", "tgifqa", "activitynetqa", "localization",
+    "mcqa", "openqa", "nextqa", "tgifqa", "activitynetqa", "localization", "howto100m", "imagetext",
 ]
 
 
 # ---------------------------------------------------------------- data commands
+def _shard_spec(text: str) -> str:
+    """--shard i/n, checked by argparse (one line and exit code 2 on a bad value)."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n such as 0/8, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"need 0 <= i < n, got {text!r}")
+    return text
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from structvl.lab.synth import generate_corpus  # lazy
 
@@ -31,10 +42,41 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_knowledge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from structvl.data.knowledge.cache import KnowledgeCache  # lazy
     from structvl.data.knowledge.corpus import build_knowledge_cli  # lazy
 
-    return build_knowledge_cli(args.annotations, fmt=args.format, cache_dir=args.cache, top_k=args.top_k,
-                               batch_size=args.batch_size, vocab_out=args.vocab_out)
+    if args.merge:  # caches parsed on several machines -> this one
+        with KnowledgeCache(args.cache or ".knowledge_cache") as cache:
+            for other in args.merge:
+                print(f"{other}: merged {cache.merge_from(other)} knowledge rows into {cache.path}")
+        return 0
+    options = {"top_k": args.top_k, "swaps": None, "min_count": 1, "exclude": None}
+    if args.config is not None and args.annotations is not None and "=" in args.annotations \
+            and not Path(args.annotations).exists():  # `--config C key=value`: the first override, not a file
+        args.overrides, args.annotations = [args.annotations, *args.overrides], None
+    annotations, fmt, cache_dir = args.annotations, args.format, args.cache
+    if args.config is not None:  # exactly what `structvl pretrain --config` will read: its corpus, cache, vocabulary, swaps
+        from structvl.config import load_config  # lazy
+        from structvl.objectives import OBJECTIVES  # lazy
+
+        cfg = load_config(args.config, args.overrides)
+        root = Path(cfg.data.root)
+        annotations = annotations or root / cfg.data.train
+        fmt = cfg.data.format if args.annotations is None else fmt
+        cache_dir = cache_dir or cfg.knowledge.cache_dir or root / "knowledge_cache"
+        hooks = [getattr(OBJECTIVES[name], "knowledge_swaps", None) for name, w in cfg.objectives.items() if w > 0]
+        options = {"top_k": dict(cfg.knowledge.top_k), "min_count": cfg.knowledge.min_count,
+                   "exclude": cfg.knowledge.exclude,
+                   "swaps": next((s for hook in hooks if hook is not None and (s := hook(cfg)) is not None), None)}
+    elif args.overrides:
+        raise SystemExit("structvl knowledge: KEY=VALUE overrides need --config")
+    if annotations is None:
+        raise SystemExit("structvl knowledge: give an annotation file or --config")
+    return build_knowledge_cli(annotations, fmt=fmt, cache_dir=cache_dir, batch_size=args.batch_size,
+                               vocab_out=args.vocab_out, n_process=args.processes, shard=args.shard,
+                               wait=args.wait, **options)
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
@@ -57,7 +99,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_data_shard(args: argparse.Namespace) -> int:
     from structvl.data.formats import read_annotations  # lazy
-    from structvl.data.shards import write_shards  # lazy
+    from structvl.data.shard_writer import write_shards  # lazy
 
     records = read_annotations(args.format, args.annotations)
     missing: list[dict] = []
@@ -87,15 +129,29 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("knowledge", help="parse captions into structural knowledge and cache it",
-                       description="Run spaCy over every caption of an annotation file (batched), extract noun "
-                                   "phrases, objects, attributes, actions and relations, cache them on disk keyed by "
-                                   "caption hash, and print the top-k vocabularies.")
-    p.add_argument("annotations", help="annotation file")
+                       description="Run spaCy over every caption of an annotation file (batched, on --processes "
+                                   "cores), extract noun phrases, objects, attributes, actions and relations, cache them "
+                                   "on disk keyed by caption hash, count the corpus (the vocabularies a training run "
+                                   "reads) and, with --config of a CLOP run, build and cache its swapped captions. "
+                                   "--shard i/n splits the work across processes or machines writing one cache.")
+    p.add_argument("annotations", nargs="?", default=None,
+                   help="annotation file (default with --config: the config's data.root/data.train)")
+    p.add_argument("--config", default=None, help="a run config: its training annotations, knowledge cache, "
+                                                   "vocabulary options and swap settings")
     p.add_argument("--format", choices=ANNOTATION_FORMATS, default="jsonl")
-    p.add_argument("--cache", default=None, help="cache directory (default: beside the annotation file)")
-    p.add_argument("--top-k", type=int, default=100, help="vocabulary size per knowledge type")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--cache", default=None, help="cache directory (default: the config's, else beside the annotations)")
+    p.add_argument("--top-k", type=int, default=100, help="vocabulary size per knowledge type (without --config)")
+    p.add_argument("--batch-size", type=int, default=256, help="spaCy's batch size")
+    p.add_argument("--processes", type=int, default=1, help="parsing processes")
+    p.add_argument("--shard", default="0/1", type=_shard_spec,
+                   help="i/n: this process parses the i-th of n parts (by video)")
+    p.add_argument("--wait", type=float, default=0.0,
+                   help="seconds to wait for the other shards' counts before building the swaps (default: do not wait; "
+                        "run the command again once they finish)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="CACHE_DIR",
+                   help="instead of parsing: merge these cache directories (e.g. from other machines) into --cache")
     p.add_argument("--vocab-out", default=None, help="write the vocabularies to this JSON file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (with --config)")
     p.set_defaults(func=_cmd_knowledge)
 
     data = sub.add_parser("data", help="check or prepare a dataset").add_subparsers(dest="data_cmd", required=True)

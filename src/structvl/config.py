@@ -18,7 +18,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from structvl.data.formats import annotation_readers
 from structvl.data.knowledge.record import KNOWLEDGE_TYPES
+from structvl.data.knowledge_sampler import POOL as KNOWLEDGE_POOL
 from structvl.data.transforms import NORMALIZATION
 
 # The shipped configs (the repository's `configs/` links here, so installed packages have them too).
@@ -147,6 +149,19 @@ class ModelConfig:
 
 # ----------------------------------------------------------------------------- data
 @dataclass
+class MixSource:
+    """One source of `data.mix`: an annotation file (`train`, `format`, `videos`) or webdataset shards (`shards`),
+    drawn for a batch with probability weight / (sum of weights). Image-text sources (format `imagetext`, or
+    shards of jpg/png + txt) are fed as one-frame clips (structvl.data.images)."""
+    name: str = ""  # how the source is reported (default: its file or pattern)
+    weight: float = 1.0
+    train: Optional[str] = None  # annotation file, relative to data.root
+    format: str = "jsonl"
+    videos: Optional[str] = None  # video/image root of `train` (default: data.root)
+    shards: Optional[str] = None  # or a shard pattern, relative to data.root
+
+
+@dataclass
 class DataConfig:
     root: str = "data/structured"  # dataset directory; annotation paths below are relative to it
     format: str = "jsonl"  # annotation format (see structvl.data.formats)
@@ -166,6 +181,11 @@ class DataConfig:
     loader_timeout: float = 600.0  # seconds a worker may take for one batch before the run errors out
     synth_clips: int = 2000  # when `root` holds no corpus and `synth` is true, generate one this big
     synth: bool = False
+    # Pre-train on several sources at once, e.g. [{train: webvid.csv, format: webvid, weight: 3},
+    # {train: cc3m.tsv, format: imagetext, weight: 1}]: each global batch comes from one source, drawn by weight
+    # (structvl.data.mix). Replaces data.train / data.shards for training; the knowledge vocabulary is still
+    # counted on data.train. All sources annotation files, or all shards.
+    mix: list[MixSource] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -218,6 +238,9 @@ class KnowledgeConfig:
     # Labels never kept (nor swapped by CLOP), per type, e.g. {action: [start, begin]}: verbs the parser
     # reads as actions that are not what anything does ("starts spinning").
     exclude: dict = field(default_factory=dict)
+    # A corpus that `structvl knowledge` has not counted is parsed by the main rank at start-up only up to this
+    # many unique captions (a few minutes on one core); a larger one stops the run with the command to run first.
+    startup_parse_limit: int = 50000
 
 
 @dataclass
@@ -538,6 +561,12 @@ def validate(cfg: RunConfig, check_init: bool = True) -> None:
         if kind not in KNOWLEDGE_TYPES or used not in _CHOICES["clop.skp_input"]:
             raise ConfigError(f"config key 'clop.skp_type_inputs.{kind}': expected one of {_CHOICES['clop.skp_input']} "
                               f"under one of {KNOWLEDGE_TYPES}, got {used!r}")
+    _validate_mix(cfg)
+    kcl_on = cfg.objectives.get("clop_kcl", 0) > 0
+    if kcl_on and cfg.clop.kcl_batch_sampler and cfg.data.shards and cfg.data.shuffle_buffer < KNOWLEDGE_POOL:
+        raise ConfigError(f"config keys 'clop.kcl_batch_sampler' and 'data.shuffle_buffer': with data.shards, KCL "
+                          f"groups clips within the shuffle buffer, which must hold at least {KNOWLEDGE_POOL} "
+                          f"samples (the candidates compared with each anchor); got {cfg.data.shuffle_buffer}")
     for kind, labels in cfg.knowledge.exclude.items():
         if kind not in KNOWLEDGE_TYPES or not isinstance(labels, (list, tuple)):
             raise ConfigError(f"config key 'knowledge.exclude.{kind}': expected a list of labels under one of "
@@ -572,6 +601,29 @@ def frame_normalization(video: VideoEncoderConfig) -> dict:
         name = "clip" if video.init.format in ("open_clip", "hf_clip") else "imagenet"
     mean, std = NORMALIZATION[name]
     return {"mean": mean, "std": std}
+
+
+def _validate_mix(cfg: RunConfig) -> None:
+    if not cfg.data.mix:
+        return
+    formats = annotation_readers()
+    for i, source in enumerate(cfg.data.mix):
+        key = f"data.mix[{i}]"
+        if (source.train is None) == (source.shards is None):
+            raise ConfigError(f"config key '{key}': give exactly one of 'train' (an annotation file) and 'shards'")
+        if not source.weight > 0:
+            raise ConfigError(f"config key '{key}.weight': must be > 0, got {source.weight}")
+        if source.train is not None and source.format not in formats:
+            raise ConfigError(f"config key '{key}.format': {source.format!r} is not one of {sorted(formats)}")
+    if len({source.train is None for source in cfg.data.mix}) > 1:
+        raise ConfigError("config key 'data.mix': mixes annotation files and shards; give all sources as 'train' "
+                          "files or all as 'shards'")
+    if cfg.data.shards:
+        raise ConfigError("config keys 'data.mix' and 'data.shards': the mix replaces data.shards; list the shards "
+                          "as a source of data.mix")
+    if cfg.objectives.get("clop_kcl", 0) > 0 and cfg.clop.kcl_batch_sampler:
+        raise ConfigError("config keys 'data.mix' and 'clop.kcl_batch_sampler': both decide which clips share a "
+                          "batch; set clop.kcl_batch_sampler=false with a mix")
 
 
 def resolved_yaml(cfg: RunConfig) -> str:

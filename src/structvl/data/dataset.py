@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from structvl.data.images import ImageDecodeError, image_clip, is_image_path, load_image
+from structvl.data.knowledge.lookup import KnowledgeLookup
 from structvl.data.records import VideoRecord
 from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
 from structvl.data.transforms import VideoTransform
@@ -35,6 +37,7 @@ CAPTION_MODES = ("random", "expand", "first")
 class VideoTextDataset(Dataset):
     """Clips with one caption each, decoded, sampled and transformed.
 
+    A record whose `video` is an image file (.jpg, .png, ...) gives a one-frame clip (structvl.data.images).
     caption_mode: "random" - one item per record, a caption drawn anew every epoch (the usual pre-training
         choice); "expand" - one item per (record, caption) pair, every caption seen every epoch (e.g. the
         MSR-VTT training protocol); "first" - one item per record with its first caption (evaluation).
@@ -100,6 +103,8 @@ class VideoTextDataset(Dataset):
 
     def _load_frames(self, path: Path, record: VideoRecord,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if is_image_path(path):  # an image-text pair: a one-frame clip (structvl.data.images)
+            return image_clip(load_image(path), self.num_frames)
         with open_video(path, self.backend) as reader:
             # "fps" sampling starts at a random offset only in training; evaluation starts at the window start.
             fixed_start = self.sampling == "fps" and not self.transform.train
@@ -116,12 +121,13 @@ class VideoTextDataset(Dataset):
         path = record.resolve(self.video_root)
         try:
             frames, valid = self._load_frames(path, record, frames_rng)
-        except VideoDecodeError as e:
+        except (VideoDecodeError, ImageDecodeError) as e:
             return {"skipped": True, "path": str(path), "reason": e.reason, "index": index}
         except OSError as e:  # unreadable file (permissions, I/O error): as unusable as a corrupt one
             return {"skipped": True, "path": str(path), "reason": f"{type(e).__name__}: {e}", "index": index}
         return {"video": self.transform(frames, crop_generator), "frame_mask": torch.from_numpy(valid),
-                "caption": caption, "index": index, "record_index": record_index, "video_id": record.video_id}
+                "caption": caption, "index": index, "record_index": record_index, "video_id": record.video_id,
+                "video_captions": record.captions}
 
 
 class VideoTextCollator:
@@ -131,13 +137,15 @@ class VideoTextCollator:
     become top-level batch keys. Skipped items leave the batch; `batch["skipped"]` lists their
     (path, reason). A batch whose items were all skipped has `video=None` (the trainer skips the step).
 
-    knowledge: optional caption -> CaptionKnowledge mapping (the parsed training captions). When given, the
-    batch also carries "knowledge" (one CaptionKnowledge per caption) and "token_offsets" (each token's
-    character span in its caption, from `tokenizer.encode_with_offsets`), which CLOP, S-ViLM and Clover use
-    to find knowledge elements, noun phrases and nouns/verbs among the word pieces.
+    knowledge: optional `KnowledgeLookup` (the run's knowledge cache). When given, the batch also carries
+    "knowledge" (one CaptionKnowledge per caption, read from the cache in the loader worker, parsed there when
+    missing), "token_offsets" (each token's character span in its caption, from
+    `tokenizer.encode_with_offsets`), which CLOP, S-ViLM and Clover use to find knowledge elements, noun
+    phrases and nouns/verbs among the word pieces, the lookup's optional "swaps" / "video_knowledge", and the
+    counts "knowledge_parsed" / "swaps_built" of what the cache lacked (the trainer's `SkipLedger` adds them up).
     """
 
-    def __init__(self, tokenizer: Callable[[list[str]], dict], knowledge: Mapping | None = None):
+    def __init__(self, tokenizer: Callable[[list[str]], dict], knowledge: KnowledgeLookup | None = None):
         self.tokenizer = tokenizer
         self.knowledge = knowledge
 
@@ -159,23 +167,33 @@ class VideoTextCollator:
         if self.knowledge is None:
             batch.update(self.tokenizer(captions))
             return batch
-        missing = [c for c in captions if c not in self.knowledge]
-        if missing:
-            raise KeyError(f"caption without parsed knowledge: {missing[0]!r} (build it with `structvl knowledge`)")
         tokens, offsets = self.tokenizer.encode_with_offsets(captions)
         batch.update(tokens)
-        batch["knowledge"] = [self.knowledge[c] for c in captions]
+        batch.update(self.knowledge.batch_fields(kept))
         batch["token_offsets"] = offsets
         return batch
 
 
 class SkipLedger:
-    """Main-process record of skipped videos: counts every skip, logs each bad file once."""
+    """Main-process record of skipped videos: counts every skip, logs each bad file once. It also adds up the
+    captions whose knowledge (or swaps) the loader had to make because the knowledge cache lacked them."""
 
     def __init__(self):
         self.total = 0
         self.reasons: dict[str, str] = {}  # path -> reason, in first-seen order
         self.per_reason: Counter = Counter()
+        self.knowledge_parsed = 0  # captions parsed in a loader worker (not in the knowledge cache)
+        self.swaps_built = 0  # captions whose swaps were built in a loader worker
+
+    def update_batch(self, batch: Mapping) -> None:
+        """Count a collated batch's skipped items and what its knowledge lookup had to parse or build."""
+        self.update(batch.get("skipped"))
+        parsed, built = int(batch.get("knowledge_parsed", 0)), int(batch.get("swaps_built", 0))
+        if parsed and not self.knowledge_parsed:
+            log.warning("parsing captions missing from the knowledge cache in the loader (run `structvl "
+                        "knowledge` on the training annotations first to avoid it)")
+        self.knowledge_parsed += parsed
+        self.swaps_built += built
 
     def update(self, skipped: Sequence[tuple[str, str]] | None) -> None:
         for path, reason in skipped or ():
@@ -185,16 +203,25 @@ class SkipLedger:
                 self.reasons[path] = reason
                 log.warning("skipping video %s: %s", path, reason)
 
+    @property
+    def noteworthy(self) -> bool:
+        """Whether there is anything to report: a skipped clip, or captions the knowledge cache lacked."""
+        return bool(self.total or self.knowledge_parsed or self.swaps_built)
+
     def summary(self) -> dict:
         """total skips (a file skipped in two epochs counts twice), per-reason counts, unique paths."""
         return {"total": self.total, "per_reason": dict(self.per_reason), "unique_paths": len(self.reasons)}
 
     def report(self) -> str:
         """One line for an epoch-end log."""
+        parts = []
+        if self.knowledge_parsed or self.swaps_built:
+            parts.append(f"knowledge cache lacked {self.knowledge_parsed} captions (parsed in the loader) and the "
+                         f"swaps of {self.swaps_built}")
         if not self.total:
-            return "no videos skipped"
+            return "; ".join(["no videos skipped", *parts])
         reasons = ", ".join(f"{count} x {reason}" for reason, count in self.per_reason.most_common())
-        return f"skipped {self.total} clips from {len(self.reasons)} unreadable videos ({reasons})"
+        return "; ".join([f"skipped {self.total} clips from {len(self.reasons)} unreadable videos ({reasons})", *parts])
 
 
 def seed_worker(worker_id: int) -> None:

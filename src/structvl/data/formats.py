@@ -14,6 +14,7 @@ formats (the names `structvl ... --format` accepts) and the function that reads 
     hmdb51        a directory of `<class>_test_split<k>.txt` files
     localization  ActivityNet-1.3 style json (also the usual conversion of THUMOS14); `write_localization_json`
     mcqa, openqa, nextqa, tgifqa, activitynetqa   question answering: see `structvl.data.formats_qa`
+    howto100m, imagetext   ASR segments and image-text pairs for pre-training: see `structvl.data.formats_pretrain`
 
 Rules every reader follows:
 * Structural problems (a missing required column or key, a malformed number, invalid JSON) raise
@@ -60,9 +61,9 @@ Reader = Callable[..., list[VideoRecord]]
 # ---------------------------------------------------------------- entry point
 def annotation_readers() -> dict[str, Reader]:
     """Format name -> reader function, for every format `read_annotations` understands."""
-    # formats_qa builds on this module's file helpers, so it is imported here rather than at the top:
-    # importing it at module level would make the two modules import each other.
-    from structvl.data import formats_qa
+    # formats_qa and formats_pretrain build on this module's file helpers, so they are imported here rather than
+    # at the top: importing them at module level would make the modules import each other.
+    from structvl.data import formats_pretrain, formats_qa
 
     return {
         "jsonl": read_jsonl,
@@ -80,6 +81,8 @@ def annotation_readers() -> dict[str, Reader]:
         "tgifqa": formats_qa.read_tgifqa,
         "activitynetqa": formats_qa.read_activitynetqa,
         "localization": read_localization,
+        "howto100m": formats_pretrain.read_howto100m,
+        "imagetext": formats_pretrain.read_image_text,
     }
 
 

@@ -16,12 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
 
 from structvl.config import ConfigError, RunConfig, frame_normalization, save_config
 from structvl.data.dataset import SkipLedger, VideoTextCollator, VideoTextDataset
 from structvl.data.formats import read_annotations
-from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
+from structvl.data.knowledge.cache import KnowledgeCache
+from structvl.data.knowledge.corpus import (
+    corpus_fingerprint,
+    corpus_summary,
+    knowledge_pass,
+    swap_context,
+    vocab_from_cache,
+)
+from structvl.data.knowledge.lookup import KnowledgeLookup
 from structvl.data.knowledge.vocab import KnowledgeVocab
+from structvl.data.mix import MixedDataset, MixedShards
 from structvl.data.shards import ShardedVideoTextDataset
 from structvl.data.text import Tokenizer
 from structvl.data.transforms import VideoTransform
@@ -51,8 +61,11 @@ def data_root(cfg: RunConfig) -> Path:
 
 def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int = 1, knowledge=None):
     """The training dataset and its collator: webdataset shards when `data.shards` is set (each rank
-    streams its own shards), else the annotation file `data.train` (map-style, exact resume)."""
+    streams its own shards), the sources of `data.mix` when it is set, else the annotation file `data.train`
+    (map-style, exact resume)."""
     root = data_root(cfg)
+    if cfg.data.mix:
+        return build_mixed_data(cfg, rank, world_size), VideoTextCollator(tokenizer, knowledge)
     if cfg.data.shards:
         pattern = cfg.data.shards if Path(cfg.data.shards).is_absolute() else str(root / cfg.data.shards)
         transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video),
@@ -77,6 +90,40 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
     return dataset, VideoTextCollator(tokenizer, knowledge)
 
 
+def build_mixed_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> MixedDataset | MixedShards:
+    """`data.mix`'s sources as one dataset (structvl.data.mix): annotation files or shards."""
+    root = data_root(cfg)
+    transform = VideoTransform(cfg.model.video.image_size, train=True,
+                               scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
+    names = [s.name or s.train or s.shards for s in cfg.data.mix]
+    weights = [s.weight for s in cfg.data.mix]
+    if cfg.data.mix[0].shards is not None:
+        sources = []
+        for i, source in enumerate(cfg.data.mix):
+            pattern = source.shards if Path(source.shards).is_absolute() else str(root / source.shards)
+            try:
+                sources.append(ShardedVideoTextDataset(
+                    pattern, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling, target_fps=cfg.data.target_fps,
+                    transform=transform, backend=cfg.data.backend, caption_mode=cfg.data.caption_mode,
+                    seed=cfg.train.seed, rank=rank, world_size=world_size, shuffle_buffer=cfg.data.shuffle_buffer))
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"config key 'data.mix[{i}].shards': {e}") from e
+        return MixedShards(sources, weights, names, cfg.train.batch_size, seed=cfg.train.seed)
+    datasets = []
+    for i, source in enumerate(cfg.data.mix):
+        path = root / source.train
+        if not path.exists():
+            raise ConfigError(f"config key 'data.mix[{i}].train': annotation file {path} does not exist")
+        records = read_annotations(source.format, path)
+        if not records:
+            raise ConfigError(f"config key 'data.mix[{i}].train': {path} holds no usable records")
+        datasets.append(VideoTextDataset(records, source.videos or root, num_frames=cfg.data.num_frames,
+                                         sampling=cfg.data.sampling, target_fps=cfg.data.target_fps,
+                                         transform=transform, backend=cfg.data.backend,
+                                         caption_mode=cfg.data.caption_mode, seed=cfg.train.seed))
+    return MixedDataset(datasets, names)
+
+
 def train_records(cfg: RunConfig):
     ann = data_root(cfg) / cfg.data.train
     if not ann.exists():
@@ -85,35 +132,50 @@ def train_records(cfg: RunConfig):
 
 
 def build_objective_context(cfg: RunConfig, tokenizer, run_dir: Path, is_main: bool):
-    """Tokenizer, and - when an enabled objective needs it - the spaCy knowledge of every training caption
-    (parsed once into the on-disk cache) and the label vocabulary, saved as run_dir/knowledge_vocab.json.
-    The main rank parses and writes the cache (call it before the others: they then only read it)."""
+    """Tokenizer, and - when an enabled objective needs it - the knowledge: the label vocabulary (saved as
+    run_dir/knowledge_vocab.json) read from the knowledge cache's counts of the training captions, and the
+    `KnowledgeLookup` through which the loader workers read each batch's knowledge (and CLOP's swaps) from the
+    cache. Nothing here grows with the corpus beyond the cache's index, once `structvl knowledge` has counted the
+    corpus (its annotation file's fingerprint is remembered in the cache with the file's size and time). When it has not, the main rank runs
+    that pass here for a corpus of at most `knowledge.startup_parse_limit` captions (call it before the
+    others: they then only read), and every rank refuses a larger one with the command to run first."""
     if not needs_knowledge(cfg):
         return ObjectiveContext(tokenizer=tokenizer)
-    # With shards, the annotation file they were written from still lists the captions to parse.
-    records = train_records(cfg)
-    captions = sorted({c for record in records for c in record.captions})
-    cache_dir = Path(cfg.knowledge.cache_dir or data_root(cfg) / "knowledge_cache")
-    with KnowledgeCache(cache_dir) as cache:
-        parsed = knowledge_for(captions, cache)
-        vocab_path = run_dir / "knowledge_vocab.json"
-        if vocab_path.exists():  # a resumed run keeps the vocabulary its heads were built for
-            vocab = KnowledgeVocab.load(vocab_path)
-        else:
-            vocab = KnowledgeVocab.build(parsed, top_k=dict(cfg.knowledge.top_k), min_count=cfg.knowledge.min_count,
-                                         exclude=cfg.knowledge.exclude)
-            if is_main:
-                vocab.save(vocab_path)
-        videos_captions: dict[str, list[str]] = {}
-        for record in records:
-            videos_captions.setdefault(record.video_id, []).extend(record.captions)
-        context = ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge={k.caption: k for k in parsed},
-                                   videos_captions=videos_captions)
-        # Objectives may precompute from the parsed corpus once (e.g. CLOP's validated swapped captions).
-        for name in enabled_objectives(cfg):
-            prepare = getattr(OBJECTIVES[name], "prepare_context", None)
-            if prepare is not None:
-                prepare(cfg, context, cache)
+    annotations = data_root(cfg) / cfg.data.train  # with shards too: it names the corpus the shards were cut from
+    if not annotations.exists():
+        raise ConfigError(f"config key 'data.train': annotation file {annotations} does not exist (the knowledge "
+                          "of the training captions is counted from it)")
+    cache = KnowledgeCache(Path(cfg.knowledge.cache_dir or data_root(cfg) / "knowledge_cache"))
+    corpus = corpus_fingerprint(cfg.data.format, annotations, cache)  # a stat when the file has not changed
+    swaps = [hook(cfg) for name in enabled_objectives(cfg)
+             if (hook := getattr(OBJECTIVES[name], "knowledge_swaps", None)) is not None]
+    swaps = next((s for s in swaps if s is not None), None)
+    vocab_options = {"top_k": dict(cfg.knowledge.top_k), "min_count": cfg.knowledge.min_count,
+                     "exclude": cfg.knowledge.exclude}
+    if corpus_summary(cache, corpus) is None:
+        records = train_records(cfg) if is_main else []
+        captions = len({c for record in records for c in record.captions})
+        if not is_main or captions > cfg.knowledge.startup_parse_limit:
+            raise ConfigError(
+                f"config key 'knowledge.startup_parse_limit': the knowledge of {annotations} is not counted in "
+                f"{cache.path}; run `structvl knowledge --config <this config>` (with --shard i/n on several "
+                f"machines) first, or raise the limit ({cfg.knowledge.startup_parse_limit}) to parse it here")
+        log.info("knowledge: parsing and counting the %d training captions of %s (run `structvl knowledge` "
+                 "beforehand to skip this)", captions, annotations)
+        knowledge_pass(records, cache, corpus, swaps=swaps, **vocab_options)
+    vocab_path = run_dir / "knowledge_vocab.json"
+    if vocab_path.exists():  # a resumed run keeps the vocabulary its heads were built for
+        vocab = KnowledgeVocab.load(vocab_path)
+    else:
+        vocab = vocab_from_cache(cache, corpus, **vocab_options)
+        if is_main:
+            vocab.save(vocab_path)
+    lookup = KnowledgeLookup(cache, swap_context(cache, corpus, vocab, swaps) if swaps is not None else None)
+    context = ObjectiveContext(tokenizer=tokenizer, vocab=vocab, knowledge=lookup)
+    for name in enabled_objectives(cfg):  # objectives may adjust the context (e.g. ask the lookup for more)
+        prepare = getattr(OBJECTIVES[name], "prepare_context", None)
+        if prepare is not None:
+            prepare(cfg, context, cache)
     return context
 
 
@@ -129,10 +191,8 @@ class PretrainResult:
 
 
 def batch_sampler(cfg: RunConfig, dataset, context: ObjectiveContext, info: DistInfo):
-    """The sampler an enabled objective asks for (its `batch_sampler` hook), or None for the trainer's own.
-    Streaming (sharded) datasets order themselves, so they take none."""
-    if cfg.data.shards:
-        return None
+    """The order an enabled objective asks for (its `batch_sampler` hook), or None for the trainer's own: a
+    sampler for a map-style dataset, a grouping stage for a streaming (sharded) one."""
     samplers = {}
     for name in enabled_objectives(cfg):
         hook = getattr(OBJECTIVES[name], "batch_sampler", None)
@@ -174,13 +234,18 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwri
     barrier()
     if not info.is_main:
         context = build_objective_context(cfg, tokenizer, run_dir, is_main=False)
-    dataset, collator = build_train_data(cfg, tokenizer, info.rank, info.world_size,
-                                         knowledge=context.knowledge or None)
+    dataset, collator = build_train_data(cfg, tokenizer, info.rank, info.world_size, knowledge=context.knowledge)
+    order = batch_sampler(cfg, dataset, context, info)
+    if isinstance(dataset, MixedDataset):  # each global batch from one source, drawn by weight
+        order = dataset.sampler([s.weight for s in cfg.data.mix], cfg.train.batch_size, info.world_size, info.rank,
+                                seed=cfg.train.seed)
+    if isinstance(dataset, IterableDataset) and order is not None:
+        dataset.set_grouping(order)  # a streaming dataset orders itself: the stage joins its pipeline
+        order = None
     model = build_model(cfg.model)
     module = PretrainingModule(model, cfg, context)
     ledger = SkipLedger()
-    trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger,
-                      sampler=batch_sampler(cfg, dataset, context, info))
+    trainer = Trainer(cfg, module, dataset, collator, run_dir, info, skip_ledger=ledger, sampler=order)
     precision = dtype_name(trainer.autocast_dtype)
     if info.is_main:
         log.info("train.precision=%s: %s on %s", cfg.train.precision, precision, info.device)
@@ -195,6 +260,8 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwri
 
     metrics: dict = {f"train/{k}": v for k, v in train_logs.items()}
     metrics["data/skipped"] = ledger.summary()["total"]
+    metrics["data/knowledge_parsed"] = ledger.knowledge_parsed  # captions the knowledge cache lacked
+    metrics["data/swaps_built"] = ledger.swaps_built
     metrics["train/bf16"] = float(precision == "bf16")  # "auto" differs by machine, and so do the numbers
     fsdp = info.enabled and cfg.train.distributed == "fsdp"
     if fsdp and info.is_main:  # FSDP left each rank a shard: rebuild an unsharded copy from the final checkpoint

@@ -169,7 +169,7 @@ class Trainer:
             for batch in self.loader:
                 self.samples_seen += self.cfg.train.batch_size
                 yield batch
-            if self.skip_ledger is not None and self.info.is_main and self.skip_ledger.summary()["total"]:
+            if self.skip_ledger is not None and self.info.is_main and self.skip_ledger.noteworthy:
                 self.logger.message(f"epoch {self.epoch}: " + self.skip_ledger.report())
             self.epoch, self.samples_seen = self.epoch + 1, 0
             if self.sampler is not None:
@@ -210,8 +210,8 @@ class Trainer:
                     batch = None
                     while batch is None:  # a batch whose samples were all skipped is not a step
                         raw = next(batches)
-                        if self.skip_ledger is not None and raw.get("skipped"):
-                            self.skip_ledger.update(raw["skipped"])
+                        if self.skip_ledger is not None:  # skipped clips, captions the knowledge cache lacked
+                            self.skip_ledger.update_batch(raw)
                         batch = self._equal_size(raw)
                     batch = move_to(batch, self.info.device)
                     sync = micro == cfg.optim.accumulate - 1 or not isinstance(

@@ -24,15 +24,16 @@ docs/methods-spec.md, "CLOP"), and every choice is an option of `ClopConfig` in 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import IterableDataset
 
-from structvl.data.knowledge.record import CaptionKnowledge
-from structvl.data.knowledge.swaps import build_swapped_negatives
+from structvl.data.knowledge.swaps import SwapSettings
 from structvl.data.knowledge.vocab import multi_hot
-from structvl.data.knowledge_sampler import build_knowledge_sampler
+from structvl.data.knowledge_sampler import KnowledgeGrouping, build_knowledge_sampler
 from structvl.objectives.contrastive import info_nce
 from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
 
@@ -67,7 +68,6 @@ class KnowledgePredictionObjective(nn.Module):
         self.reduction = cfg.clop.skp_reduction
         self.type_weights = {kind: float(cfg.clop.skp_type_weights.get(kind, 1.0)) for kind in self.types}
         self.video_targets = cfg.clop.skp_targets == "video"
-        self.knowledge, self.videos_captions = context.knowledge, context.videos_captions
         # What each type's head reads: "shared" (the retrieval embedding) or "encoder" (the pooled encoder feature);
         # clop.skp_type_inputs overrides clop.skp_input per type.
         self.inputs = {kind: cfg.clop.skp_type_inputs.get(kind, cfg.clop.skp_input) for kind in self.types}
@@ -92,21 +92,18 @@ class KnowledgePredictionObjective(nn.Module):
             norm_dims["text"] = dims["shared"]
         self.input_norm = (nn.ModuleDict({key: nn.BatchNorm1d(dim, affine=False) for key, dim in norm_dims.items()})
                            if cfg.clop.skp_input_norm == "batch" else None)
-        if cfg.clop.skp_prior_init and context.knowledge:
-            self.init_biases_to_prior(list(context.knowledge.values()))
+        if cfg.clop.skp_prior_init and self.vocab.total:
+            self.init_biases_to_prior()
 
     @torch.no_grad()
-    def init_biases_to_prior(self, knowledges: list[CaptionKnowledge]) -> None:
-        """Each output bias := log(p / (1 - p)), p the label's share of `knowledges` (the training captions), so
-        the heads start at the label prior and the first gradient on the video embedding tells clips apart
-        instead of pushing them all the same way (clop.skp_prior_init; the RetinaNet prior initialisation)."""
-        counts = {kind: torch.zeros(self.vocab.size(kind)) for kind in self.types}
-        for start in range(0, len(knowledges), 4096):  # chunked: a web-scale corpus has millions of captions
-            for kind, hot in self.vocab.encode_batch(knowledges[start:start + 4096]).items():
-                if kind in counts:
-                    counts[kind] += hot.sum(0)
+    def init_biases_to_prior(self) -> None:
+        """Each output bias := log(p / (1 - p)), p the label's share of the training captions (the vocabulary's
+        counts out of `vocab.total`, counted by the knowledge pass), so the heads start at the label prior and
+        the first gradient on the video embedding tells clips apart instead of pushing them all the same way
+        (clop.skp_prior_init; the RetinaNet prior initialisation)."""
         for kind in self.types:
-            p = (counts[kind] / max(1, len(knowledges))).clamp(1e-4, 1 - 1e-4)
+            counts = torch.tensor(self.vocab.counts(kind), dtype=torch.float32)
+            p = (counts / max(1, self.vocab.total)).clamp(1e-4, 1 - 1e-4)
             last = self.heads[kind][-1] if isinstance(self.heads[kind], nn.Sequential) else self.heads[kind]
             last.bias.copy_(torch.log(p / (1 - p)))
 
@@ -135,16 +132,20 @@ class KnowledgePredictionObjective(nn.Module):
         per_type = [b.mean() if self.reduction == "mean" else b.sum(1).mean() for b in per_type]
         return sum(self.type_weights[k] * b for k, b in zip(self.types, per_type)) / len(self.types)
 
+    @classmethod
+    def prepare_context(cls, cfg, context, cache) -> None:
+        if cfg.clop.skp_targets == "video":  # the batch must carry each clip's captions' knowledge
+            context.knowledge = replace(context.knowledge, video_knowledge=True)
+
     def targets(self, batch: dict) -> dict[str, torch.Tensor]:
         """{type: (B, size)} 0/1 labels of each clip: its caption's knowledge, or with skp_targets="video" the
-        union over all training captions of its video."""
+        union over the knowledge of all captions of its record (`batch["video_knowledge"]`)."""
         if not self.video_targets:
             return self.vocab.encode_batch(batch["knowledge"])
-        per_clip = []
-        for video_id, knowledge in zip(batch["video_id"], batch["knowledge"]):
-            captions = self.videos_captions.get(video_id, [])
-            knowledges = [self.knowledge[c] for c in captions if c in self.knowledge] or [knowledge]
-            per_clip.append({k: v.amax(0) for k, v in self.vocab.encode_batch(knowledges).items()})
+        if "video_knowledge" not in batch:
+            raise KeyError("clop.skp_targets=video needs batch['video_knowledge'] (KnowledgeLookup.video_knowledge)")
+        per_clip = [{k: v.amax(0) for k, v in self.vocab.encode_batch(knowledges or [knowledge]).items()}
+                    for knowledge, knowledges in zip(batch["knowledge"], batch["video_knowledge"])]
         return {kind: torch.stack([t[kind] for t in per_clip]) for kind in per_clip[0]}
 
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
@@ -198,24 +199,25 @@ class KnowledgeContrastiveObjective(nn.Module):
     def __init__(self, cfg, model, context):
         super().__init__()
         self.cfg, self.vocab, self.tokenizer = cfg.clop, context.vocab, context.tokenizer
-        self.negatives = context.extras.get("clop_swapped_negatives", {})
-        if cfg.clop.kcl_construct and not self.negatives:
-            raise ValueError("clop_kcl with kcl_construct needs the swapped captions from prepare_context")
 
     @classmethod
-    def prepare_context(cls, cfg, context, cache) -> None:
-        if cfg.clop.kcl_construct:
-            context.extras["clop_swapped_negatives"] = build_swapped_negatives(
-                list(context.knowledge.values()), context.vocab, cache, list(cfg.clop.kcl_swap_types),
-                per_type=max(2, cfg.clop.kcl_negatives_per_caption // 2), seed=cfg.train.seed,
-                videos_captions=list(context.videos_captions.values()),
-                exclude=cfg.knowledge.exclude, sampling=cfg.clop.kcl_swap_sampling)
+    def knowledge_swaps(cls, cfg) -> SwapSettings | None:
+        """The swapped captions construction reads from `batch["swaps"]` (built by `structvl knowledge`)."""
+        if not cfg.clop.kcl_construct:
+            return None
+        return SwapSettings.make(cfg.clop.kcl_swap_types, per_type=max(2, cfg.clop.kcl_negatives_per_caption // 2),
+                                 seed=cfg.train.seed, exclude=cfg.knowledge.exclude,
+                                 sampling=cfg.clop.kcl_swap_sampling)
 
     @classmethod
     def batch_sampler(cls, cfg, dataset, context, world_size: int, rank: int):
-        """KCL's knowledge-grouped batches (`clop.kcl_batch_sampler`), or None for the engine's own sampler."""
+        """KCL's knowledge-grouped batches (`clop.kcl_batch_sampler`): a sampler for a map-style dataset, a
+        grouping stage for a streaming one (`KnowledgeGrouping`); None for the engine's own order."""
         if not cfg.clop.kcl_batch_sampler:
             return None
+        if isinstance(dataset, IterableDataset):
+            return KnowledgeGrouping(context.knowledge, context.vocab, list(cfg.clop.kcl_types),
+                                     group_size=cfg.clop.kcl_sampler_groups, buffer=cfg.data.shuffle_buffer)
         return build_knowledge_sampler(dataset, context.knowledge, context.vocab, list(cfg.clop.kcl_types),
                                        world_size, rank, seed=cfg.train.seed, group_size=cfg.clop.kcl_sampler_groups)
 
@@ -227,9 +229,10 @@ class KnowledgeContrastiveObjective(nn.Module):
     def _constructed(self, batch: dict, model, device) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(B, K, E) embeddings of each caption's swapped negatives, and the (B, K) mask of real ones."""
         k = self.cfg.kcl_negatives_per_caption
+        if "swaps" not in batch:
+            raise KeyError("clop.kcl_construct needs batch['swaps'] (the run's KnowledgeLookup with a SwapContext)")
         # Python's `random` is in every checkpoint's RNG state, so a resumed run draws the same negatives.
-        picked = [random.sample(self.negatives.get(c, []), min(k, len(self.negatives.get(c, []))))
-                  for c in batch["caption"]]
+        picked = [random.sample(list(swaps), min(k, len(swaps))) for swaps in batch["swaps"]]
         texts = [text for row in picked for text, _ in row]
         if not texts:
             return None

@@ -1,29 +1,34 @@
 """CLOP's knowledge-guided construction: captions with exactly one knowledge element swapped for another of its
-type, parsed again and kept only when the parse confirms that one element, and nothing else, changed."""
+type, parsed again and kept only when the parse confirms that one element, and nothing else, changed.
+
+What a caption's swaps depend on. Proposing them needs, besides the caption's own knowledge, corpus-level
+statistics: the label vocabulary (the replacement labels), how the corpus words each label (`surface_forms`),
+which labels it uses as paraphrases of one another (`paraphrase_pairs`, never swapped for each other), which
+modifiers it combines (`co_modifiers`) and which nouns it describes (`described_objects`). All of them are
+counts (`counts.CorpusCounts`), summed over the shards of `structvl knowledge` (the reduce step), and
+`SwapContext.build` turns the sum, the vocabulary and the run's `SwapSettings` into the small, picklable
+context that proposes and validates any caption's swaps - in the knowledge pass, or in a training loader
+worker for a caption whose swaps are not cached. Each caption draws its proposals from a generator seeded
+by (settings.seed, caption), so its swaps are the same whichever process, shard or batch builds them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 
-from structvl.data.knowledge.cache import knowledge_for
+from structvl.data.knowledge.cache import KnowledgeCache, knowledge_for
+from structvl.data.knowledge.counts import CorpusCounts, knowledge_elements, span_tag, swappable_label
 from structvl.data.knowledge.record import CaptionKnowledge
 from structvl.data.knowledge.vocab import KnowledgeVocab
 
-
-def _tag_class(tag: str) -> str:
-    """Proper-noun tags are spaCy's frequent misreading of shape nouns ("cross"): match them as common nouns."""
-    return {"NNP": "NN", "NNPS": "NNS"}.get(tag, tag)
-
-
-def _span_tag(knowledge: CaptionKnowledge, start: int) -> str:
-    word = next((w for w in knowledge.words if w["start"] == start), None)
-    return _tag_class(word["tag"]) if word else ""
-
-
-def _label(element: dict) -> str:
-    """The swappable part of an element: relations swap their predicate, keeping subject and object."""
-    return element["label"].split("|")[1] if element["type"] == "relation" else element["label"]
+__all__ = ["SwapContext", "SwapSettings", "build_swapped_negatives", "build_swaps", "co_modifiers",
+           "described_objects", "differs_in_one_element", "knowledge_elements", "paraphrase_pairs",
+           "propose_swaps", "surface_forms"]
 
 
 def surface_forms(knowledges: list[CaptionKnowledge]) -> dict[tuple[str, str, str], list[str]]:
@@ -32,14 +37,7 @@ def surface_forms(knowledges: list[CaptionKnowledge]) -> dict[tuple[str, str, st
     Replacements are taken from how the corpus itself words each element ("slides to the left of", "is
     spinning"), in the same inflection as the text they replace, so swapped captions stay grammatical
     without an inflection grammar."""
-    counts: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
-    for k in knowledges:
-        for element in k.element_spans:
-            if len(element["spans"]) != 1:
-                continue
-            start, end = element["spans"][0]
-            counts[(element["type"], _label(element), _span_tag(k, start))][k.caption[start:end]] += 1
-    return {key: [text for text, _ in c.most_common()] for key, c in counts.items()}
+    return CorpusCounts.of(knowledges).surface_forms()
 
 
 def paraphrase_pairs(videos_captions: list[list[str]], knowledge: dict[str, CaptionKnowledge],
@@ -60,39 +58,8 @@ def paraphrase_pairs(videos_captions: list[list[str]], knowledge: dict[str, Capt
     `min_videos` videos and `ratio` times more often than they appear together in one caption are taken
     as paraphrases. A corpus with one caption per video gives no evidence and no pairs.
     """
-    def items(k: CaptionKnowledge) -> set[tuple[str, str, str]]:  # (type, label, what it must share to compare)
-        out = set()
-        for kind, elements in knowledge_elements(k).items():
-            for element in elements:
-                if kind == "attribute":
-                    label, _, noun = element.partition("|")
-                elif kind == "relation":
-                    subject, label, obj = element.split("|")
-                    if subject == obj:
-                        continue
-                    noun = f"{subject}|{obj}"
-                else:
-                    label, noun = element, ""
-                out.add((kind, label, noun))
-        return out
-
-    def comparable(a, b) -> bool:
-        return a[0] == b[0] and a[2] == b[2] and a[1] < b[1]
-
-    together, alternate = Counter(), Counter()
-    for captions in videos_captions:
-        sets = [items(knowledge[c]) for c in captions if c in knowledge]
-        if len(sets) < 2:
-            continue
-        in_one = set().union(*[{(a[0], a[1], b[1]) for a in s for b in s if comparable(a, b)} for s in sets])
-        union = set().union(*sets)
-        for pair in {(a[0], a[1], b[1]) for a in union for b in union if comparable(a, b)}:
-            (together if pair in in_one else alternate)[pair] += 1
-    pairs = set()
-    for (kind, a, b), n in alternate.items():
-        if n >= min_videos and n >= ratio * together[(kind, a, b)]:
-            pairs.update({(kind, a, b), (kind, b, a)})
-    return pairs
+    videos = [[knowledge[c] for c in captions if c in knowledge] for captions in videos_captions]
+    return CorpusCounts.of([], videos).paraphrase_pairs(min_videos, ratio)
 
 
 def described_objects(knowledges: list[CaptionKnowledge], min_count: int = 2) -> set[str]:
@@ -100,22 +67,13 @@ def described_objects(knowledges: list[CaptionKnowledge], min_count: int = 2) ->
     circle", "a black background"): things that can be swapped for one another. Nouns never described
     ("in this video", "staying in place") are parts of the phrasing, not of the scene; swapping them makes
     nonsense ("staying in circle") rather than a hard negative."""
-    counts = Counter(noun for k in knowledges for noun in {noun for _, noun in k.attributes})
-    return {noun for noun, n in counts.items() if n >= min_count}
+    return CorpusCounts.of(knowledges).described_objects(min_count)
 
 
 def co_modifiers(knowledges: list[CaptionKnowledge]) -> set[tuple[str, str]]:
     """Attribute pairs seen modifying the same noun somewhere in the corpus ("big" + "blue"). An attribute
     swap that puts two never-combined modifiers on one noun ("big little disk") is rejected."""
-    pairs = set()
-    for k in knowledges:
-        by_noun = defaultdict(set)
-        for e in k.element_spans:
-            if e["type"] == "attribute":
-                by_noun[tuple(e["noun_span"])].add(e["label"])
-        for labels in by_noun.values():
-            pairs.update((a, b) for a in labels for b in labels if a != b)
-    return pairs
+    return CorpusCounts.of(knowledges).comodifiers
 
 
 def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict[str, list[str]],
@@ -141,7 +99,7 @@ def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict
         for _ in range(per_type):
             element = rng.choice(elements)
             start, end = element["spans"][0]
-            tag, old = _span_tag(knowledge, start), _label(element)
+            tag, old = span_tag(knowledge, start), swappable_label(element)
             others = set()
             if kind == "attribute":  # the other modifiers of the same noun
                 others = {e["label"] for e in knowledge.element_spans if e["type"] == "attribute"
@@ -162,14 +120,6 @@ def propose_swaps(knowledge: CaptionKnowledge, forms: dict, labels_by_type: dict
             if caption != knowledge.caption:
                 out.append((caption, kind, old, new))
     return out
-
-
-def knowledge_elements(k: CaptionKnowledge) -> dict[str, set[str]]:
-    """A caption's knowledge as sets per type, attributes bound to their noun ("red|circle"): "a red star and
-    a blue circle" -> "a red star and a red circle" changes an element even though "red" was there."""
-    elements = {kind: set(labels) for kind, labels in k.labels().items()}
-    elements["attribute"] = {f"{attribute}|{noun}" for attribute, noun in k.attributes}
-    return elements
 
 
 def differs_in_one_element(source: CaptionKnowledge, swapped: CaptionKnowledge, kind: str, old: str,
@@ -211,42 +161,129 @@ def differs_in_one_element(source: CaptionKnowledge, swapped: CaptionKnowledge, 
     return True
 
 
+@dataclass(frozen=True)
+class SwapSettings:
+    """How a run builds its swapped captions (CLOP's `clop.kcl_swap_*` and `knowledge.exclude` keys).
+
+    types: the knowledge types swapped; per_type: proposals per type and caption; seed: the proposals'
+    seed; exclude: {type: [labels]} never replaced nor swapped in; sampling: "uniform" over the type's
+    vocabulary, or "frequency" - each label as often as the captions use it, so that no label is rarer among
+    the negatives than among the positives."""
+
+    types: tuple[str, ...]
+    per_type: int
+    seed: int = 0
+    exclude: tuple[tuple[str, str], ...] = field(default=())
+    sampling: str = "uniform"
+
+    @classmethod
+    def make(cls, types, per_type: int, seed: int = 0, exclude: Mapping | None = None,
+             sampling: str = "uniform") -> SwapSettings:
+        pairs = tuple(sorted((kind, label) for kind, labels in (exclude or {}).items() for label in labels))
+        return cls(tuple(types), int(per_type), int(seed), pairs, sampling)
+
+
+class SwapContext:
+    """What proposing and validating any caption's swaps needs, built once from the corpus counts.
+
+    Small (the vocabulary's surface forms, paraphrase pairs, combinable modifiers, described nouns) and
+    picklable, so loader workers hold it. `id` names it in the cache: the corpus, the vocabulary and the
+    settings, so swaps are never read under a context they were not built with.
+    """
+
+    def __init__(self, settings: SwapSettings, forms: dict, labels_by_type: dict[str, list[str]],
+                 paraphrases: set, combinable: set, swappable_objects: set,
+                 label_weights: dict[str, dict[str, float]] | None, id: str):
+        self.settings, self.forms, self.labels_by_type = settings, forms, labels_by_type
+        self.paraphrases, self.combinable, self.swappable_objects = paraphrases, combinable, swappable_objects
+        self.label_weights, self.id = label_weights, id
+        self.excluded = set(settings.exclude)
+        self._form_lists = {key: [text] for key, text in forms.items()}  # the shape propose_swaps reads
+
+    @classmethod
+    def build(cls, counts: CorpusCounts, vocab: KnowledgeVocab, settings: SwapSettings,
+              corpus: str = "") -> SwapContext:
+        """From a corpus's (merged) counts, the run's vocabulary and its settings; `corpus` names the corpus."""
+        types = list(settings.types)
+        labels_by_type = {kind: list(dict.fromkeys(swappable_label({"type": kind, "label": label})
+                                                   for label in vocab.labels(kind))) for kind in types}
+        replacements = {(kind, label) for kind, labels in labels_by_type.items() for label in labels}
+        # Only a replacement's wording is ever used, and only its most frequent one.
+        forms = {key: texts[0] for key, texts in counts.surface_forms().items() if key[:2] in replacements}
+        attributes = set(labels_by_type.get("attribute", ()))
+        combinable = {pair for pair in counts.comodifiers if pair[0] in attributes}
+        paraphrases = {pair for pair in counts.paraphrase_pairs() if (pair[0], pair[2]) in replacements}
+        label_weights = None
+        if settings.sampling == "frequency":  # a relation's swappable part is its predicate: pool its labels' counts
+            label_weights = {kind: defaultdict(float) for kind in types}
+            for kind in types:
+                for label, count in zip(vocab.labels(kind), vocab.counts(kind)):
+                    label_weights[kind][swappable_label({"type": kind, "label": label})] += count
+            label_weights = {kind: dict(weights) for kind, weights in label_weights.items()}
+        return cls(settings, forms, labels_by_type, paraphrases, combinable, counts.described_objects(),
+                   label_weights, cls.id_for(corpus, vocab, settings))
+
+    @staticmethod
+    def id_for(corpus: str, vocab: KnowledgeVocab, settings: SwapSettings) -> str:
+        """The name of the context of (corpus, vocabulary, settings), known before building it."""
+        identity = json.dumps({"corpus": corpus, "settings": asdict(settings),
+                               "vocab": {kind: vocab.labels(kind) for kind in settings.types}}, sort_keys=True)
+        return hashlib.sha1(identity.encode("utf-8")).hexdigest()[:16]
+
+    def propose(self, knowledge: CaptionKnowledge) -> list[tuple[str, str, str, str]]:
+        """Candidate swaps (caption, type, old label, new label) of one caption, unvalidated."""
+        rng = random.Random(f"{self.settings.seed}\0{knowledge.caption}")
+        return propose_swaps(knowledge, self._form_lists, self.labels_by_type, list(self.settings.types),
+                             self.settings.per_type, rng, self.paraphrases, self.combinable,
+                             self.swappable_objects, self.excluded, self.label_weights)
+
+    def to_dict(self) -> dict:
+        return {"settings": asdict(self.settings), "forms": sorted([*key, text] for key, text in self.forms.items()),
+                "labels_by_type": self.labels_by_type, "paraphrases": sorted(map(list, self.paraphrases)),
+                "combinable": sorted(map(list, self.combinable)), "swappable_objects": sorted(self.swappable_objects),
+                "label_weights": self.label_weights, "id": self.id}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SwapContext:
+        raw = data["settings"]
+        settings = SwapSettings(tuple(raw["types"]), raw["per_type"], raw["seed"],
+                                tuple(tuple(pair) for pair in raw["exclude"]), raw["sampling"])
+        return cls(settings, {tuple(row[:3]): row[3] for row in data["forms"]}, data["labels_by_type"],
+                   {tuple(p) for p in data["paraphrases"]}, {tuple(p) for p in data["combinable"]},
+                   set(data["swappable_objects"]), data["label_weights"], data["id"])
+
+
+def build_swaps(knowledges: list[CaptionKnowledge], context: SwapContext, cache: KnowledgeCache | None = None,
+                n_process: int = 1, batch_size: int = 256, progress: bool | None = None,
+                nlp=None) -> dict[str, list[tuple[str, str]]]:
+    """caption -> [(swapped caption, type)] for `knowledges`: proposed by `context`, every proposal parsed with
+    spaCy (the parses land in the knowledge cache) and kept only when it differs from its source in exactly
+    one knowledge element (`differs_in_one_element`). Written to `cache` under `context.id` when given."""
+    proposals = {k.caption: context.propose(k) for k in knowledges}
+    parsed = knowledge_for([c for props in proposals.values() for c, *_ in props], cache, n_process=n_process,
+                           batch_size=batch_size, progress=progress, nlp=nlp)
+    parsed_by_caption = {k.caption: k for k in parsed}
+    source = {k.caption: k for k in knowledges}
+    swaps = {caption: list(dict.fromkeys((c, kind) for c, kind, old, new in props
+                                         if differs_in_one_element(source[caption], parsed_by_caption[c], kind,
+                                                                   old, new)))
+             for caption, props in proposals.items()}
+    if cache is not None:
+        cache.put_swaps(context.id, swaps)
+    return swaps
+
+
 def build_swapped_negatives(knowledges: list[CaptionKnowledge], vocab: KnowledgeVocab, cache, types: list[str],
                             per_type: int, seed: int = 0,
                             videos_captions: list[list[str]] | None = None,
                             exclude: dict | None = None,
                             sampling: str = "uniform") -> dict[str, list[tuple[str, str]]]:
-    """caption -> [(swapped caption, type)], every one parsed with spaCy and kept only when it differs from
-    its source in exactly one knowledge element (see `differs_in_one_element`). Replacements that the
-    corpus treats as paraphrases (`paraphrase_pairs`, from videos with several captions), modifiers never
-    combined (`co_modifiers`) and nouns the corpus never describes (`described_objects`) are not proposed.
-    sampling: "uniform" over the vocabulary, or "frequency" - each label as often as the captions use it,
-    so that no label is rarer among the negatives than among the positives.
-    Run once per corpus: the parses land in the knowledge cache."""
-    forms = surface_forms(knowledges)
+    """caption -> [(swapped caption, type)] for a corpus held in memory (`knowledges`, and the captions of each
+    video for the paraphrase evidence): `CorpusCounts` of it, a `SwapContext`, then `build_swaps`.
+    Replacements that the corpus treats as paraphrases (`paraphrase_pairs`), modifiers never combined
+    (`co_modifiers`) and nouns the corpus never describes (`described_objects`) are not proposed."""
     by_caption = {k.caption: k for k in knowledges}
-    paraphrases = paraphrase_pairs(videos_captions or [], by_caption)
-    combinable = co_modifiers(knowledges)
-    swappable_objects = described_objects(knowledges)
-    labels_by_type = {kind: [_label({"type": kind, "label": label}) for label in vocab.labels(kind)]
-                      for kind in types}
-    labels_by_type = {kind: list(dict.fromkeys(labels)) for kind, labels in labels_by_type.items()}
-    label_weights = None
-    if sampling == "frequency":  # a relation's swappable part is its predicate: pool its labels' counts
-        label_weights = {kind: defaultdict(float) for kind in types}
-        for kind in types:
-            for label, count in zip(vocab.labels(kind), vocab.counts(kind)):
-                label_weights[kind][_label({"type": kind, "label": label})] += count
-    rng = random.Random(seed)
-    excluded = {(kind, label) for kind, labels in (exclude or {}).items() for label in labels}
-    proposals = {k.caption: propose_swaps(k, forms, labels_by_type, types, per_type, rng, paraphrases, combinable,
-                                          swappable_objects, excluded, label_weights) for k in knowledges}
-    parsed = knowledge_for([c for props in proposals.values() for c, *_ in props], cache)
-    parsed_by_caption = {k.caption: k for k in parsed}
-    source = {k.caption: k for k in knowledges}
-    negatives: dict[str, list[tuple[str, str]]] = {}
-    for caption, props in proposals.items():
-        kept = list(dict.fromkeys((c, kind) for c, kind, old, new in props
-                                  if differs_in_one_element(source[caption], parsed_by_caption[c], kind, old, new)))
-        negatives[caption] = kept
-    return negatives
+    videos = [[by_caption[c] for c in captions if c in by_caption] for captions in videos_captions or []]
+    settings = SwapSettings.make(types, per_type, seed, exclude, sampling)
+    context = SwapContext.build(CorpusCounts.of(knowledges, videos), vocab, settings)
+    return build_swaps(knowledges, context, cache)

@@ -24,13 +24,15 @@ class KnowledgeVocab:
 
     FORMAT = "structvl.knowledge_vocab/1"
 
-    def __init__(self, labels: Mapping[str, Sequence[str]], counts: Mapping[str, Sequence[int]] | None = None):
+    def __init__(self, labels: Mapping[str, Sequence[str]], counts: Mapping[str, Sequence[int]] | None = None,
+                 total: int | None = None):
         unknown = set(labels) - set(KNOWLEDGE_TYPES)
         if unknown:
             raise ValueError(f"unknown knowledge types {sorted(unknown)}; expected {KNOWLEDGE_TYPES}")
         self._labels = {kind: list(labels.get(kind, ())) for kind in KNOWLEDGE_TYPES}
         counts = counts or {}
         self._counts = {kind: list(counts.get(kind, [0] * len(self._labels[kind]))) for kind in KNOWLEDGE_TYPES}
+        self.total = total  # captions the counts are out of (None: not recorded), e.g. for a label's prior
         self._index = {kind: {label: i for i, label in enumerate(self._labels[kind])} for kind in KNOWLEDGE_TYPES}
         for kind in KNOWLEDGE_TYPES:
             if len(self._index[kind]) != len(self._labels[kind]):
@@ -55,7 +57,9 @@ class KnowledgeVocab:
         else:
             limits = dict.fromkeys(KNOWLEDGE_TYPES, top_k)
         caption_counts = {kind: Counter() for kind in KNOWLEDGE_TYPES}
+        total = 0
         for knowledge in knowledges:
+            total += 1
             for kind, labels in knowledge.labels().items():
                 caption_counts[kind].update(set(labels))
         labels, counts = {}, {}
@@ -65,7 +69,7 @@ class KnowledgeVocab:
                     if n >= min_count and label not in exclude.get(kind, ())][:limits[kind]]
             labels[kind] = [label for label, _ in kept]
             counts[kind] = [n for _, n in kept]
-        return cls(labels, counts)
+        return cls(labels, counts, total)
 
     def labels(self, kind: str) -> list[str]:
         return list(self._labels[kind])
@@ -102,7 +106,7 @@ class KnowledgeVocab:
                 for kind in KNOWLEDGE_TYPES}
 
     def to_dict(self) -> dict:
-        return {"format": self.FORMAT, "relation_label": "subject|predicate|object",
+        return {"format": self.FORMAT, "relation_label": "subject|predicate|object", "captions": self.total,
                 "vocab": {kind: [[label, n] for label, n in zip(self._labels[kind], self._counts[kind])]
                           for kind in KNOWLEDGE_TYPES}}
 
@@ -112,7 +116,7 @@ class KnowledgeVocab:
             raise ValueError(f"not a knowledge vocabulary (format {data.get('format')!r}, expected {cls.FORMAT!r})")
         vocab = data["vocab"]
         return cls({kind: [label for label, _ in entries] for kind, entries in vocab.items()},
-                   {kind: [n for _, n in entries] for kind, entries in vocab.items()})
+                   {kind: [n for _, n in entries] for kind, entries in vocab.items()}, data.get("captions"))
 
     def save(self, path: str | Path) -> None:
         """Write JSON with one [label, count] per line: easy to read, and two vocabularies diff line by line."""
@@ -122,6 +126,7 @@ class KnowledgeVocab:
                  for kind, entries in data["vocab"].items()]
         text = (f'{{\n  "format": {json.dumps(data["format"])},\n'
                 f'  "relation_label": {json.dumps(data["relation_label"])},\n'
+                f'  "captions": {json.dumps(data["captions"])},\n'
                 '  "vocab": {\n' + ",\n".join(types) + "\n  }\n}\n")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

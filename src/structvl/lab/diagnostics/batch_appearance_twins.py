@@ -85,7 +85,7 @@ def main() -> int:
     report("random", ResumableDistributedSampler(len(records), seed=0).indices())
     gallery = [appearance_of(r) for r in read_annotations("jsonl", Path(args.corpus) / "eval/retrieval_test.jsonl")]
     report(f"retrieval test gallery, one batch of {len(gallery)}", list(range(len(gallery))), gallery, len(gallery))
-    knowledge = [[context.knowledge[c] for c in r.captions if c in context.knowledge] for r in records]
+    knowledge = [context.knowledge.knowledge(r.captions)[0] for r in records]
     labels = {types: torch.stack([multi_hot(k, context.vocab, list(types)).amax(0) for k in knowledge]).numpy()
               for types in {tuple(types) for types, _, _ in VARIANTS}}  # once per set of types
     for types, group_size, pool in VARIANTS:
