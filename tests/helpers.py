@@ -7,6 +7,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
+import torch.nn as nn
 
 from structvl.config import load_config
 
@@ -68,3 +70,25 @@ def write_video(path: Path, num_frames: int = 16, size: tuple[int, int] = (48, 6
 def frame_index_of(frame: np.ndarray) -> int:
     """Recover the index write_video encoded into a decoded frame (robust to codec noise)."""
     return int(round(float(frame[..., 0].astype(np.float32).mean()) / 8))
+
+
+# ----------------------------------------------------------------------------- source image models
+# The checkpoint-format tests build small image models with the source libraries themselves (random weights).
+WIDTH, DEPTH, HEADS, PATCH, EMBED = 64, 2, 2, 8, 24
+
+
+def perturb_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere (LayerNorms at 1/0 and zero biases would hide a wrong mapping)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def open_clip_model(open_clip, image_size: int = 32, seed: int = 0):
+    model = open_clip.model.CLIP(
+        embed_dim=EMBED, quick_gelu=True,
+        vision_cfg=dict(image_size=image_size, patch_size=PATCH, width=WIDTH, layers=DEPTH, head_width=WIDTH // HEADS),
+        text_cfg=dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1))
+    return perturb_(model, seed)

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from structvl.cli import main
 from structvl.config import ConfigError, load_config
-from test_models_pretrained import EMBED, open_clip_model
+
+from helpers import EMBED, open_clip_model
 
 TINY_CLIP = [
     "model.video.image_size=32", "model.video.patch_size=8", "model.video.num_frames=4", "model.video.width=64",

@@ -14,17 +14,9 @@ from structvl.config import ConfigError, VideoEncoderConfig, VideoInitConfig
 from structvl.models.pretrained import load_video_init
 from structvl.models.video_encoder import VideoEncoder
 
+from helpers import DEPTH, EMBED, HEADS, PATCH, WIDTH, open_clip_model, perturb_
+
 ATOL = 1e-5
-WIDTH, DEPTH, HEADS, PATCH, EMBED = 64, 2, 2, 8, 24
-
-
-def perturb_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights everywhere (LayerNorms at 1/0 and zero biases would hide a wrong mapping)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def video_cfg(fmt: str, path, image_size: int = 32, **kw) -> VideoEncoderConfig:
@@ -60,14 +52,6 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 # ----------------------------------------------------------------------------- open_clip
-def open_clip_model(open_clip, image_size: int = 32, seed: int = 0):
-    model = open_clip.model.CLIP(
-        embed_dim=EMBED, quick_gelu=True,
-        vision_cfg=dict(image_size=image_size, patch_size=PATCH, width=WIDTH, layers=DEPTH, head_width=WIDTH // HEADS),
-        text_cfg=dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1))
-    return perturb_(model, seed)
-
-
 def open_clip_features(model, image: torch.Tensor) -> dict:
     states = {}
     hook = model.visual.ln_post.register_forward_hook(lambda m, i, o: states.update(x=o))
