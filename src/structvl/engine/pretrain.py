@@ -190,6 +190,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False,
     metrics: dict = {f"train/{k}": v for k, v in train_logs.items()}
     metrics["data/skipped"] = ledger.summary()["total"]
     metrics["train/bf16"] = float(precision == "bf16")  # "auto" differs by machine, and so do the numbers
+    metrics["train/fp16"] = float(precision == "fp16")
     fsdp = info.enabled and cfg.train.distributed == "fsdp"
     if fsdp and info.is_main:  # FSDP left each rank a shard: rebuild an unsharded copy from the final checkpoint
         model = build_model(cfg.model, load_pretrained=False).to(info.device)

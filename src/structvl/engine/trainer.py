@@ -1,14 +1,19 @@
-"""The pre-training loop: data position, accumulation, bf16 autocast, clipping, DDP/FSDP, checkpoints.
+"""The pre-training loop: data position, accumulation, bf16/fp16 autocast, clipping, DDP/FSDP, checkpoints.
 
 The trainer knows nothing about objectives: it calls `module(batch) -> (loss, logs)` on a
 `PretrainingModule` and steps the optimizer. Everything needed to continue a run exactly (weights,
-optimizer, scheduler, step, epoch, samples consumed this epoch, RNG states) goes into each checkpoint.
+optimizer, scheduler, grad scaler, step, epoch, samples consumed this epoch, RNG states) goes into each
+checkpoint.
+
+Host-device syncs: the logs stay tensors on the device (summed over micro-steps) and reach the host in one
+transfer at `train.log_every` steps. Between log steps a step waits for the device once: the all-finite flag of
+the loss, read before the optimizer moves the weights (under fp16 the grad scaler's own overflow check takes
+that place, and the steps it skips are counted in `skipped_steps`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -24,11 +29,33 @@ from structvl.engine.logger import RunLogger
 from structvl.engine.optim import build_optimizer, build_scheduler
 from structvl.models.video_text import VideoTextModel
 from structvl.runtime.distributed import DistInfo, all_reduce_mean
-from structvl.runtime.precision import autocast, autocast_dtype
+from structvl.runtime.precision import autocast, autocast_dtype, grad_scaler, set_tf32
 
 
 def move_to(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, parameters, grad_clip: float
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Unscale (fp16), clip, step, update the scale: (grad norm, skipped), both device tensors or None, no sync
+    of their own. `skipped` (fp16 only) is 1 when the scaler found an Inf/NaN gradient and skipped the step,
+    which is exactly when the unscaled gradients' norm is not finite."""
+    norm = skipped = None
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        if hasattr(norm, "full_tensor"):  # FSDP: a DTensor; the plain tensor every rank agrees on (no host sync)
+            norm = norm.full_tensor()
+    if scaler.is_enabled():
+        if norm is None:
+            grads = [p.grad for p in parameters if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        skipped = (~torch.isfinite(norm)).float()
+    scaler.step(optimizer)
+    scaler.update()
+    return norm, skipped
 
 
 def wrap_distributed(module: nn.Module, cfg: RunConfig, info: DistInfo) -> nn.Module:
@@ -52,7 +79,12 @@ class Trainer:
                  skip_ledger=None, sampler=None):
 
         self.cfg, self.info, self.run_dir = cfg, info, Path(run_dir)
+        set_tf32(cfg.train.tf32)
         self.raw_module = module.to(info.device)
+        if cfg.train.compile:  # before DDP wraps it; compiled in place, so parameter names do not change
+            for model in self.raw_module.modules():
+                if isinstance(model, VideoTextModel):
+                    model.compile_towers()
         self.module = wrap_distributed(self.raw_module, cfg, info)
         self.dataset = dataset
         self.optimizer = build_optimizer(self.module, cfg.optim)
@@ -76,6 +108,8 @@ class Trainer:
         self.skip_ledger = skip_ledger
         self.step, self.epoch, self.samples_seen = 0, 0, 0
         self.autocast_dtype = autocast_dtype(cfg.train.precision, self.info.device)
+        self.scaler = grad_scaler(self.autocast_dtype, self.info.device)  # fp16 only; a pass-through otherwise
+        self.skipped_steps = torch.zeros((), device=self.info.device)  # optimizer steps the fp16 scaler skipped
 
     # ------------------------------------------------------------------ state
     def _is_fsdp(self) -> bool:
@@ -92,7 +126,8 @@ class Trainer:
     def save(self) -> Path | None:
         module_state, optim_state = self._full_state()
         state = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                 "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "scaler": {},
+                 "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "skipped_steps": int(self.skipped_steps),
                  "rng": self._rng_states(), "world_size": self.info.world_size}
         path = None
         if self.info.is_main:
@@ -126,6 +161,9 @@ class Trainer:
             self.raw_module.load_state_dict(module_state)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps.fill_(state.get("skipped_steps", 0))
         self.step, self.epoch, self.samples_seen = state["step"], state["epoch"], state["samples_seen"]
         rng = state["rng"]
         ckpt.set_rng_state(rng[self.info.rank] if len(rng) == self.info.world_size else rng[0])
@@ -178,7 +216,8 @@ class Trainer:
             while self.step < cfg.train.max_steps:
                 self.module.train()
                 self.optimizer.zero_grad(set_to_none=True)
-                micro_logs = []
+                sums: dict[str, torch.Tensor] = {}  # this step's logs summed over micro-steps, on the device
+                loss_sum = None  # this step's loss over micro-steps, on the device
                 for micro in range(cfg.optim.accumulate):
                     batch = None
                     while batch is None:  # a batch whose samples were all skipped is not a step
@@ -191,29 +230,33 @@ class Trainer:
                         self.module, nn.parallel.DistributedDataParallel)
                     with (contextlib.nullcontext() if sync else self.module.no_sync()), self._autocast():
                         loss, logs = self.module(batch)
-                    (loss / cfg.optim.accumulate).backward()
-                    micro_logs.append(logs)
+                    self.scaler.scale(loss / cfg.optim.accumulate).backward()
+                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                    for k, v in logs.items():
+                        sums[k] = sums[k] + v if k in sums else v
                     clips_since += batch["video"].shape[0] * self.info.world_size
-                logs = {k: sum(m[k] for m in micro_logs) / len(micro_logs) for k in micro_logs[0]}
-                if not math.isfinite(logs["loss"]):
-                    raise FloatingPointError(f"step {self.step}: loss is {logs['loss']}; stopping before the "
-                                             "weights are corrupted (lower optim.lr or use train.precision=fp32)")
-                if cfg.optim.grad_clip > 0:
-                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(),
-                                                                             cfg.optim.grad_clip))
-                self.optimizer.step()
+                # The one sync of a step without fp16: the weights never take a step from a non-finite loss.
+                if not self.scaler.is_enabled() and not bool(torch.isfinite(loss_sum)):
+                    raise FloatingPointError(f"step {self.step}: loss is {float(loss_sum) / cfg.optim.accumulate}"
+                                             "; stopping before the weights are corrupted (lower optim.lr or use "
+                                             "train.precision=fp32)")
+                grad_norm, skipped = optimizer_step(self.optimizer, self.scaler, list(self.module.parameters()),
+                                                    cfg.optim.grad_clip)
+                if skipped is not None:
+                    self.skipped_steps += skipped
                 for model in self.clamped:
                     model.clamp_logit_scale_()
                 self.scheduler.step()
                 self.step += 1
-                logs["lr"] = self.scheduler.get_last_lr()[0]
-                self.logger.step(1, {"loss": logs["loss"]})
+                self.logger.step(1)
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
+                    logs = self._host_logs(sums, cfg.optim.accumulate, grad_norm)
                     now = time.perf_counter()
                     logs["clips_per_s"] = clips_since / max(now - t_last, 1e-9)
                     t_last, clips_since = now, 0
-                    logs = {k: (all_reduce_mean(v) if k.endswith("loss") else v) for k, v in logs.items()}
+                    logs["lr"] = self.scheduler.get_last_lr()[0]
                     logs["epoch"] = self.epoch
+                    self.logger.step(0, {"loss": logs["loss"]})
                     self.logger.log(self.step, logs)
                     last_logs = logs
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
@@ -223,6 +266,22 @@ class Trainer:
         finally:
             self.logger.close()
         return last_logs
+
+    def _host_logs(self, sums: dict[str, torch.Tensor], micro_steps: int, grad_norm: torch.Tensor | None) -> dict:
+        """This step's logs (micro-step means; losses averaged over ranks) as Python floats: every value goes
+        to the host in one transfer (and one all-reduce for the losses)."""
+        values = {k: v / micro_steps for k, v in sums.items()}
+        if grad_norm is not None:
+            values["grad_norm"] = grad_norm
+        if self.scaler.is_enabled():
+            values["skipped_steps"] = self.skipped_steps
+            values["loss_scale"] = self.scaler.get_scale()
+        keys = list(values)
+        stacked = torch.stack([torch.as_tensor(values[k], device=self.info.device).float() for k in keys])
+        losses = torch.tensor([k.endswith("loss") for k in keys], device=stacked.device)
+        if self.info.enabled:  # ranks' mean of the losses; other values are this rank's
+            stacked = torch.where(losses, all_reduce_mean(stacked), stacked)
+        return dict(zip(keys, stacked.double().cpu().tolist()))
 
     def _autocast(self):
         return autocast(self.info.device, self.autocast_dtype)

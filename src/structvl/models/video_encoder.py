@@ -3,7 +3,13 @@
 Input (B, T, C, H, W) -> tubelet patch embedding -> [CLS] + T'*N patch tokens with learned spatial and
 temporal position embeddings -> transformer blocks (joint space-time or divided time-then-space
 attention) -> the pooled [CLS] embedding *and* the patch tokens (B, T', N, D), which S-ViLM's grouping and
-Clover's fusion encoder consume.
+Clover's fusion encoder consume. While training with `model.video.token_keep` < 1, a random subset of the
+patch positions goes through the blocks (FLIP/UMT token dropping) and N is the number kept.
+
+Every attention is `F.scaled_dot_product_attention` on the fused QKV projection's output viewed per head (no
+copy), so each device picks its fastest kernel (flash attention on GPUs). Under autocast the residual stream is
+kept in the autocast dtype: every norm, residual add and drop-path then moves half the bytes, and no matmul
+input needs a cast first.
 
 Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...). An image
 model (open_clip, timm or transformers' CLIP) is loaded into it by models/pretrained/, whose parts images don't
@@ -119,6 +125,9 @@ class VideoEncoderOutput:
     tokens: torch.Tensor  # (B, T', N, D) final patch states
     frame_mask: torch.Tensor  # (B, T') True where the tubelet holds a real frame
     # S-ViLM groups (only when model.video.num_group_tokens > 0; see models/grouping.py):
+    # Token dropping (model.video.token_keep < 1, training only): the patch positions (B, N) kept in every time
+    # step, indices into the full grid; None when every patch went through.
+    kept: torch.Tensor | None = None
     groups: torch.Tensor | None = None  # (B, G, D) group features
     group_assignment: torch.Tensor | None = None  # (B, T', N) long: each patch's group (-1: padded time step)
     group_probs: torch.Tensor | None = None  # (B, G, T', N) soft assignment p(group | patch)
@@ -172,18 +181,23 @@ class VideoEncoder(nn.Module):
                 patch_embeddings: torch.Tensor | None = None) -> VideoEncoderOutput:
         """`patch_embeddings` lets a caller (Clover's video masking) edit the embedded patches first."""
         x = self.embed(video) if patch_embeddings is None else patch_embeddings
+        kept = None
+        if self.training and self.cfg.token_keep < 1.0:
+            x, kept = self._drop_tokens(x)
+        if torch.is_autocast_enabled(x.device.type):  # the residual stream in the autocast dtype (docstring)
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         b, t, n, d = x.shape
         tube_mask = self._tube_mask(frame_mask, b, x.device)
         token_mask = None
         if tube_mask is not None and not bool(tube_mask.all()):
             token_mask = torch.cat([tube_mask.new_ones(b, 1), tube_mask.repeat_interleave(n, 1)], dim=1)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
+        cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(b, -1, -1)
         x = torch.cat([cls, x.reshape(b, t * n, d)], dim=1)
         if self.norm_pre is not None:
             x = self.norm_pre(x)
         groups = assign = probs = None
         if self.cfg.num_group_tokens:
-            groups = self.group_token.expand(b, -1, -1)
+            groups = self.group_token.to(x.dtype).expand(b, -1, -1)
             patch_mask = None if token_mask is None else token_mask[:, 1:]
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
@@ -195,7 +209,8 @@ class VideoEncoder(nn.Module):
         x = self.norm(x)
         valid = tube_mask if tube_mask is not None else x.new_ones(b, t, dtype=torch.bool)
         tokens = x[:, 1:].reshape(b, t, n, d)
-        out = VideoEncoderOutput(pooled=self._pool(x[:, 0], tokens, valid), tokens=tokens, frame_mask=valid)
+        out = VideoEncoderOutput(pooled=self._pool(x[:, 0], tokens, valid), tokens=tokens, frame_mask=valid,
+                                 kept=kept)
         if groups is not None:
             out.groups = groups
             assignment = assign.detach().argmax(1)
@@ -204,6 +219,16 @@ class VideoEncoder(nn.Module):
             out.group_assignment = assignment.view(b, t, n)
             out.group_probs = probs.view(b, -1, t, n)
         return out
+
+    def _drop_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep round(N * token_keep) random patch positions per clip, the same ones in every time step (tube
+        dropping, as VideoMAE masks), so divided attention's temporal step still sees one place across time.
+        (B, T', N, D) -> (B, T', K, D) and the kept positions (B, K) in raster order. Position embeddings were
+        added before, so each kept token still says where it was."""
+        b, t, n, d = x.shape
+        keep = max(1, round(n * self.cfg.token_keep))
+        kept = torch.rand(b, n, device=x.device).argsort(dim=1)[:, :keep].sort(dim=1).values
+        return x.gather(2, kept[:, None, :, None].expand(b, t, keep, d)), kept
 
     def _pool(self, cls: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The clip vector (`model.video.pooling`): the [CLS] state, or the mean patch state over real frames."""
