@@ -21,6 +21,7 @@ tensors: this measures the model step, not the data loader (benchmarks/decode.py
     python benchmarks/train_step.py --configs demo --precisions bf16 --rounds 5
     python benchmarks/train_step.py --configs demo --precisions bf16 --variants "" "model.video.token_keep=0.5"
     python benchmarks/train_step.py --configs model/vit_b16 --set model.activation_checkpointing=false
+    python benchmarks/train_step.py --threads 1 --clock process     # a shared machine: CPU time, see --clock
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from structvl.engine.trainer import optimizer_step
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 from structvl.runtime.precision import autocast, grad_scaler, native_bf16, resolved_name
+
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+clock = time.perf_counter  # --clock: what both the peak and the steps are timed with
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH = {"demo": 32, "model/vit_b16": 2, "model/clip_vit_b16": 2}  # the CPU benchmark's clips per step
@@ -67,22 +71,22 @@ def _cpu_flash_backward_flop(grad_out, query, key, value, *args, out_shape=None,
     return 2 * _attention_flops(query, key, value)  # dQ, dK, dV and dP: twice the forward, as for the CUDA kernels
 
 
-def count_step_flops(step, module: PretrainingModule) -> tuple[float, float]:
-    """(model FLOPs, FLOPs that run) of one call of `step()`: the second includes the forward recomputed under
-    activation checkpointing, the first is counted again with checkpointing off (equal when it is off)."""
+def count_step_flops(step, module: PretrainingModule) -> tuple[float, float, dict]:
+    """(model FLOPs, FLOPs that run, the model FLOPs per operator) of one call of `step()`: the second includes
+    the forward recomputed under activation checkpointing; the first is counted again with checkpointing off
+    (equal when it is off)."""
     with FlopCounterMode(display=False) as counter:
         step()
     ran = counter.get_total_flops()
     model = module.model
-    if not model.video_encoder.activation_checkpointing:
-        return float(ran), float(ran)
-    model.set_activation_checkpointing(False)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            step()
-    finally:
-        model.set_activation_checkpointing(True)
-    return float(counter.get_total_flops()), float(ran)
+    if model.video_encoder.activation_checkpointing:
+        model.set_activation_checkpointing(False)
+        try:
+            with FlopCounterMode(display=False) as counter:
+                step()
+        finally:
+            model.set_activation_checkpointing(True)
+    return float(counter.get_total_flops()), float(ran), counter.get_flop_counts()
 
 
 # ----------------------------------------------------------------------------- peak and step
@@ -91,15 +95,15 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0, device:
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     _sync(device)
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    count, t0 = 0, clock()
+    while clock() - t0 < seconds:
         a @ b
         count += 1
         if device != "cpu" and count % 10:
             continue
         _sync(device)
     _sync(device)
-    return 2 * n ** 3 * count / (time.perf_counter() - t0)
+    return 2 * n ** 3 * count / (clock() - t0)
 
 
 def _sync(device) -> None:
@@ -157,22 +161,25 @@ class Variant:
     step: object
     model_flops: float
     run_flops: float
+    flop_counts: dict = field(default_factory=dict)  # FlopCounterMode's {module: {operator: FLOPs}}
+    point: tuple = ()  # free for a caller's label (benchmarks/scaling.py)
     times: list = field(default_factory=list)
     mfus: list = field(default_factory=list)
 
 
 def build_variant(config: str, precision: str, overrides: list[str], batch_size: int, text_len: int,
-                  device: str = "cpu", warmup: int = 1, build_kwargs: dict | None = None) -> Variant:
-    # Random weights time the same as loaded ones: model.video.init is switched off (no checkpoint needed).
+                  device: str = "cpu", warmup: int = 1) -> Variant:
+    # Random weights time the same as loaded ones: model.video.init is switched off and the text tower is built
+    # from its checkpoint's config.json alone (no weights needed: a copy of that file will do on another machine).
     cfg = load_config(CONFIGS / f"{config}.yaml" if not config.endswith(".yaml") else config,
                       ["model.video.init.format=none", "model.video.init.path=null", *overrides])
     torch.manual_seed(0)
-    model = build_model(cfg.model, **(build_kwargs or {})).to(device)
+    model = build_model(cfg.model, load_pretrained=False).to(device)
     module = PretrainingModule(model, cfg).to(device).train()
     dtype = None if precision == "fp32" else DTYPES[precision]
     batch = synthetic_batch(cfg, batch_size, text_len, device)
     step = make_step(module, cfg, batch, dtype, device)
-    model_flops, run_flops = count_step_flops(step, module)  # also the first warm-up step
+    model_flops, run_flops, counts = count_step_flops(step, module)  # also the first warm-up step
     if cfg.train.compile:
         model.compile_towers()
         warmup += 2  # compilation of forward and backward, then one step of the compiled code
@@ -180,15 +187,15 @@ def build_variant(config: str, precision: str, overrides: list[str], batch_size:
         step()
     _sync(device)
     label = " ".join(overrides) or "(as configured)"
-    return Variant(label, config, precision, batch_size, step, model_flops, run_flops)
+    return Variant(label, config, precision, batch_size, step, model_flops, run_flops, counts)
 
 
 def time_step(variant: Variant, device: str = "cpu") -> float:
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     variant.step()
     _sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def run_rounds(variants: list[Variant], rounds: int, peak_seconds: float, device: str = "cpu") -> dict:
@@ -237,9 +244,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="clips per step (default: 32 demo, 2 ViT-B)")
     ap.add_argument("--text-len", type=int, default=20)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                    help="wall: seconds as a user waits them; process: this process's CPU seconds, for a machine "
+                         "other processes share (with --threads 1 it counts only the time this step held a core)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"threads={args.threads}  rounds={args.rounds}  native bf16: {native_bf16('cpu')} "
+    global clock
+    clock = CLOCKS[args.clock]
+    print(f"threads={args.threads}  clock={args.clock}  rounds={args.rounds}  native bf16: {native_bf16('cpu')} "
           f"(train.precision=auto picks {resolved_name('auto', 'cpu')})", flush=True)
     variants = []
     for config in args.configs:

@@ -4,6 +4,7 @@ tensors on the device and reach the host only at `train.log_every` steps, in one
 from __future__ import annotations
 
 import json
+import typing
 
 import torch
 
@@ -21,7 +22,7 @@ _HOST = {torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__, torch.
 
 class Watched(torch.Tensor):
     """A logged value: records each time it (or anything computed from it) is moved to the host."""
-    events: list = []
+    events: typing.ClassVar[list] = []
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):

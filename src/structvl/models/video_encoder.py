@@ -7,9 +7,8 @@ Clover's fusion encoder consume. While training with `model.video.token_keep` < 
 patch positions goes through the blocks (FLIP/UMT token dropping) and N is the number kept.
 
 Every attention is `F.scaled_dot_product_attention` on the fused QKV projection's output viewed per head (no
-copy), so each device picks its fastest kernel (flash attention on GPUs). Under autocast the residual stream is
-kept in the autocast dtype: every norm, residual add and drop-path then moves half the bytes, and no matmul
-input needs a cast first.
+copy; its output's transpose back is a view too), so each device picks its fastest kernel (flash attention on
+GPUs).
 
 Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...). An image
 model (open_clip, timm or transformers' CLIP) is loaded into it by models/pretrained/, whose parts images don't
@@ -124,10 +123,10 @@ class VideoEncoderOutput:
     pooled: torch.Tensor  # (B, D) the clip vector: final [CLS] state, or mean patch state (model.video.pooling)
     tokens: torch.Tensor  # (B, T', N, D) final patch states
     frame_mask: torch.Tensor  # (B, T') True where the tubelet holds a real frame
-    # S-ViLM groups (only when model.video.num_group_tokens > 0; see models/grouping.py):
     # Token dropping (model.video.token_keep < 1, training only): the patch positions (B, N) kept in every time
     # step, indices into the full grid; None when every patch went through.
     kept: torch.Tensor | None = None
+    # S-ViLM groups (only when model.video.num_group_tokens > 0; see models/grouping.py):
     groups: torch.Tensor | None = None  # (B, G, D) group features
     group_assignment: torch.Tensor | None = None  # (B, T', N) long: each patch's group (-1: padded time step)
     group_probs: torch.Tensor | None = None  # (B, G, T', N) soft assignment p(group | patch)
@@ -184,20 +183,18 @@ class VideoEncoder(nn.Module):
         kept = None
         if self.training and self.cfg.token_keep < 1.0:
             x, kept = self._drop_tokens(x)
-        if torch.is_autocast_enabled(x.device.type):  # the residual stream in the autocast dtype (docstring)
-            x = x.to(torch.get_autocast_dtype(x.device.type))
         b, t, n, d = x.shape
         tube_mask = self._tube_mask(frame_mask, b, x.device)
         token_mask = None
         if tube_mask is not None and not bool(tube_mask.all()):
             token_mask = torch.cat([tube_mask.new_ones(b, 1), tube_mask.repeat_interleave(n, 1)], dim=1)
-        cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(b, -1, -1)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x.reshape(b, t * n, d)], dim=1)
         if self.norm_pre is not None:
             x = self.norm_pre(x)
         groups = assign = probs = None
         if self.cfg.num_group_tokens:
-            groups = self.group_token.to(x.dtype).expand(b, -1, -1)
+            groups = self.group_token.expand(b, -1, -1)
             patch_mask = None if token_mask is None else token_mask[:, 1:]
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
