@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from structvl.config import load_config
+from structvl.models.video_encoder import Attention
 from structvl.models.video_text import build_model
+from structvl.runtime import precision
 
 from helpers import TINY
 
@@ -63,3 +65,25 @@ def test_every_attention_reaches_sdpa(attention, monkeypatch, one_thread):
     per_block = 2 if attention == "divided" else 1  # divided: a temporal and a spatial attention per block
     assert counter.counts == {"video.block0": per_block, "video.block1": per_block, "grouping0": 1, "grouping1": 1,
                               "text.layer0": 1, "text.layer1": 1, "fusion.layer0": 1}
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_video_attention_under_autocast_runs_in_the_dtype_the_cpu_is_fastest_in(amx, monkeypatch, one_thread):
+    """On a CPU without AMX the video attention leaves bf16 autocast for fp32 (that CPU's SDPA kernel is the
+    faster there) and hands bf16 back; with AMX it stays in bf16. Either way it is SDPA, and the block's output
+    agrees with the fp32 block's to bf16 accuracy."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    precision.attention_in_fp32.cache_clear()
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: seen.append(q.dtype) or sdpa(q, *a, **k))
+    torch.manual_seed(0)
+    attention = Attention(64, 2)
+    x = torch.randn(2, 9, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(x)
+    reference = attention(x)
+    precision.attention_in_fp32.cache_clear()
+    assert seen == [torch.bfloat16 if amx else torch.float32, torch.float32]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)

@@ -8,7 +8,8 @@ patch positions goes through the blocks (FLIP/UMT token dropping) and N is the n
 
 Every attention is `F.scaled_dot_product_attention` on the fused QKV projection's output viewed per head (no
 copy; its output's transpose back is a view too), so each device picks its fastest kernel (flash attention on
-GPUs).
+GPUs). Under bf16/fp16 autocast on a CPU without AMX it runs in fp32, where that CPU's kernel is the faster
+(`runtime.precision.attention_in_fp32`).
 
 Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...). An image
 model (open_clip, timm or transformers' CLIP) is loaded into it by models/pretrained/, whose parts images don't
@@ -27,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from structvl.config import VideoEncoderConfig
 from structvl.models.grouping import GroupingBlock
+from structvl.runtime.precision import attention_in_fp32
 
 
 class Attention(nn.Module):
@@ -41,7 +43,11 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         # key_padding_mask: (b, n) True = attend. SDPA wants a boolean mask broadcastable to (b, h, n, n).
         mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if q.dtype != torch.float32 and attention_in_fp32(q.device.type):  # a CPU's faster kernel (see there)
+            with torch.autocast(q.device.type, enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 

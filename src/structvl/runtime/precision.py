@@ -85,6 +85,15 @@ def set_tf32(enabled: bool) -> None:
 
 
 @functools.lru_cache(maxsize=None)
+def attention_in_fp32(device_type: str) -> bool:
+    """Whether attention under bf16/fp16 autocast should run in fp32 on `device_type` (models/video_encoder.py):
+    on a CPU without AMX tiles torch's flash-attention kernel runs about twice as fast in fp32 as in bf16, most of
+    it in the backward pass (docs/findings.md, Performance), and the inputs' cast costs a fraction of that. On
+    GPUs and AMX CPUs the low-precision kernels are the fast ones."""
+    return device_type == "cpu" and not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
+@functools.lru_cache(maxsize=None)
 def _warn_emulated(device_type: str) -> None:  # cached: once per device type, not once per evaluation loop
     log.warning("train.precision=bf16 on a %s without native bf16: autocast is emulated and runs several times "
                 "slower than fp32 here; train.precision=auto would pick fp32", device_type)
