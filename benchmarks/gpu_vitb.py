@@ -53,7 +53,7 @@ def run_mode(mode: str, args, device: str, peaks: dict) -> dict:
         if args.profile:
             try:
                 print_profile(variant, mode, args.profile, device)
-            except Exception as e:  # the timing above still counts
+            except Exception as e:  # noqa: BLE001 - the timing above still counts
                 print(f"{mode}: profile failed: {type(e).__name__}: {e}", flush=True)
     finally:
         set_tf32(False)
