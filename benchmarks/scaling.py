@@ -1,17 +1,21 @@
 """How the training step's time scales with frames (8/16/32) and resolution (64/112/224 px), joint vs divided
 attention, against what the FLOP count predicts.
 
-A narrow ViT-B/16 layout (patch 16, one frame per tubelet, `--width` wide, `--depth` blocks; a tiny scratch
-text tower whose cost is the same at every point) keeps the largest point to about a second. Every point's
-FLOPs are counted over one real training step (benchmarks/train_step.py: FlopCounterMode, forward + backward);
-the prediction scales the 8-frame 64-px point's measured time of the same attention by the FLOP ratio, so
-measured / predicted is 1.0 where time follows FLOPs. Above 1: work the FLOP count does not see, or sees
-running slower (attention at a low share of the matmul peak, memory-bound soft-max, norms and copies whose
-bytes grow with the tokens); below 1: the base point was too small to fill the cores. `attn %` is the share of
-the step's FLOPs in attention (its term quadratic in tokens per attention: frames x patches for joint, frames
-or patches for divided). The peak and the steps are interleaved as in train_step.py, medians of `--rounds`.
+A narrow ViT-B/16 layout (patch 16, one frame per tubelet, `--width` 256 wide, `--depth` 4 blocks, 8 clips a
+step; a tiny scratch text tower whose cost is the same at every point) makes the smallest point's step tens of
+GFLOP, enough that compute rather than fixed per-step overhead sets its time, and the largest a few seconds on
+2 cores. Every point's FLOPs are counted over one real training step (benchmarks/train_step.py:
+FlopCounterMode, forward + backward); the prediction scales the 8-frame 64-px point's measured time of the same
+attention by the FLOP ratio, so measured / predicted is 1.0 where time follows FLOPs. Above 1: the added FLOPs
+run slower than the base point's (attention, whose share grows with the tokens, runs at a lower share of the
+matmul peak than the projections; memory-bound soft-max, norms and copies whose bytes grow with the tokens);
+below 1: the base point did not fill the cores (fixed per-step costs: the optimizer, the text tower, kernel
+launches). `attn %` is the share of the step's FLOPs in attention (quadratic in the tokens per attention:
+frames x patches for joint, frames or patches for divided). The peak and the steps are interleaved as in
+train_step.py, medians of `--rounds`.
 
-    python benchmarks/scaling.py                        # 2 threads, width 128, depth 2, 3 rounds
+    python benchmarks/scaling.py                        # 2 threads, 3 rounds
+    python benchmarks/scaling.py --threads 1 --clock process   # a shared machine (see train_step.py --clock)
     python benchmarks/scaling.py --smoke                # 2 tiny points per attention, 1 round: checks the script
 """
 
@@ -37,10 +41,10 @@ def attention_share(variant) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--heads", type=int, default=2, help="head width = width / heads (64 as in ViT-B by default)")
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4, help="head width = width / heads (64 as in ViT-B by default)")
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peak-seconds", type=float, default=0.5)
@@ -52,6 +56,8 @@ def main() -> None:
     train_step.clock = CLOCKS[args.clock]
     points = SMOKE_POINTS if args.smoke else POINTS
     rounds = 1 if args.smoke else args.rounds
+    if args.smoke:
+        args.width, args.depth, args.heads, args.batch = 64, 1, 2, 2
     common = [f"model.video.width={args.width}", f"model.video.depth={args.depth}", f"model.video.heads={args.heads}",
               "model.video.patch_size=16", "model.video.tubelet_size=1", "model.video.drop_path=0.0",
               "model.activation_checkpointing=false", "model.text.init.path=scratch", "model.text.width=32",
