@@ -85,7 +85,7 @@ def main() -> None:
             frames, px = v.point
             predicted = med(base.times) * v.model_flops / base.model_flops
             print(f"{attention:<10}{frames:>7}{px:>5}{frames * (px // 16) ** 2 + 1:>8}"
-                  f"{v.model_flops / args.batch / 1e9:>12.2f}{attention_share(v):>8.0%}{med(v.times):>9.3f}"
+                  f"{v.model_flops / args.batch / 1e9:>12.3f}{attention_share(v):>8.0%}{med(v.times):>9.3f}"
                   f"{predicted:>11.3f}{med(v.times) / predicted:>11.2f}{med(v.mfus):>7.1%}", flush=True)
 
 
