@@ -45,4 +45,4 @@ def test_explicit_bf16_on_an_emulating_cpu_warns_once(monkeypatch, caplog):
 
 def test_unknown_precision_names_the_config_key():
     with pytest.raises(ValueError, match="train.precision"):
-        autocast_dtype("fp16", "cpu")
+        autocast_dtype("fp8", "cpu")

@@ -82,6 +82,12 @@ class VideoEncoderConfig:
     # global average pool of Video Swin, Clover's video encoder, and VideoMAE).
     pooling: str = "cls"
     drop_path: float = 0.0
+    # Patch-token dropping while training (FLIP, UMT): each clip keeps this fraction of its patch positions,
+    # chosen at random, in every time step, and only those go through the blocks, which cuts the step's cost about
+    # in proportion (attention more). 1.0 = off (the default, so the methods' numbers stay comparable); evaluation
+    # always sees every token. Grouping and per-time-step features then work on the kept tokens; the fusion
+    # encoder reads the whole grid, so it refuses token_keep < 1 (config check).
+    token_keep: float = 1.0
     # CLIP's architecture details (set them to what the checkpoint in `init` was trained with):
     pre_norm: bool = False  # a LayerNorm over the token sequence before the first block (CLIP's ln_pre)
     act: str = "gelu"  # MLP activation: "gelu" (timm, LAION CLIP) or "quick_gelu" (OpenAI CLIP: x*sigmoid(1.702x))
@@ -213,7 +219,13 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = 32  # per process
     max_steps: int = 1000  # optimizer steps
-    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware has it (engine/precision.py)
+    # "bf16" or "fp16" autocast, "fp32", or "auto": bf16 where the hardware has it, else fp32. fp16 (GPUs without
+    # bf16) trains with a gradient scaler that skips overflowing steps and counts them (runtime/precision.py).
+    precision: str = "auto"
+    tf32: bool = False  # fp32 matmuls/convolutions on Ampere+ GPUs in TensorFloat-32 (no effect on CPUs)
+    # torch.compile the video and text towers (fewer kernel launches and fused element-wise work; the first
+    # steps pay the compilation). Off by default: compilation takes minutes and needs a C++ compiler on a CPU.
+    compile: bool = False
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
@@ -490,7 +502,7 @@ _CHOICES = {
     "data.backend": ("pyav", "decord"),
     "data.sampling": ("random_segment", "uniform", "fps"),
     "data.caption_mode": ("random", "expand", "first"),
-    "train.precision": ("auto", "bf16", "fp32"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "train.distributed": ("ddp", "fsdp"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.sampling": ("random_segment", "uniform", "fps"),
@@ -522,6 +534,11 @@ def validate(cfg: RunConfig, check_init: bool = True) -> None:
         raise ConfigError(f"config key 'model.video.tubelet_size': {v.tubelet_size} does not divide num_frames {v.num_frames}")
     if v.width % v.heads:
         raise ConfigError(f"config key 'model.video.heads': {v.heads} does not divide width {v.width}")
+    if not 0 < v.token_keep <= 1:
+        raise ConfigError(f"config key 'model.video.token_keep': {v.token_keep} is not in (0, 1]")
+    if v.token_keep < 1 and cfg.model.fusion.layers:
+        raise ConfigError(f"config key 'model.video.token_keep': {v.token_keep} drops patch tokens, but the fusion "
+                          "encoder (model.fusion.layers > 0) reads the whole patch grid; use 1.0 with it")
     if cfg.svilm.paste_source == "reversed_steps" and v.tubelet_size < 2:
         raise ConfigError("config key 'svilm.paste_source': reversed_steps plays each encoder time step's frames "
                           f"backwards, which needs model.video.tubelet_size >= 2 (got {v.tubelet_size})")

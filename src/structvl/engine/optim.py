@@ -74,9 +74,18 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    fused = any(p.is_cuda for p in module.parameters())
+    """AdamW over `param_groups`, with torch's fused kernel (one pass over each parameter's weight, gradient and
+    moments instead of a dozen element-wise ops; on a CPU the only implementation that is not a Python loop over
+    parameters) where every parameter is a plain tensor on a device that has it; DTensors (FSDP) keep the
+    default implementation unless they are on CUDA, as before."""
+    params = list(module.parameters())
+    plain = all(type(p.data) is torch.Tensor for p in params)
+    fused = all(p.device.type in _FUSED_DEVICES for p in params) if plain else all(p.is_cuda for p in params)
     return torch.optim.AdamW(param_groups(module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                              fused=fused or None)
+
+
+_FUSED_DEVICES = ("cpu", "cuda")  # where torch has the fused AdamW kernel (torch >= 2.4 on CPU)
 
 
 class WarmupCosine:

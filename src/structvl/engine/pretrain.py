@@ -263,6 +263,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwri
     metrics["data/knowledge_parsed"] = ledger.knowledge_parsed  # captions the knowledge cache lacked
     metrics["data/swaps_built"] = ledger.swaps_built
     metrics["train/bf16"] = float(precision == "bf16")  # "auto" differs by machine, and so do the numbers
+    metrics["train/fp16"] = float(precision == "fp16")
     fsdp = info.enabled and cfg.train.distributed == "fsdp"
     if fsdp and info.is_main:  # FSDP left each rank a shard: rebuild an unsharded copy from the final checkpoint
         model = build_model(cfg.model, load_pretrained=False).to(info.device)

@@ -1,22 +1,27 @@
-"""The pre-training loop: data position, accumulation, bf16 autocast, clipping, DDP/FSDP, checkpoints.
+"""The pre-training loop: data position, accumulation, bf16/fp16 autocast, clipping, DDP/FSDP, checkpoints.
 
 The trainer knows nothing about objectives: it calls `module(batch) -> (loss, logs)` on a
 `PretrainingModule` and steps the optimizer. Everything needed to continue a run exactly (weights,
-optimizer, scheduler, step, epoch, samples consumed this epoch, RNG states) goes into each checkpoint.
+optimizer, scheduler, grad scaler, step, epoch, samples consumed this epoch, RNG states) goes into each
+checkpoint.
 
 Non-finite numbers are never trained on: a step whose loss or gradient holds a NaN or inf is skipped (the
 optimizer and scheduler do not move, the step is not counted, `nonfinite_skipped` in the logged metrics counts
 it), and `train.max_nonfinite_steps` such steps in a row stop the run with `NonFiniteTrainingError`. The weights
 are checked after every optimizer step too: a step that makes them non-finite stops the run at once, before
 anything is saved, so the last checkpoint is the last good one (and `checkpoint.save_checkpoint` refuses
-non-finite weights as well).
+non-finite weights as well). Under fp16 a non-finite gradient is the grad scaler's business (it skips the step
+and lowers the scale, counted in `skipped_steps`); a non-finite loss is skipped and counted as above.
+
+Host-device syncs: the logs stay tensors on the device (summed over micro-steps) and reach the host in one
+transfer at `train.log_every` steps. Between log steps a step waits for the device twice: for the all-finite flag
+of the loss and gradient norm before the optimizer moves the weights, and for the weights' own flag after.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -34,7 +39,7 @@ from structvl.models.video_text import VideoTextModel
 from structvl.runtime.distributed import DistInfo, all_reduce_mean
 from structvl.runtime.errors import RunStopped
 from structvl.runtime.nonfinite import all_finite, nonfinite_names
-from structvl.runtime.precision import autocast, autocast_dtype
+from structvl.runtime.precision import autocast, autocast_dtype, grad_scaler, set_tf32
 
 log = logging.getLogger("structvl")
 
@@ -45,6 +50,22 @@ class NonFiniteTrainingError(RunStopped):
 
 def move_to(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def unscale_and_clip(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, parameters,
+                     grad_clip: float) -> torch.Tensor:
+    """Unscale the gradients (fp16), clip them when `grad_clip` > 0, and return their total norm as a device
+    tensor (no sync of its own): it is finite exactly when every gradient is."""
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    else:
+        grads = [p.grad for p in parameters if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    if hasattr(norm, "full_tensor"):  # FSDP: a DTensor; the plain tensor every rank agrees on (no host sync)
+        norm = norm.full_tensor()
+    return norm
 
 
 def wrap_distributed(module: nn.Module, cfg: RunConfig, info: DistInfo) -> nn.Module:
@@ -68,7 +89,12 @@ class Trainer:
                  skip_ledger=None, sampler=None):
 
         self.cfg, self.info, self.run_dir = cfg, info, Path(run_dir)
+        set_tf32(cfg.train.tf32)
         self.raw_module = module.to(info.device)
+        if cfg.train.compile:  # before DDP wraps it; compiled in place, so parameter names do not change
+            for model in self.raw_module.modules():
+                if isinstance(model, VideoTextModel):
+                    model.compile_towers()
         self.module = wrap_distributed(self.raw_module, cfg, info)
         self.dataset = dataset
         self.optimizer = build_optimizer(self.module, cfg.optim)
@@ -93,6 +119,8 @@ class Trainer:
         self.step, self.epoch, self.samples_seen = 0, 0, 0
         self.nonfinite_skipped = 0  # optimizer steps skipped for a non-finite loss or gradient, over the whole run
         self.autocast_dtype = autocast_dtype(cfg.train.precision, self.info.device)
+        self.scaler = grad_scaler(self.autocast_dtype, self.info.device)  # fp16 only; a pass-through otherwise
+        self.skipped_steps = torch.zeros((), device=self.info.device)  # optimizer steps the fp16 scaler skipped
 
     # ------------------------------------------------------------------ state
     def _is_fsdp(self) -> bool:
@@ -109,7 +137,8 @@ class Trainer:
     def save(self) -> Path | None:
         module_state, optim_state = self._full_state()
         state = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                 "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "scaler": {},
+                 "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "skipped_steps": int(self.skipped_steps),
                  "rng": self._rng_states(), "world_size": self.info.world_size,
                  "nonfinite_skipped": self.nonfinite_skipped}
         path, error = None, None
@@ -151,6 +180,9 @@ class Trainer:
             self.raw_module.load_state_dict(module_state)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps.fill_(state.get("skipped_steps", 0))
         self.step, self.epoch, self.samples_seen = state["step"], state["epoch"], state["samples_seen"]
         self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
         rng = state["rng"]
@@ -205,7 +237,8 @@ class Trainer:
             while self.step < cfg.train.max_steps:
                 self.module.train()
                 self.optimizer.zero_grad(set_to_none=True)
-                micro_logs = []
+                sums: dict[str, torch.Tensor] = {}  # this step's logs summed over micro-steps, on the device
+                loss_sum = torch.zeros((), device=self.info.device)  # the loss trained on, over micro-steps
                 for micro in range(cfg.optim.accumulate):
                     batch = None
                     while batch is None:  # a batch whose samples were all skipped is not a step
@@ -218,30 +251,40 @@ class Trainer:
                         self.module, nn.parallel.DistributedDataParallel)
                     with (contextlib.nullcontext() if sync else self.module.no_sync()), self._autocast():
                         loss, logs = self.module(batch)
-                    (loss / cfg.optim.accumulate).backward()
-                    micro_logs.append(logs)
+                    self.scaler.scale(loss / cfg.optim.accumulate).backward()
+                    loss_sum = loss_sum + loss.detach().float()
+                    for k, v in logs.items():
+                        sums[k] = sums[k] + v if k in sums else torch.as_tensor(v, device=self.info.device)
                     clips_since += batch["video"].shape[0] * self.info.world_size
-                logs = {k: sum(m[k] for m in micro_logs) / len(micro_logs) for k in micro_logs[0]}
-                if not self._finite_step(logs):
+                grad_norm = unscale_and_clip(self.optimizer, self.scaler, list(self.module.parameters()),
+                                             cfg.optim.grad_clip)
+                finite = torch.isfinite(loss_sum)
+                if not self.scaler.is_enabled():  # under fp16 the scaler skips non-finite gradients itself
+                    finite = finite & torch.isfinite(grad_norm)
+                if not self._all_ranks_ok(bool(finite)):  # the step's one sync before the weights move
                     consecutive += 1
-                    self._skip_step(logs, consecutive)
+                    self._skip_step(float(loss_sum) / cfg.optim.accumulate, float(grad_norm), consecutive)
                     continue
                 consecutive = 0
-                self.optimizer.step()
+                if self.scaler.is_enabled():
+                    self.skipped_steps += (~torch.isfinite(grad_norm)).float()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 self._check_weights()
                 for model in self.clamped:
                     model.clamp_logit_scale_()
                 self.scheduler.step()
                 self.step += 1
-                logs["lr"] = self.scheduler.get_last_lr()[0]
-                logs["nonfinite_skipped"] = self.nonfinite_skipped
-                self.logger.step(1, {"loss": logs["loss"]})
+                self.logger.step(1)
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
+                    logs = self._host_logs(sums, cfg.optim.accumulate, grad_norm)
                     now = time.perf_counter()
                     logs["clips_per_s"] = clips_since / max(now - t_last, 1e-9)
                     t_last, clips_since = now, 0
-                    logs = {k: (all_reduce_mean(v) if k.endswith("loss") else v) for k, v in logs.items()}
+                    logs["lr"] = self.scheduler.get_last_lr()[0]
+                    logs["nonfinite_skipped"] = self.nonfinite_skipped
                     logs["epoch"] = self.epoch
+                    self.logger.step(0, {"loss": logs["loss"]})
                     self.logger.log(self.step, logs)
                     last_logs = logs
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
@@ -251,6 +294,22 @@ class Trainer:
         finally:
             self.logger.close()
         return last_logs
+
+    def _host_logs(self, sums: dict[str, torch.Tensor], micro_steps: int, grad_norm: torch.Tensor | None) -> dict:
+        """This step's logs (micro-step means; losses averaged over ranks) as Python floats: every value goes
+        to the host in one transfer (and one all-reduce for the losses)."""
+        values = {k: v / micro_steps for k, v in sums.items()}
+        if grad_norm is not None:
+            values["grad_norm"] = grad_norm
+        if self.scaler.is_enabled():
+            values["skipped_steps"] = self.skipped_steps
+            values["loss_scale"] = self.scaler.get_scale()
+        keys = list(values)
+        stacked = torch.stack([torch.as_tensor(values[k], device=self.info.device).float() for k in keys])
+        losses = torch.tensor([k.endswith("loss") for k in keys], device=stacked.device)
+        if self.info.enabled:  # ranks' mean of the losses; other values are this rank's
+            stacked = torch.where(losses, all_reduce_mean(stacked), stacked)
+        return dict(zip(keys, stacked.double().cpu().tolist()))
 
     def _autocast(self):
         return autocast(self.info.device, self.autocast_dtype)
@@ -264,24 +323,14 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return not bool(flag.item())
 
-    def _finite_step(self, logs: dict) -> bool:
-        """Whether this step's loss and gradients are finite (on every rank); clips the gradients as configured
-        and logs their norm."""
-        ok = math.isfinite(logs["loss"])
-        if self.cfg.optim.grad_clip > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(),
-                                                                     self.cfg.optim.grad_clip))
-            ok = ok and math.isfinite(logs["grad_norm"])
-        else:
-            ok = ok and all_finite(p.grad for p in self.module.parameters() if p.grad is not None)
-        return self._all_ranks_ok(ok)
-
-    def _skip_step(self, logs: dict, consecutive: int) -> None:
+    def _skip_step(self, loss: float, grad_norm: float, consecutive: int) -> None:
         """Drop this step's gradients and count it; stop the run after train.max_nonfinite_steps in a row."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():  # the scaler saw the gradients (unscale_), so it must hear of the step
+            self.scaler.update()
         self.nonfinite_skipped += 1
         limit = self.cfg.train.max_nonfinite_steps
-        what = f"loss {logs['loss']:.4g}" + (f", gradient norm {logs['grad_norm']:.4g}" if "grad_norm" in logs else "")
+        what = f"loss {loss:.4g}, gradient norm {grad_norm:.4g}"
         self.logger.message(f"step {self.step + 1}: non-finite loss or gradient ({what}); optimizer step skipped "
                             f"({consecutive} in a row of train.max_nonfinite_steps={limit}, "
                             f"{self.nonfinite_skipped} in this run)")

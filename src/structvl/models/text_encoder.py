@@ -96,12 +96,13 @@ class TextEncoder(nn.Module):
         return encoder.layer
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
-        if not enabled:
-            return
-        if hasattr(self.bert, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+        renamed = hasattr(self.bert, "activation_checkpointing_enable")  # transformers >= 5 renamed it
+        if enabled and renamed:
             self.bert.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
+        elif enabled:
             self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif self.bert.supports_gradient_checkpointing:
+            (self.bert.activation_checkpointing_disable if renamed else self.bert.gradient_checkpointing_disable)()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEncoderOutput:
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

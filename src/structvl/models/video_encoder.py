@@ -3,7 +3,13 @@
 Input (B, T, C, H, W) -> tubelet patch embedding -> [CLS] + T'*N patch tokens with learned spatial and
 temporal position embeddings -> transformer blocks (joint space-time or divided time-then-space
 attention) -> the pooled [CLS] embedding *and* the patch tokens (B, T', N, D), which S-ViLM's grouping and
-Clover's fusion encoder consume.
+Clover's fusion encoder consume. While training with `model.video.token_keep` < 1, a random subset of the
+patch positions goes through the blocks (FLIP/UMT token dropping) and N is the number kept.
+
+Every attention is `F.scaled_dot_product_attention` on the fused QKV projection's output viewed per head (no
+copy; its output's transpose back is a view too), so each device picks its fastest kernel (flash attention on
+GPUs). Under bf16/fp16 autocast on a CPU without AMX it runs in fp32, where that CPU's kernel is the faster
+(`runtime.precision.attention_in_fp32`).
 
 Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...). An image
 model (open_clip, timm or transformers' CLIP) is loaded into it by models/pretrained/, whose parts images don't
@@ -22,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from structvl.config import VideoEncoderConfig
 from structvl.models.grouping import GroupingBlock
+from structvl.runtime.precision import attention_in_fp32
 
 
 class Attention(nn.Module):
@@ -36,7 +43,11 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         # key_padding_mask: (b, n) True = attend. SDPA wants a boolean mask broadcastable to (b, h, n, n).
         mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if q.dtype != torch.float32 and attention_in_fp32(q.device.type):  # a CPU's faster kernel (see there)
+            with torch.autocast(q.device.type, enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -118,6 +129,9 @@ class VideoEncoderOutput:
     pooled: torch.Tensor  # (B, D) the clip vector: final [CLS] state, or mean patch state (model.video.pooling)
     tokens: torch.Tensor  # (B, T', N, D) final patch states
     frame_mask: torch.Tensor  # (B, T') True where the tubelet holds a real frame
+    # Token dropping (model.video.token_keep < 1, training only): the patch positions (B, N) kept in every time
+    # step, indices into the full grid; None when every patch went through.
+    kept: torch.Tensor | None = None
     # S-ViLM groups (only when model.video.num_group_tokens > 0; see models/grouping.py):
     groups: torch.Tensor | None = None  # (B, G, D) group features
     group_assignment: torch.Tensor | None = None  # (B, T', N) long: each patch's group (-1: padded time step)
@@ -172,6 +186,9 @@ class VideoEncoder(nn.Module):
                 patch_embeddings: torch.Tensor | None = None) -> VideoEncoderOutput:
         """`patch_embeddings` lets a caller (Clover's video masking) edit the embedded patches first."""
         x = self.embed(video) if patch_embeddings is None else patch_embeddings
+        kept = None
+        if self.training and self.cfg.token_keep < 1.0:
+            x, kept = self._drop_tokens(x)
         b, t, n, d = x.shape
         tube_mask = self._tube_mask(frame_mask, b, x.device)
         token_mask = None
@@ -195,7 +212,8 @@ class VideoEncoder(nn.Module):
         x = self.norm(x)
         valid = tube_mask if tube_mask is not None else x.new_ones(b, t, dtype=torch.bool)
         tokens = x[:, 1:].reshape(b, t, n, d)
-        out = VideoEncoderOutput(pooled=self._pool(x[:, 0], tokens, valid), tokens=tokens, frame_mask=valid)
+        out = VideoEncoderOutput(pooled=self._pool(x[:, 0], tokens, valid), tokens=tokens, frame_mask=valid,
+                                 kept=kept)
         if groups is not None:
             out.groups = groups
             assignment = assign.detach().argmax(1)
@@ -204,6 +222,16 @@ class VideoEncoder(nn.Module):
             out.group_assignment = assignment.view(b, t, n)
             out.group_probs = probs.view(b, -1, t, n)
         return out
+
+    def _drop_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep round(N * token_keep) random patch positions per clip, the same ones in every time step (tube
+        dropping, as VideoMAE masks), so divided attention's temporal step still sees one place across time.
+        (B, T', N, D) -> (B, T', K, D) and the kept positions (B, K) in raster order. Position embeddings were
+        added before, so each kept token still says where it was."""
+        b, t, n, d = x.shape
+        keep = max(1, round(n * self.cfg.token_keep))
+        kept = torch.rand(b, n, device=x.device).argsort(dim=1)[:, :keep].sort(dim=1).values
+        return x.gather(2, kept[:, None, :, None].expand(b, t, keep, d)), kept
 
     def _pool(self, cls: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The clip vector (`model.video.pooling`): the [CLS] state, or the mean patch state over real frames."""

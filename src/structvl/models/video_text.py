@@ -82,6 +82,18 @@ class VideoTextModel(nn.Module):
             self.pretrained_parameters |= {n.replace("head.", "video_proj.", 1) if n.startswith("head.")
                                            else f"video_encoder.{n}" for n in loaded}
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute each video block's and text layer's activations in the backward pass instead of keeping them
+        (`model.activation_checkpointing`: memory for about a third more compute)."""
+        self.video_encoder.activation_checkpointing = enabled
+        self.text_encoder.set_activation_checkpointing(enabled)
+
+    def compile_towers(self) -> None:
+        """`train.compile`: torch.compile the video and the text tower in place (`nn.Module.compile`, so parameter
+        names and the state dict stay as they are and checkpoints load either way)."""
+        self.video_encoder.compile()
+        self.text_encoder.compile()
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.log_inv_temperature.exp().squeeze(0)

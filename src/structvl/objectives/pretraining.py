@@ -42,18 +42,21 @@ class PretrainingModule(nn.Module):
         context = context or ObjectiveContext()
         self.objectives = nn.ModuleDict({name: OBJECTIVES[name](cfg, model, context) for name in self.weights})
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(weighted total loss, logs). The logs are detached 0-d tensors on the loss's device, never Python
+        floats: turning one into a float waits for the device (a sync per value per step on a GPU), so the
+        trainer accumulates them on the device and moves them to the host only at `train.log_every` steps."""
         outputs = PretrainOutputs(
             video=self.model.encode_video(batch["video"], batch.get("frame_mask")),
             text=self.model.encode_text(batch["input_ids"], batch["attention_mask"]),
         )
         total = outputs.video.embed.new_zeros(())
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         for name, objective in self.objectives.items():
             result = objective(batch, outputs, self.model)
             total = total + self.weights[name] * result["loss"]
             for key, value in result.items():
-                logs[f"{name}/{key}"] = float(value.detach())
-        logs["loss"] = float(total.detach())
-        logs["temperature"] = float(1.0 / self.model.logit_scale.detach())
+                logs[f"{name}/{key}"] = torch.as_tensor(value, device=total.device).detach().float()
+        logs["loss"] = total.detach().float()
+        logs["temperature"] = (1.0 / self.model.logit_scale).detach().float()
         return total, logs

@@ -92,12 +92,13 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def all_reduce_mean(value: float | torch.Tensor) -> float:
-    t = torch.as_tensor(value, dtype=torch.float64).detach().clone()
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """The ranks' mean of `t` (a new tensor on t's device; no host transfer)."""
+    t = t.detach().clone()
     if world_size() > 1:
         dist.all_reduce(t)
         t /= world_size()
-    return float(t)
+    return t
 
 
 def barrier() -> None:

@@ -3,8 +3,13 @@
 "auto" (the default) takes bf16 where the device computes it in hardware and fp32 elsewhere. On a CPU without
 AVX512-BF16 or AMX, bf16 autocast is emulated and several times slower than fp32; with them bf16 matmuls are
 the faster (benchmarks/train_step.py prints both peaks and what `auto` picks), so no fixed choice suits both.
-The resolved precision is logged and recorded in the run's metrics.json (`train/bf16`), because bf16 and fp32
-runs of the same config give different numbers.
+The resolved precision is logged and recorded in the run's metrics.json (`train/bf16`, `train/fp16`), because
+bf16 and fp32 runs of the same config give different numbers.
+
+"fp16" is for GPUs without bf16 (V100, T4): fp16's narrow exponent range lets small gradients underflow, so
+training scales the loss with `torch.amp.GradScaler` (`grad_scaler`), which skips the optimizer step whose
+gradients overflowed and lowers the scale; the trainer counts those skipped steps. `auto` never picks fp16.
+`train.tf32` (`set_tf32`) lets fp32 matmuls and convolutions on Ampere and newer GPUs run in TensorFloat-32.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -38,6 +43,8 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         raise ValueError(f"config key 'train.precision': {precision!r} is not one of {list(PRECISIONS)}")
     if precision == "fp32":
         return None
+    if precision == "fp16":
+        return torch.float16
     native = native_bf16(device)
     if precision == "bf16":
         if not native:
@@ -52,13 +59,38 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:
-    """"bf16" or "fp32" for an autocast dtype (None = fp32), as logs and the run's record name it."""
-    return "fp32" if dtype is None else "bf16"
+    """"bf16", "fp16" or "fp32" for an autocast dtype (None = fp32), as logs and the run's record name it."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def resolved_name(precision: str, device: torch.device | str) -> str:
-    """"bf16" or "fp32": what `precision` means on `device`."""
+    """"bf16", "fp16" or "fp32": what `precision` means on `device`."""
     return dtype_name(autocast_dtype(precision, device))
+
+
+def grad_scaler(dtype: torch.dtype | None, device: torch.device | str) -> torch.amp.GradScaler:
+    """The loss scaler for training in `dtype`: active for fp16 only. For bf16 and fp32 it is a disabled
+    scaler, whose scale/unscale_/step/update are pass-throughs, so the training loop has one code path."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
+
+
+def set_tf32(enabled: bool) -> None:
+    """`train.tf32`: fp32 matmuls and cuDNN convolutions on CUDA may use TensorFloat-32 (Ampere and newer;
+    10-bit mantissa inputs, fp32 accumulation). No effect on a CPU. Set for the whole process."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "conv"):  # torch >= 2.9: the per-backend setting
+        matmul.fp32_precision = conv.conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = conv.allow_tf32 = enabled
+
+
+@functools.lru_cache(maxsize=None)
+def attention_in_fp32(device_type: str) -> bool:
+    """Whether attention under bf16/fp16 autocast should run in fp32 on `device_type` (models/video_encoder.py):
+    on a CPU without AMX tiles torch's flash-attention kernel runs about twice as fast in fp32 as in bf16, most of
+    it in the backward pass (docs/findings.md, Performance), and the inputs' cast costs a fraction of that. On
+    GPUs and AMX CPUs the low-precision kernels are the fast ones."""
+    return device_type == "cpu" and not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 @functools.lru_cache(maxsize=None)

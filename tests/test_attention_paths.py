@@ -1,0 +1,89 @@
+"""Every attention of the model goes through `F.scaled_dot_product_attention` (so a GPU can pick its flash or
+memory-efficient kernels): the video blocks (joint, and divided's temporal + spatial steps), S-ViLM's grouping
+blocks, Clover's fusion layers and the text tower. Counted per layer in one forward of a model with all of them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from structvl.config import load_config
+from structvl.models.video_encoder import Attention
+from structvl.models.video_text import build_model
+from structvl.runtime import precision
+
+from helpers import TINY
+
+
+class CountSDPA:
+    """Counts `F.scaled_dot_product_attention` calls under whichever watched layer is running (a spy put in place
+    of the function, which torch's MultiheadAttention and transformers' SDPA attention look up at call time)."""
+
+    def __init__(self, model, monkeypatch):
+        sdpa = F.scaled_dot_product_attention
+
+        def spy(*args, **kwargs):
+            assert self.current, "an attention outside the watched layers"
+            self.counts[self.current[-1]] += 1
+            return sdpa(*args, **kwargs)
+
+        monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+        self.current: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.handles = []
+        layers = {f"video.block{i}": b for i, b in enumerate(model.video_encoder.blocks)}
+        layers |= {f"grouping{i}": g for i, g in enumerate(model.video_encoder.grouping)}
+        layers |= {f"text.layer{i}": layer for i, layer in enumerate(model.text_encoder.layers)}
+        layers |= {f"fusion.layer{i}": layer for i, layer in enumerate(model.fusion.layers)}
+        for name, module in layers.items():
+            self.counts[name] = 0
+            self.handles.append(module.register_forward_pre_hook(lambda m, a, name=name: self.current.append(name)))
+            self.handles.append(module.register_forward_hook(self._leave))
+
+    def _leave(self, module, args, output) -> None:  # a hook returning something would replace the output
+        self.current.pop()
+
+
+@pytest.mark.parametrize("attention", ["joint", "divided"])
+def test_every_attention_reaches_sdpa(attention, monkeypatch, one_thread):
+    cfg = load_config("demo", TINY + [f"model.video.attention={attention}", "model.video.depth=2",
+                                      "model.video.num_group_tokens=4", "model.video.group_layers=[0,1]",
+                                      "model.text.depth=2", "model.fusion.layers=1"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).train()
+    video = torch.randn(2, 4, 3, 32, 32)
+    ids = torch.randint(1000, 2000, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0  # a padded caption
+    counter = CountSDPA(model, monkeypatch)
+    frames = torch.ones(2, 4, dtype=torch.bool)
+    frames[1, 2:] = False  # a padded clip: its attention masks must stay on SDPA too
+    v = model.encode_video(video, frames)
+    t = model.encode_text(ids, mask)
+    model.fuse(v.encoder, t.encoder)
+    per_block = 2 if attention == "divided" else 1  # divided: a temporal and a spatial attention per block
+    assert counter.counts == {"video.block0": per_block, "video.block1": per_block, "grouping0": 1, "grouping1": 1,
+                              "text.layer0": 1, "text.layer1": 1, "fusion.layer0": 1}
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_video_attention_under_autocast_runs_in_the_dtype_the_cpu_is_fastest_in(amx, monkeypatch, one_thread):
+    """On a CPU without AMX the video attention leaves bf16 autocast for fp32 (that CPU's SDPA kernel is the
+    faster there) and hands bf16 back; with AMX it stays in bf16. Either way it is SDPA, and the block's output
+    agrees with the fp32 block's to bf16 accuracy."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    precision.attention_in_fp32.cache_clear()
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: seen.append(q.dtype) or sdpa(q, *a, **k))
+    torch.manual_seed(0)
+    attention = Attention(64, 2)
+    x = torch.randn(2, 9, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(x)
+    reference = attention(x)
+    precision.attention_in_fp32.cache_clear()
+    assert seen == [torch.bfloat16 if amx else torch.float32, torch.float32]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
