@@ -42,8 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from structvl.config import ConfigError
-from structvl.data.text import char_span_to_token_span
-from structvl.data.text import TokenCache
+from structvl.data.text import TokenCache, char_span_to_token_span
 from structvl.objectives.contrastive import info_nce
 from structvl.objectives.passes import TextInput, VideoInput
 from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
