@@ -7,17 +7,26 @@ s/step(recipe) / s/step(baseline), measured side by side in one run, is what a u
 method on; the extra forward passes behind it are listed beside (CLOP: the constructed negative captions;
 S-ViLM: the cut-and-paste clips and the phrases; Clover: masked video, masked text, two fusion passes).
 
+Each s/step is the median of `--repeats` timings of `--steps` steps. GFLOP/step counts the matrix products
+that actually run in one forward + backward (torch's FlopCounterMode: every extra pass, padding included),
+so its ratio is the floor the time ratio would reach if every FLOP cost the same: what batching and less
+padding can win, and what only fewer FLOPs can. `--unbatched` also times each recipe with its extra passes
+in calls of their own (`PretrainingModule(batch_passes=False)`, objectives/passes.py), side by side.
+
     python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
     python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
+    python benchmarks/objective_cost.py --unbatched --threads 1               # batched vs unbatched passes
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from structvl.config import load_config
 from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
@@ -45,16 +54,31 @@ def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
     return collator([dataset[i] for i in range(batch_size)]), context
 
 
-def measure(name: str, data: Path, batch_size: int, steps: int, work: Path) -> dict:
+def step_flops(module: PretrainingModule, batch: dict) -> float:
+    """Matmul FLOPs of one forward + backward with bf16 autocast (what runs, extra passes and padding included)."""
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = module(batch)
+        loss.backward()
+    module.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, work: Path,
+            batch_passes: bool = True) -> dict:
     cfg = load_config(RECIPES[name], [f"data.root={data}"])
-    run_dir = work / name
+    run_dir = work / f"{name}-{batch_passes}"
     run_dir.mkdir(parents=True, exist_ok=True)
     batch, context = real_batch(cfg, data, batch_size, run_dir)
     seed_everything(0)
-    module = PretrainingModule(build_model(cfg.model), cfg, context).train()
-    seconds, logs = seconds_per_step(module, cfg, batch, steps, bf16=True)
+    module = PretrainingModule(build_model(cfg.model), cfg, context, batch_passes=batch_passes).train()
+    flops = step_flops(module, batch)
+    times = []
+    for _ in range(repeats):
+        seconds, logs = seconds_per_step(module, cfg, batch, steps, bf16=True)
+        times.append(seconds)
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"recipe": name, "s_per_step": seconds, "params_m": params / 1e6,
+    return {"recipe": name, "s_per_step": statistics.median(times), "gflop": flops / 1e9, "params_m": params / 1e6,
             "objectives": sorted({k.split("/")[0] for k in logs if "/" in k})}
 
 
@@ -64,7 +88,10 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=list(DEMO_RECIPES), choices=list(RECIPES))
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timings per recipe; the median is reported")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--unbatched", action="store_true",
+                    help="also time each recipe with its extra passes in calls of their own")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,16 +101,28 @@ def main() -> None:
             from structvl.lab.synth import generate_corpus
             generate_corpus(data, num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
         names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
-        print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  corpus={data}")
-        header = f"{'recipe':<16}{'s/step':>9}{'x baseline':>12}{'params (M)':>12}  extra passes / objectives"
+        print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  repeats={args.repeats} (median)  "
+              f"corpus={data}")
+        header = (f"{'recipe':<16}{'s/step':>9}{'x baseline':>12}{'GFLOP/step':>12}{'x baseline':>12}"
+                  + (f"{'unbatched s/step':>18}{'x baseline':>12}{'GFLOP/step':>12}" if args.unbatched else "")
+                  + f"{'params (M)':>12}  extra passes / objectives")
         print(header)
         print("-" * len(header))
-        base = None
+        base: dict[bool, dict] = {}
         for name in names:
-            r = measure(name, data, args.batch, args.steps, work)
-            base = base or r["s_per_step"]
-            print(f"{name:<16}{r['s_per_step']:>9.2f}{r['s_per_step'] / base:>12.2f}{r['params_m']:>12.1f}  "
-                  f"{EXTRA_PASSES.get(name, '-')}  [{', '.join(r['objectives'])}]", flush=True)
+            rows = {}
+            for batched in ([True, False] if args.unbatched else [True]):
+                rows[batched] = measure(name, data, args.batch, args.steps, args.repeats, work, batched)
+                base.setdefault(batched, rows[batched])
+            r = rows[True]
+            line = (f"{name:<16}{r['s_per_step']:>9.2f}{r['s_per_step'] / base[True]['s_per_step']:>12.2f}"
+                    f"{r['gflop']:>12.1f}{r['gflop'] / base[True]['gflop']:>12.2f}")
+            if args.unbatched:
+                u = rows[False]
+                line += (f"{u['s_per_step']:>18.2f}{u['s_per_step'] / base[False]['s_per_step']:>12.2f}"
+                         f"{u['gflop']:>12.1f}")
+            print(line + f"{r['params_m']:>12.1f}  {EXTRA_PASSES.get(name, '-')}  [{', '.join(r['objectives'])}]",
+                  flush=True)
 
 
 if __name__ == "__main__":

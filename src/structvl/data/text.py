@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -215,3 +216,48 @@ def word_token_groups(offsets: Offsets, word_char_spans: Sequence[tuple[int, int
     """
     return [[t for t, (s, e) in enumerate(offsets) if s < e and s < word_end and e > word_start]
             for word_start, word_end in word_char_spans]
+
+
+# ---------------------------------------------------------------- tokenisation computed once per text
+class TokenCache:
+    """`tokenizer(texts)` for texts that recur from step to step (CLOP's swapped captions, S-ViLM's noun
+    phrases): each text is tokenised once and its ids kept, and a batch is padded from them.
+
+    Returns exactly what `tokenizer(texts)` returns (ids truncated to `max_length`, padded with the pad id to
+    the batch's longest sequence, mask 1 on real tokens). At most `max_entries` texts are kept (least recently
+    used first out), so a web-scale corpus cannot grow it without bound.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_entries: int = 1 << 18):
+        self.tokenizer, self.max_entries = tokenizer, max_entries
+        self._ids: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
+        """Each text's unpadded token ids, tokenising only those not seen before (in one batch)."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._ids))
+        if missing:
+            tokens = self.tokenizer(missing)
+            lengths = tokens["attention_mask"].sum(1).tolist()
+            for text, row, n in zip(missing, tokens["input_ids"].tolist(), lengths):
+                self._ids[text] = tuple(row[:n])
+        out = []
+        for text in texts:
+            self._ids.move_to_end(text)
+            out.append(self._ids[text])
+        while len(self._ids) > self.max_entries:
+            self._ids.popitem(last=False)
+        return out
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        rows = self.ids(texts)
+        length = max((len(r) for r in rows), default=0)
+        if not rows:
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty.clone()}
+        pad = self.tokenizer.pad_token_id
+        return {"input_ids": torch.tensor([r + (pad,) * (length - len(r)) for r in rows], dtype=torch.long),
+                "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows],
+                                               dtype=torch.long)}

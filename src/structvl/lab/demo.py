@@ -21,7 +21,7 @@ from structvl.lab.report import examples_section, grounding_section, write_repor
 from structvl.lab.synth.corpus import structured_corpus
 from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.downstream import run_suite
-from structvl.tasks.evaluate import pretrain_and_evaluate
+from structvl.tasks.evaluate import hold_eval_clips, pretrain_and_evaluate
 from structvl.tasks.finetuning import pick_device
 from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
 from structvl.tasks.task_config import load_task_config
@@ -103,10 +103,11 @@ def downstream_metrics(run_dir: Path, data: Path, pretrain_metrics: dict) -> dic
     model = model.to(device)
     metrics = run_suite(model, cfg, load_task_config(DOWNSTREAM_CONFIG), data, device=device)
     tokenizer = build_tokenizer(cfg.model.text)
+    clips = hold_eval_clips(model, cfg, tokenizer, device, data)  # both measures read the test clips decoded once
     if "grounding/pointing_best_patch" not in pretrain_metrics:
-        metrics.update(evaluate_grounding(model, cfg, tokenizer, device, data))
+        metrics.update(evaluate_grounding(model, cfg, tokenizer, device, data, clips=clips))
     if "temporal/scene_change_acc" not in pretrain_metrics:
-        metrics.update(evaluate_scene_change(model, cfg, tokenizer, device, data))
+        metrics.update(evaluate_scene_change(model, cfg, tokenizer, device, data, clips=clips))
     print(f"      downstream suite ({DOWNSTREAM_CONFIG}): {time.perf_counter() - start:.0f} s", flush=True)
     write_json_merged(Path(run_dir) / "metrics.json", metrics)
     return metrics

@@ -34,7 +34,9 @@ from torch.utils.data import IterableDataset
 from structvl.data.knowledge.swaps import SwapSettings
 from structvl.data.knowledge.vocab import multi_hot
 from structvl.data.knowledge_sampler import KnowledgeGrouping, build_knowledge_sampler
+from structvl.data.text import TokenCache
 from structvl.objectives.contrastive import info_nce
+from structvl.objectives.passes import TextInput
 from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
 
 
@@ -173,6 +175,9 @@ class KnowledgePredictionObjective(nn.Module):
 
 
 # ----------------------------------------------------------------------------- KCL objective
+SWAPS = "clop_kcl/swapped_captions"  # the request key of the swapped captions (objectives/passes.py)
+
+
 class KnowledgeContrastiveObjective(nn.Module):
     """The video-text InfoNCE with knowledge-guided negatives (replaces `contrastive` in a recipe).
 
@@ -199,6 +204,8 @@ class KnowledgeContrastiveObjective(nn.Module):
     def __init__(self, cfg, model, context):
         super().__init__()
         self.cfg, self.vocab, self.tokenizer = cfg.clop, context.vocab, context.tokenizer
+        # Each swapped caption is tokenised once and its ids kept: the same captions recur every epoch.
+        self.tokens = TokenCache(self.tokenizer) if self.tokenizer is not None else None
 
     @classmethod
     def knowledge_swaps(cls, cfg) -> SwapSettings | None:
@@ -226,32 +233,50 @@ class KnowledgeContrastiveObjective(nn.Module):
         all_labels = all_gather_no_grad(labels)
         return 1.0 + self.cfg.kcl_weight_strength * jaccard(labels, all_labels)
 
-    def _constructed(self, batch: dict, model, device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(B, K, E) embeddings of each caption's swapped negatives, and the (B, K) mask of real ones."""
+    def _pick(self, batch: dict) -> tuple[list[str], list[int]]:
+        """The swapped negatives drawn for this batch: their texts, in caption order, and how many each caption got."""
         k = self.cfg.kcl_negatives_per_caption
         if "swaps" not in batch:
             raise KeyError("clop.kcl_construct needs batch['swaps'] (the run's KnowledgeLookup with a SwapContext)")
         # Python's `random` is in every checkpoint's RNG state, so a resumed run draws the same negatives.
         picked = [random.sample(list(swaps), min(k, len(swaps))) for swaps in batch["swaps"]]
-        texts = [text for row in picked for text, _ in row]
-        if not texts:
+        return [text for row in picked for text, _ in row], [len(row) for row in picked]
+
+    def requests(self, batch: dict, model) -> dict:
+        """The swapped captions, to be encoded with the batch's captions (objectives/passes.py)."""
+        if not self.cfg.kcl_construct:
+            return {}
+        texts, counts = self._pick(batch)
+        tokens = {k: v.to(batch["input_ids"].device) for k, v in self.tokens(texts).items()}
+        return {SWAPS: TextInput(tokens["input_ids"], tokens["attention_mask"],
+                                 grad=self.cfg.kcl_negatives_train_text, meta=counts)}
+
+    def _constructed(self, batch: dict, outputs, model, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(B, K, E) embeddings of each caption's swapped negatives, and the (B, K) mask of real ones."""
+        encoded = getattr(outputs, "extra", {}).get(SWAPS)
+        if encoded is not None:  # drawn and encoded with the batch's captions
+            embed, counts = encoded.output.embed, encoded.input.meta
+        else:
+            texts, counts = self._pick(batch)
+            if not texts:
+                return None
+            tokens = self.tokens(texts)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.kcl_negatives_train_text):
+                embed = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).embed
+        if not sum(counts):
             return None
-        tokens = self.tokenizer(texts)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.kcl_negatives_train_text):
-            embed = model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).embed
-        out = embed.new_zeros(len(picked), k, embed.shape[1])
-        mask = torch.zeros(len(picked), k, dtype=torch.bool, device=device)
-        position = 0
-        for i, row in enumerate(picked):
-            out[i, :len(row)] = embed[position:position + len(row)]
-            mask[i, :len(row)] = True
-            position += len(row)
+        k = self.cfg.kcl_negatives_per_caption
+        rows = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)], device=device)
+        cols = torch.tensor([j for n in counts for j in range(n)], device=device)
+        out = embed.new_zeros(len(counts), k, embed.shape[1]).index_put((rows, cols), embed)
+        mask = torch.zeros(len(counts), k, dtype=torch.bool, device=device).index_put(
+            (rows, cols), torch.ones(len(rows), dtype=torch.bool, device=device))
         return out, mask
 
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
         video, text = outputs.video.embed, outputs.text.embed
         weights = self._weights(batch, video.device) if self.cfg.kcl_negative_weighting else None
-        extra = self._constructed(batch, model, video.device) if self.cfg.kcl_construct else None
+        extra = self._constructed(batch, outputs, model, video.device) if self.cfg.kcl_construct else None
         out = info_nce(video, text, model.logit_scale, video_negative_weights=weights,
                        extra_text_negatives=None if extra is None else extra[0],
                        extra_negative_mask=None if extra is None else extra[1],

@@ -32,8 +32,11 @@ from structvl.data.masking import (
     semantic_selection,
     video_tube_masks,
 )
-from structvl.models.text_encoder import build_tokenizer
+from structvl.models.fusion import FusionOutput
+from structvl.models.text_encoder import TextEncoderOutput, build_tokenizer
+from structvl.models.video_encoder import VideoEncoderOutput
 from structvl.models.video_text import projection_head
+from structvl.objectives.passes import TextInput, VideoInput
 from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
 
 
@@ -85,11 +88,20 @@ def focal_mlm_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> 
 
 
 # ---------------------------------------------------------------- the shared masked passes
+MASKED_VIDEO = "clover/masked_video"  # request keys (objectives/passes.py)
+MASKED_TEXT = "clover/masked_text"
+
+
 class CloverPasses:
-    """The masked forward passes of one batch, each computed on first use and then reused."""
+    """The masked forward passes of one batch, each computed on first use and then reused.
+
+    When the shared forward batched the passes (`outputs.batched`), the masked clips and captions come encoded
+    with the batch's own (`outputs.extra`, requested by `CloverCore.requests`), and the two fusion passes of the
+    alignment run as one fusion call of twice the batch."""
 
     def __init__(self, core: "CloverCore", batch: dict, outputs, model):
         self.core, self.batch, self.outputs, self.model = core, batch, outputs, model
+        self.extra = getattr(outputs, "extra", {})
         self._memo: dict = {}
 
     def _once(self, key, fn):
@@ -99,19 +111,47 @@ class CloverPasses:
 
     def masked_video(self):
         """vm: the video with block/tube-masked patch embeddings (a VideoEmbedding)."""
+        if MASKED_VIDEO in self.extra:
+            return self.extra[MASKED_VIDEO].output
         return self._once("vm", lambda: self.core.encode_masked_video(self.batch, self.model))
 
     def masked_text(self):
         """(tm, labels): the caption with nouns / verb phrases masked (a TextEmbedding) and its MLM labels."""
+        if MASKED_TEXT in self.extra:
+            return self.extra[MASKED_TEXT].output, self.extra[MASKED_TEXT].input.meta
         return self._once("tm", lambda: self.core.encode_masked_text(self.batch, self.model))
+
+    def _fused_pair(self):
+        """(fuse(video(V masked), text(T)), fuse(video(V), text(T masked))) from one fusion call over both pairs:
+        the fusion encoder treats each row on its own, and T and T masked share their length and mask."""
+        vm, v = self.masked_video().encoder, self.outputs.video.encoder
+        t, tm = self.outputs.text.encoder, self.masked_text()[0].encoder
+        video = VideoEncoderOutput(pooled=torch.cat([vm.pooled, v.pooled]), tokens=torch.cat([vm.tokens, v.tokens]),
+                                   frame_mask=torch.cat([vm.frame_mask, v.frame_mask]))
+        text = TextEncoderOutput(pooled=torch.cat([t.pooled, tm.pooled]), tokens=torch.cat([t.tokens, tm.tokens]),
+                                 attention_mask=torch.cat([t.attention_mask, tm.attention_mask]))
+        fused = self.model.fuse(video, text)
+        b = v.tokens.shape[0]
+        halves = [FusionOutput(cls=fused.cls[rows], text_states=fused.text_states[rows],
+                               video_states=fused.video_states[rows]) for rows in (slice(0, b), slice(b, 2 * b))]
+        return halves[0], halves[1]
+
+    def _paired(self) -> bool:
+        # Both fusion passes are needed (the alignment) and the shared forward batches its passes.
+        return bool(getattr(self.outputs, "batched", False)) and self.core.aligned
 
     def fused_masked_video(self) -> torch.Tensor:
         """f_vm = head(fuse(video(V masked), text(T))), (B, E) normalised."""
+        if self._paired():
+            return self._once("f_vm", lambda: self.core.fused_embedding(self._once("pair", self._fused_pair)[0],
+                                                                          "video"))
         return self._once("f_vm", lambda: self.core.fused_embedding(
             self.model.fuse(self.masked_video().encoder, self.outputs.text.encoder), "video"))
 
     def fused_masked_text_output(self):
         """fuse(video(V), text(T masked)): the fusion output MLM reads (a FusionOutput)."""
+        if self._paired():
+            return self._once("pair", self._fused_pair)[1]
         return self._once("fuse_tm", lambda: self.model.fuse(self.outputs.video.encoder,
                                                                self.masked_text()[0].encoder))
 
@@ -133,7 +173,9 @@ class CloverCore(nn.Module):
             self.tokenizer = build_tokenizer(cfg.model.text)
         # Only what an enabled objective uses is built: under DDP a parameter without a gradient is an error.
         weights = cfg.objectives
-        if weights.get("clover_align", 0) > 0 or weights.get("clover_rank", 0) > 0:
+        self.aligned = weights.get("clover_align", 0) > 0
+        self.masks_video = self.aligned or weights.get("clover_rank", 0) > 0  # whether any objective reads vm
+        if self.masks_video:
             # BEiT-style learned mask token: it replaces a masked cell's patch content; the cell keeps its position.
             self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, model.video_encoder.width))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -142,6 +184,23 @@ class CloverCore(nn.Module):
             self.fused_video_proj = projection_head(model.fusion.width, cfg.model.embed_dim, cfg.model.projection)
             self.fused_text_proj = projection_head(model.fusion.width, cfg.model.embed_dim, cfg.model.projection)
         self._passes: CloverPasses | None = None
+        self._requested: tuple[dict, dict] | None = None
+
+    def requests(self, batch: dict, model) -> dict:
+        """The masked clips (when an objective reads them) and the masked captions, drawn once per batch, to be
+        encoded with the batch's own (objectives/passes.py). They are drawn in the order the unbatched passes draw
+        them: the clips' mask first where the alignment runs (it reads vm first), else the captions'."""
+        if self._requested is None or self._requested[0] is not batch:
+            asked = {}
+            for draw in (("video", "text") if self.aligned else ("text", "video")):
+                if draw == "video" and self.masks_video:
+                    asked[MASKED_VIDEO] = VideoInput(batch.get("frame_mask"),
+                                                     from_main=self.draw_video_mask(batch, model))
+                elif draw == "text":
+                    masked_ids, labels = self.draw_text_mask(batch)
+                    asked[MASKED_TEXT] = TextInput(masked_ids, batch["attention_mask"], keep_tokens=True, meta=labels)
+            self._requested = (batch, asked)
+        return self._requested[1]
 
     def passes(self, batch: dict, outputs, model) -> CloverPasses:
         # Keyed on the batch object itself (not its id, which Python may reuse once a batch is freed).
@@ -149,13 +208,17 @@ class CloverCore(nn.Module):
             self._passes = CloverPasses(self, batch, outputs, model)
         return self._passes
 
-    def encode_masked_video(self, batch: dict, model):
+    def draw_video_mask(self, batch: dict, model):
+        """A block/tube mask for each clip, as the function that applies it to the clips' patch embeddings."""
         enc = model.video_encoder
-        embeddings = enc.embed(batch["video"])
-        mask = video_tube_masks(embeddings.shape[0], enc.grid, self.cfg.video_mask_ratio,
+        mask = video_tube_masks(batch["video"].shape[0], enc.grid, self.cfg.video_mask_ratio,
                                 self.cfg.video_mask_min_block, self.cfg.video_mask_min_aspect)
         position = enc.pos_embed[:, None, 1:] + enc.time_embed[:, :, None]  # (1, T', N, D)
-        masked = apply_video_mask(embeddings, mask, self.mask_token + position)
+        return lambda embeddings: apply_video_mask(embeddings, mask, self.mask_token + position)
+
+    def encode_masked_video(self, batch: dict, model):
+        masking = self.draw_video_mask(batch, model)
+        masked = masking(model.video_encoder.embed(batch["video"]))
         return model.encode_video(batch["video"], batch.get("frame_mask"), patch_embeddings=masked)
 
     def select_text(self, batch: dict) -> torch.Tensor:
@@ -167,12 +230,15 @@ class CloverCore(nn.Module):
                                       self.cfg.text_mask_ratio)
         return random_selection(ids, self.tokenizer.special_token_ids, self.cfg.random_mask_prob)
 
-    def encode_masked_text(self, batch: dict, model):
+    def draw_text_mask(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input_ids, MLM labels) of the batch's captions."""
         tok = self.tokenizer
         selected = self.select_text(batch) & batch["attention_mask"].bool().cpu()
-        masked_ids, labels = corrupt_tokens(batch["input_ids"], selected, tok.mask_token_id, tok.vocab_size,
-                                            tok.special_token_ids, self.cfg.mask_replace_prob,
-                                            self.cfg.mask_random_prob)
+        return corrupt_tokens(batch["input_ids"], selected, tok.mask_token_id, tok.vocab_size,
+                              tok.special_token_ids, self.cfg.mask_replace_prob, self.cfg.mask_random_prob)
+
+    def encode_masked_text(self, batch: dict, model):
+        masked_ids, labels = self.draw_text_mask(batch)
         return model.encode_text(masked_ids, batch["attention_mask"]), labels
 
     def fused_embedding(self, fusion_out, which: str) -> torch.Tensor:
@@ -202,6 +268,9 @@ class _CloverObjective(nn.Module):
     @property
     def clover(self) -> CloverCore:
         return self._modules["core"] if "core" in self._modules else self._shared_core
+
+    def requests(self, batch: dict, model) -> dict:
+        return self.clover.requests(batch, model)
 
 
 class CloverAlignObjective(_CloverObjective):

@@ -42,8 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from structvl.config import ConfigError
-from structvl.data.text import char_span_to_token_span
+from structvl.data.text import TokenCache, char_span_to_token_span
 from structvl.objectives.contrastive import info_nce
+from structvl.objectives.passes import TextInput, VideoInput
 from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
 
 
@@ -71,23 +72,42 @@ def embed_phrases(model, spans: list[list[tuple[int, int]]], max_phrases: int, m
         pooled = torch.einsum("bpl,bld->bpd", weights, token_states)
         embed = F.normalize(model.text_proj(pooled), dim=-1)
     elif mode == "alone":
-        texts, where = [], []
-        for i, caption_spans in enumerate(spans):
-            for j, (start, end) in enumerate(caption_spans[:p]):
-                texts.append(captions[i][start:end])
-                where.append((i, j))
-                mask[i, j] = True
+        texts, rows, cols = phrase_texts(spans, p, captions)
         device = next(model.parameters()).device
-        embed = torch.zeros(b, p, model.cfg.embed_dim, device=device)
+        phrase_embed = None
         if texts:
             tok = tokenizer(texts)
             phrase_embed = model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device)).embed
-            rows, cols = zip(*where)
-            index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
-            embed = embed.to(phrase_embed.dtype).index_put(index, phrase_embed)
+        embed, mask = place_phrases(model, phrase_embed, rows, cols, b, p)
     else:
         raise ValueError(f"unknown phrase encoding {mode!r}; expected 'span' or 'alone'")
     return embed, mask.to(embed.device)
+
+
+def phrase_texts(spans: list[list[tuple[int, int]]], max_phrases: int,
+                 captions: list[str]) -> tuple[list[str], list[int], list[int]]:
+    """The texts of the first `max_phrases` phrases of each caption, and each text's (caption, slot) position."""
+    texts, rows, cols = [], [], []
+    for i, caption_spans in enumerate(spans):
+        for j, (start, end) in enumerate(caption_spans[:max_phrases]):
+            texts.append(captions[i][start:end])
+            rows.append(i)
+            cols.append(j)
+    return texts, rows, cols
+
+
+def place_phrases(model, phrase_embed: torch.Tensor | None, rows: list[int], cols: list[int], b: int,
+                  p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P, E) phrase embeddings with row k of `phrase_embed` at (rows[k], cols[k]), zeros elsewhere, and the
+    (B, P) mask of the filled slots."""
+    device = next(model.parameters()).device
+    mask = torch.zeros(b, p, dtype=torch.bool)
+    mask[rows, cols] = True
+    embed = torch.zeros(b, p, model.cfg.embed_dim, device=device)
+    if rows:
+        index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+        embed = embed.to(phrase_embed.dtype).index_put(index, phrase_embed)
+    return embed, mask.to(device)
 
 
 # ----------------------------------------------------------------------------- spatial grounding
@@ -131,6 +151,10 @@ def noun_phrase_spans(knowledge) -> list[list[tuple[int, int]]]:
     return [[(np_["start"], np_["end"]) for np_ in k.noun_phrases] for k in knowledge]
 
 
+PHRASES = "svilm_grounding/phrases"  # request keys (objectives/passes.py)
+CUT_CLIPS = "svilm_temporal/cut_clips"
+
+
 class SpatialGroundingObjective(nn.Module):
     """L_g: noun phrases vs. the batch's clips, each clip scored by its best-matching group."""
 
@@ -143,12 +167,29 @@ class SpatialGroundingObjective(nn.Module):
                               "model.video.num_group_tokens (e.g. 32)")
         self.cfg = cfg.svilm
         self.tokenizer = context.tokenizer
+        # Each phrase is tokenised once and its ids kept: a caption's phrases recur every epoch.
+        self.tokens = TokenCache(self.tokenizer) if self.tokenizer is not None else None
+
+    def requests(self, batch: dict, model) -> dict:
+        """The noun phrases ("alone"), to be encoded with the batch's captions (objectives/passes.py)."""
+        if self.cfg.phrase_encoding != "alone":
+            return {}
+        texts, rows, cols = phrase_texts(noun_phrase_spans(batch["knowledge"]), self.cfg.max_phrases,
+                                         batch["caption"])
+        tokens = {k: v.to(batch["input_ids"].device) for k, v in self.tokens(texts).items()}
+        return {PHRASES: TextInput(tokens["input_ids"], tokens["attention_mask"], meta=(rows, cols))}
 
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
-        phrases, mask = embed_phrases(
-            model, noun_phrase_spans(batch["knowledge"]), self.cfg.max_phrases, self.cfg.phrase_encoding,
-            token_states=outputs.text.encoder.tokens, offsets=batch["token_offsets"], captions=batch["caption"],
-            tokenizer=self.tokenizer)
+        encoded = getattr(outputs, "extra", {}).get(PHRASES)
+        if encoded is not None:  # encoded with the batch's captions
+            rows, cols = encoded.input.meta
+            phrases, mask = place_phrases(model, encoded.output.embed, rows, cols, len(batch["caption"]),
+                                          self.cfg.max_phrases)
+        else:
+            phrases, mask = embed_phrases(
+                model, noun_phrase_spans(batch["knowledge"]), self.cfg.max_phrases, self.cfg.phrase_encoding,
+                token_states=outputs.text.encoder.tokens, offsets=batch["token_offsets"], captions=batch["caption"],
+                tokenizer=self.tokens or self.tokenizer)
         groups = model.embed_groups(outputs.video.encoder)
         out = grounding_loss(phrases, mask, groups, self.cfg.grounding_temperature, self.cfg.grounding_symmetric)
         out["phrases_per_caption"] = mask.float().sum(1).mean()
@@ -279,15 +320,31 @@ class TemporalGroupingObjective(nn.Module):
         super().__init__()
         self.cfg = cfg.svilm
 
+    def _cut(self, batch: dict, model) -> CutAndPaste:
+        paste = cut_and_paste if self.cfg.paste_source == "batch" else reverse_steps
+        return paste(batch["video"], model.video_encoder.time, self.cfg.cut_min_steps, self.cfg.cut_max_steps,
+                     batch.get("frame_mask"))
+
+    def _pairless(self, batch: dict) -> bool:
+        return batch["video"].shape[0] < 2 and self.cfg.paste_source == "batch"  # no partner clip to paste from
+
+    def requests(self, batch: dict, model) -> dict:
+        """The cut-and-paste clips, to be encoded with the batch's clips (objectives/passes.py)."""
+        if self._pairless(batch):
+            return {}
+        cut = self._cut(batch, model)
+        return {CUT_CLIPS: VideoInput(cut.frame_mask, video=cut.video, meta=cut)}
+
     def forward(self, batch: dict, outputs, model) -> dict[str, torch.Tensor]:
-        video = batch["video"]
-        if video.shape[0] < 2 and self.cfg.paste_source == "batch":  # no partner clip to paste from
+        if self._pairless(batch):
             zero = outputs.video.embed.sum() * 0.0
             return {"loss": zero, "accuracy": zero.detach()}
-        paste = cut_and_paste if self.cfg.paste_source == "batch" else reverse_steps
-        cut = paste(video, model.video_encoder.time, self.cfg.cut_min_steps, self.cfg.cut_max_steps,
-                    batch.get("frame_mask"))
-        enc = model.video_encoder(cut.video, cut.frame_mask)
+        encoded = getattr(outputs, "extra", {}).get(CUT_CLIPS)
+        if encoded is not None:  # encoded with the batch's clips
+            cut, enc = encoded.input.meta, encoded.output.encoder
+        else:
+            cut = self._cut(batch, model)
+            enc = model.video_encoder(cut.video, cut.frame_mask)
         per_time = enc.per_time_features()
         out = temporal_grouping_loss(per_time, cut.is_a, enc.frame_mask, self.cfg.temporal_temperature,
                                      self.cfg.detach_centroids, self.cfg.temporal_centroids == "leave_one_out")

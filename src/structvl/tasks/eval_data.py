@@ -1,13 +1,21 @@
-"""The test clips every zero-shot evaluation reads: the run's `eval.split`, and a deterministic loader over them."""
+"""The test clips every zero-shot evaluation reads: the run's `eval.split`, a deterministic loader over them, and
+`EvalClips`, which decodes and encodes them once for all the measures of one model."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import fields
 from pathlib import Path
+
+import torch
 
 from structvl.config import RunConfig, frame_normalization
 from structvl.data.dataset import VideoTextCollator, VideoTextDataset, build_dataloader
 from structvl.data.formats import read_annotations
 from structvl.data.transforms import VideoTransform
+from structvl.models.video_encoder import VideoEncoderOutput
+from structvl.models.video_text import VideoEmbedding
+from structvl.runtime.precision import autocast, autocast_dtype
 
 
 def eval_loader(records, cfg: RunConfig, video_root, tokenizer):
@@ -28,3 +36,92 @@ def test_video_root(cfg: RunConfig, data_root: str | Path | None = None) -> Path
 def test_records(cfg: RunConfig, data_root: str | Path | None = None) -> list:
     """The records of `eval.split` under `data_root` (default: the run's `data.root`)."""
     return read_annotations(cfg.data.format, Path(data_root or cfg.data.root) / cfg.eval.split)
+
+
+def _to_cpu(out: VideoEmbedding) -> VideoEmbedding:
+    encoder = out.encoder
+    return VideoEmbedding(out.embed.cpu(), VideoEncoderOutput(
+        **{f.name: None if getattr(encoder, f.name) is None else getattr(encoder, f.name).cpu()
+           for f in fields(encoder)}))
+
+
+class EvalClips:
+    """The eval split's clips for one model, decoded once and encoded once, shared by the zero-shot measures.
+
+    Retrieval, the hard negatives' clips (when their file names the split's clips), SKP mAP, grounding and masked
+    words read the stored encodings; the scene-change and frozen-frame controls re-encode the stored clips they
+    alter. Each batch is kept as the eval loader yielded it (same clips, same order, same batch size), so a
+    measure that pairs clips within a batch (scene change) sees exactly the batches its own loader would give.
+    Without it (`clips=None`) every measure runs its own loader, as before.
+
+    Everything is held on the CPU: the normalised frames (`estimated_bytes`) and the encoder's outputs.
+    `EvalClips.fits` says whether a split is small enough to be held at all.
+    """
+
+    MAX_BYTES = 1 << 30  # splits whose frames would need more than this are streamed by each measure instead
+
+    def __init__(self, model, cfg: RunConfig, tokenizer, device, data_root: str | Path | None = None):
+        self.model, self.cfg, self.tokenizer, self.device = model, cfg, tokenizer, device
+        self.records = test_records(cfg, data_root)
+        self.video_root = test_video_root(cfg, data_root)
+        self.autocast_dtype = autocast_dtype(cfg.train.precision, device)
+        self._batches: list[dict] | None = None
+        self._encoded: list[VideoEmbedding] | None = None
+
+    @staticmethod
+    def estimated_bytes(cfg: RunConfig, num_records: int) -> int:
+        """The normalised float32 frames of `num_records` eval clips."""
+        return num_records * cfg.eval.num_frames * 3 * cfg.model.video.image_size ** 2 * 4
+
+    @classmethod
+    def fits(cls, cfg: RunConfig, data_root: str | Path | None = None) -> bool:
+        return cls.estimated_bytes(cfg, len(test_records(cfg, data_root))) <= cls.MAX_BYTES
+
+    def batches(self) -> list[dict]:
+        """The eval loader's batches (those with at least one readable clip), decoded on first use."""
+        if self._batches is None:
+            self._batches = [batch for batch in eval_loader(self.records, self.cfg, self.video_root, self.tokenizer)
+                             if batch.get("video") is not None]
+        return self._batches
+
+    @torch.no_grad()
+    def encoded(self) -> list[VideoEmbedding]:
+        """The model's encoding of each batch (embedding and encoder outputs, on the CPU), computed on first use."""
+        if self._encoded is None:
+            self.model.eval()
+            self._encoded = []
+            for batch in self.batches():
+                with autocast(self.device, self.autocast_dtype):
+                    out = self.model.encode_video(batch["video"].to(self.device), batch["frame_mask"].to(self.device))
+                self._encoded.append(_to_cpu(out))
+        return self._encoded
+
+    def kept(self) -> list[int]:
+        """Record indices of the readable clips, in order (the rows of `embeddings`)."""
+        return [i for batch in self.batches() for i in batch["record_index"].tolist()]
+
+    def embeddings(self, pooled: bool = False) -> tuple[torch.Tensor, list[int]]:
+        """(clips, E) joint-space embeddings (or, with pooled, the encoder's clip vectors) and their record
+        indices, as `tasks.retrieval.embed_videos` returns them."""
+        rows = [(out.encoder.pooled if pooled else out.embed).float() for out in self.encoded()]
+        return torch.cat(rows), self.kept()
+
+    @torch.no_grad()
+    def transformed_embeddings(self, transform) -> tuple[torch.Tensor, list[int]]:
+        """Embeddings of the stored clips after `transform(video, frame_mask)` (a control such as a frozen frame),
+        as `tasks.retrieval.embed_videos(..., transform=...)` returns them."""
+        self.model.eval()
+        rows = []
+        for batch in self.batches():
+            video, mask = batch["video"].to(self.device), batch["frame_mask"].to(self.device)
+            with autocast(self.device, self.autocast_dtype):
+                rows.append(self.model.encode_video(transform(video, mask), mask).embed.float().cpu())
+        return torch.cat(rows), self.kept()
+
+    def covers(self, records, video_root) -> bool:
+        """Whether `records` are this split's clips (same files and windows, same order)."""
+        def key(r, root):
+            return os.path.realpath(r.resolve(root)), r.start, r.end
+
+        return len(records) == len(self.records) and all(
+            key(a, video_root) == key(b, self.video_root) for a, b in zip(records, self.records))

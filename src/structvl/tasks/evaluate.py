@@ -20,7 +20,7 @@ from structvl.engine.pretrain import run_pretraining
 from structvl.models.text_encoder import build_tokenizer
 from structvl.runtime.distributed import barrier, cleanup
 from structvl.runtime.precision import autocast_dtype
-from structvl.tasks.eval_data import eval_loader, test_video_root
+from structvl.tasks.eval_data import EvalClips, eval_loader, test_video_root
 from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
 from structvl.tasks.hard_negative import hard_negative_metrics
 from structvl.tasks.knowledge_prediction import evaluate_knowledge_prediction
@@ -29,9 +29,13 @@ from structvl.tasks.retrieval import embed_texts, embed_videos, retrieval_metric
 
 
 def evaluate_retrieval(model, cfg: RunConfig, tokenizer, records, video_root, device,
-                       prefix: str = "retrieval") -> dict[str, float]:
+                       prefix: str = "retrieval", clips: EvalClips | None = None) -> dict[str, float]:
+    """clips: the split's clips already encoded by this model (read when they are `records`' clips)."""
     autocast = autocast_dtype(cfg.train.precision, device)
-    video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device, autocast)
+    if clips is not None and clips.covers(records, video_root):
+        video_embed, kept = clips.embeddings()
+    else:
+        video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device, autocast)
     texts, text_to_video = [], []
     for position, record_index in enumerate(kept):  # captions of skipped (corrupt) videos are dropped too
         for caption in records[record_index].captions:
@@ -44,35 +48,46 @@ def evaluate_retrieval(model, cfg: RunConfig, tokenizer, records, video_root, de
 
 
 def evaluate_model(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
-                   data_root: str | Path | None = None) -> dict[str, float]:
-    """Retrieval on `eval.split` and, when the corpus has them, hard negatives on `eval.hard_negatives`."""
+                   data_root: str | Path | None = None, clips: EvalClips | None = None) -> dict[str, float]:
+    """Retrieval on `eval.split` and, when the corpus has them, hard negatives on `eval.hard_negatives`.
+    clips: the split's clips for this model (`hold_eval_clips`); by default made here when the split fits."""
     root = Path(data_root or cfg.data.root)
     video_root = test_video_root(cfg, root)
-    records = read_annotations(cfg.data.format, root / cfg.eval.split)
-    metrics = evaluate_retrieval(model, cfg, tokenizer, records, video_root, device)
+    clips = clips if clips is not None else hold_eval_clips(model, cfg, tokenizer, device, root)
+    records = clips.records if clips is not None else read_annotations(cfg.data.format, root / cfg.eval.split)
+    metrics = evaluate_retrieval(model, cfg, tokenizer, records, video_root, device, clips=clips)
     if cfg.eval.hard_negatives and (root / cfg.eval.hard_negatives).exists():
         metrics.update(hard_negative_metrics(model, cfg, tokenizer, root / cfg.eval.hard_negatives, video_root,
-                                             device, eval_loader))
+                                             device, eval_loader, clips=clips))
     return metrics
+
+
+def hold_eval_clips(model, cfg: RunConfig, tokenizer, device,
+                    data_root: str | Path | None = None) -> EvalClips | None:
+    """The eval split's clips, decoded and encoded once for all of this model's zero-shot measures; None when the
+    split is too large to hold (each measure then streams its own)."""
+    return EvalClips(model, cfg, tokenizer, device, data_root) if EvalClips.fits(cfg, data_root) else None
 
 
 # What each paper's objective trains, measured on the test split after pre-training: objective name ->
 # measure(objective, model, cfg, tokenizer, device) -> metrics. `objective` is the trained objective module (CLOP's
 # SKP heads live there); S-ViLM's and Clover's measures read the model alone.
+# Each takes `clips=` (an EvalClips of the model, or None) and reads the stored clips where it can.
 OBJECTIVE_MEASURES = {
     "clop_skp": evaluate_knowledge_prediction,
-    "svilm_grounding": lambda objective, *args: evaluate_grounding(*args),
-    "svilm_temporal": lambda objective, *args: evaluate_scene_change(*args),
-    "clover_mlm": lambda objective, *args: evaluate_masked_words(*args),
+    "svilm_grounding": lambda objective, *args, clips=None: evaluate_grounding(*args, clips=clips),
+    "svilm_temporal": lambda objective, *args, clips=None: evaluate_scene_change(*args, clips=clips),
+    "clover_mlm": lambda objective, *args, clips=None: evaluate_masked_words(*args, clips=clips),
 }
 
 
-def objective_measures(module, model, cfg: RunConfig, tokenizer, device) -> dict[str, float]:
+def objective_measures(module, model, cfg: RunConfig, tokenizer, device,
+                       clips: EvalClips | None = None) -> dict[str, float]:
     """`OBJECTIVE_MEASURES` of the objectives `module` (a PretrainingModule) trained."""
     metrics: dict[str, float] = {}
     for name, objective in module.objectives.items():
         if name in OBJECTIVE_MEASURES:
-            metrics.update(OBJECTIVE_MEASURES[name](objective, model, cfg, tokenizer, device))
+            metrics.update(OBJECTIVE_MEASURES[name](objective, model, cfg, tokenizer, device, clips=clips))
     return metrics
 
 
@@ -86,9 +101,11 @@ def pretrain_and_evaluate(cfg: RunConfig, run_dir: str | Path, resume: bool = Fa
     metrics = dict(result.metrics)
     if result.info.is_main:
         device = result.info.device
-        metrics.update(evaluate_model(result.model, cfg, result.tokenizer, device=device))
+        clips = hold_eval_clips(result.model, cfg, result.tokenizer, device)  # decoded and encoded once for all
+        metrics.update(evaluate_model(result.model, cfg, result.tokenizer, device=device, clips=clips))
         if result.module is not None:  # under FSDP the objectives' heads are sharded across ranks
-            metrics.update(objective_measures(result.module, result.model, cfg, result.tokenizer, device))
+            metrics.update(objective_measures(result.module, result.model, cfg, result.tokenizer, device, clips))
+        del clips
         (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     barrier()
     cleanup()

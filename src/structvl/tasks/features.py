@@ -29,6 +29,7 @@ from structvl.data.video import VideoDecodeError, open_video
 from structvl.models.text_encoder import TextEncoderOutput
 from structvl.models.video_encoder import VideoEncoderOutput
 from structvl.runtime.precision import autocast
+from structvl.tasks.retrieval import length_sorted_batches
 
 
 def view_indices(first: int, stop: int, num_frames: int, view: int, num_views: int) -> np.ndarray:
@@ -194,9 +195,9 @@ def extract_text_features(model, tokenizer, texts: list[str], *, keep_tokens: bo
     times). Token states are padded to the tokenizer's max_length so rows from different batches stack."""
     model.eval()
     unique = list(dict.fromkeys(texts))
-    embeds, tokens, masks, pooled = [], [], [], []
-    for start in range(0, len(unique), batch_size):
-        tok = tokenizer(unique[start:start + batch_size])
+    embeds, tokens, masks, pooled, encoded_rows = [], [], [], [], []
+    # Encoded in batches of similar length (less padding; see retrieval.length_sorted_batches), put back below.
+    for rows, tok in length_sorted_batches(tokenizer(unique), batch_size) if unique else ():
         ids, mask = tok["input_ids"], tok["attention_mask"]
         pad = tokenizer.max_length - ids.shape[1] if keep_tokens else 0
         if pad > 0:
@@ -205,12 +206,15 @@ def extract_text_features(model, tokenizer, texts: list[str], *, keep_tokens: bo
         with autocast(device, autocast_dtype):
             out = model.encode_text(ids.to(device), mask.to(device))
         embeds.append(out.embed.float().cpu())
+        encoded_rows.append(rows)
         if keep_tokens:
             tokens.append(out.encoder.tokens.float().cpu())
             masks.append(mask)
             pooled.append(out.encoder.pooled.float().cpu())
+    position = torch.empty(len(unique), dtype=torch.long)  # unique text -> its row in the encoded order
+    position[torch.cat(encoded_rows)] = torch.arange(len(unique))
     row = {t: i for i, t in enumerate(unique)}
-    order = torch.tensor([row[t] for t in texts], dtype=torch.long)
+    order = position[torch.tensor([row[t] for t in texts], dtype=torch.long)]
     if not keep_tokens:
         return TextFeatures(torch.cat(embeds)[order])
     return TextFeatures(torch.cat(embeds)[order], torch.cat(tokens)[order], torch.cat(masks)[order],
@@ -229,6 +233,10 @@ def fuse_cached(model, video_pooled: torch.Tensor, video_tokens: torch.Tensor, t
     b, t = video_tokens.shape[:2]
     video_out = VideoEncoderOutput(pooled=video_pooled.to(device).float(), tokens=video_tokens,
                                    frame_mask=torch.ones(b, t, dtype=torch.bool, device=device))
-    text_out = TextEncoderOutput(pooled=text.pooled[rows].to(device), tokens=text.tokens[rows].to(device),
-                                 attention_mask=text.attention_mask[rows].to(device))
+    # The cached states are padded to the tokenizer's max_length; these rows need only their longest sequence
+    # (the rest is masked out of the fusion's attention, so the fused [CLS] is the same, for fewer tokens).
+    mask = text.attention_mask[rows]
+    longest = max(1, int(mask.sum(1).max())) if len(mask) else mask.shape[1]
+    text_out = TextEncoderOutput(pooled=text.pooled[rows].to(device), tokens=text.tokens[rows, :longest].to(device),
+                                 attention_mask=mask[:, :longest].to(device))
     return model.fuse(video_out, text_out).cls

@@ -35,6 +35,7 @@ features are not finite scores 0 on scene change; `grounding/nonfinite_scores` a
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from math import comb
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from structvl.data.formats import read_annotations
 from structvl.data.sampling import sample_frame_indices
 from structvl.engine.checkpoint import load_run_model
 from structvl.models.text_encoder import build_tokenizer
+from structvl.models.video_encoder import VideoEncoderOutput
 from structvl.objectives.svilm import cut_and_paste, embed_phrases, reverse_steps
 from structvl.runtime.nonfinite import NonFiniteTally
 from structvl.runtime.precision import autocast, autocast_dtype
@@ -57,9 +59,12 @@ def _autocast(cfg: RunConfig, device: torch.device):
     return autocast(device, autocast_dtype(cfg.train.precision, device))
 
 
-def _test_records(cfg: RunConfig, data_root: Path):
+def _all_test_records(cfg: RunConfig, data_root: Path):
+    return read_annotations(cfg.data.format, data_root / cfg.eval.split)
 
-    records = read_annotations(cfg.data.format, data_root / cfg.eval.split)
+
+def _test_records(cfg: RunConfig, data_root: Path):
+    records = _all_test_records(cfg, data_root)
     return records[: cfg.svilm.eval_clips] if cfg.svilm.eval_clips else records
 
 
@@ -83,23 +88,43 @@ def patch_centres(grid: int, patch_size: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], 1) * patch_size + patch_size / 2.0
 
 
-@torch.no_grad()
-def clip_groundings(model, cfg: RunConfig, tokenizer, records, video_root, device):
-    """Per test clip: its record, sampled frame indices, and for each corpus phrase of its first caption the
-    phrase x patch cosines (T', N) and phrase x group cosines (G,) (None without groups), plus the patch ->
-    group assignment (T', N) and p(group | patch) (G, T', N)."""
-
-    model.eval()
+def _encoded_batches(model, cfg: RunConfig, tokenizer, records, video_root, device, clips=None):
+    """(records, frames' encoder output on `device`) per batch of `records` (test-split records): from the stored
+    clips when `clips` (an EvalClips of this model) holds them all, else from their own loader."""
+    if clips is not None:
+        index = {id(r): i for i, r in enumerate(clips.records)}
+        wanted = [index.get(id(r)) for r in records]
+        if None not in wanted:
+            wanted = set(wanted)
+            for batch, out in zip(clips.batches(), clips.encoded()):
+                rows = [j for j, i in enumerate(batch["record_index"].tolist()) if i in wanted]
+                if rows:
+                    enc = out.encoder
+                    yield [clips.records[i] for i in batch["record_index"][rows].tolist()], VideoEncoderOutput(
+                        **{f.name: None if getattr(enc, f.name) is None else getattr(enc, f.name)[rows].to(device)
+                           for f in fields(enc)})
+            return
     for batch in eval_loader(records, cfg, video_root, tokenizer):
         if batch.get("video") is None:
             continue
-        recs = [records[i] for i in batch["record_index"].tolist()]
+        with _autocast(cfg, device):
+            enc = model.video_encoder(batch["video"].to(device), batch["frame_mask"].to(device))
+        yield [records[i] for i in batch["record_index"].tolist()], enc
+
+
+@torch.no_grad()
+def clip_groundings(model, cfg: RunConfig, tokenizer, records, video_root, device, clips=None):
+    """Per test clip: its record, sampled frame indices, and for each corpus phrase of its first caption the
+    phrase x patch cosines (T', N) and phrase x group cosines (G,) (None without groups), plus the patch ->
+    group assignment (T', N) and p(group | patch) (G, T', N). clips: see `_encoded_batches`."""
+
+    model.eval()
+    for recs, enc in _encoded_batches(model, cfg, tokenizer, records, video_root, device, clips):
         captions = [r.captions[0] for r in recs]
         items = [[ph for ph in r.meta.get("phrases", []) if ph["caption_index"] == 0] for r in recs]
         spans = [[(ph["start"], ph["end"]) for ph in phs] for phs in items]
         tokens, offsets = tokenizer.encode_with_offsets(captions)
         with _autocast(cfg, device):
-            enc = model.video_encoder(batch["video"].to(device), batch["frame_mask"].to(device))
             patches = F.normalize(model.video_proj(enc.tokens), dim=-1)  # (B, T', N, E)
             groups = model.embed_groups(enc) if enc.groups is not None else None
             states = None
@@ -156,13 +181,19 @@ def _inside(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_grounding(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
-                       data_root: str | Path | None = None) -> dict[str, float]:
-    """Pointing accuracies on the test split (see the module docstring); {} when the corpus has no boxes."""
+                       data_root: str | Path | None = None, clips=None) -> dict[str, float]:
+    """Pointing accuracies on the test split (see the module docstring); {} when the corpus has no boxes.
+    clips: the test split's clips encoded by this model (tasks.eval_data.EvalClips), read instead of encoding."""
     root = Path(data_root or cfg.data.root)
-    records = [r for r in _test_records(cfg, root) if r.meta.get("phrases") and r.meta.get("objects")]
+    video_root = Path(cfg.data.videos) if cfg.data.videos else root
+    split = _test_records(cfg, root)
+    if clips is not None and clips.covers(_all_test_records(cfg, root), video_root):
+        split = clips.records[:len(split)]  # the same records, as the stored clips know them
+    else:
+        clips = None
+    records = [r for r in split if r.meta.get("phrases") and r.meta.get("objects")]
     if not records:
         return {}
-    video_root = Path(cfg.data.videos) if cfg.data.videos else root
     v = cfg.model.video
     grid, tubelet = v.image_size // v.patch_size, v.tubelet_size
     centres = patch_centres(grid, v.patch_size)
@@ -171,7 +202,7 @@ def evaluate_grounding(model, cfg: RunConfig, tokenizer, device=torch.device("cp
     hits: dict[str, list[float]] = {k: [] for k in ("best_patch", "chance", "group", "random", "oracle", "precision")}
     empty, groups_used, num_phrases = [], [], 0
     tally = NonFiniteTally("grounding")
-    for clip in clip_groundings(model, cfg, tokenizer, records, video_root, device):
+    for clip in clip_groundings(model, cfg, tokenizer, records, video_root, device, clips):
         assign, probs = clip["assignment"], clip["probs"]
         if assign is not None:
             groups_used.append(len(torch.unique(assign[assign >= 0])))
@@ -254,12 +285,15 @@ def random_label_chance(steps: int) -> float:
 
 @torch.no_grad()
 def evaluate_scene_change(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
-                          data_root: str | Path | None = None, seed: int = 0) -> dict[str, float]:
-    """Scene-change accuracy of per-time-step features on cut-and-paste test clips (see module docstring)."""
+                          data_root: str | Path | None = None, seed: int = 0, clips=None) -> dict[str, float]:
+    """Scene-change accuracy of per-time-step features on cut-and-paste test clips (see module docstring).
+    clips: the test split's clips decoded once (tasks.eval_data.EvalClips): their batches are replayed instead of
+    decoding the clips again, when they are the batches this evaluation's own loader would give."""
 
     root = Path(data_root or cfg.data.root)
     records = _test_records(cfg, root)
     video_root = Path(cfg.data.videos) if cfg.data.videos else root
+    replay = clips is not None and len(records) == len(clips.records) and clips.covers(records, video_root)
     generator = torch.Generator().manual_seed(seed)
     same_generator, rng = torch.Generator().manual_seed(seed + 1), np.random.default_rng(seed)
     steps = model.video_encoder.time
@@ -280,7 +314,7 @@ def evaluate_scene_change(model, cfg: RunConfig, tokenizer, device=torch.device(
             acc[suffix].append(0.0 if garbage else permutation_accuracy(two_means(features[i]), ~cut.is_a[i]))
             acc[suffix + "_pixels"].append(permutation_accuracy(two_means(pixels[i]), ~cut.is_a[i]))
 
-    for batch in eval_loader(records, cfg, video_root, tokenizer):
+    for batch in clips.batches() if replay else eval_loader(records, cfg, video_root, tokenizer):
         if batch.get("video") is None or batch["video"].shape[0] < 2:
             continue
         b = batch["video"].shape[0]

@@ -124,15 +124,21 @@ def frozen_to_middle_frame(video: torch.Tensor, frame_mask: torch.Tensor) -> tor
 
 
 def hard_negative_metrics(model, cfg, tokenizer, path: Path, video_root: Path, device, make_loader,
-                          group_of=None) -> dict:
-    """group_of: optional row (the file's JSON object) -> group name, for per-group accuracies."""
+                          group_of=None, clips=None) -> dict:
+    """group_of: optional row (the file's JSON object) -> group name, for per-group accuracies.
+    clips: the eval split's clips encoded by this model (tasks.eval_data.EvalClips); read, and their frames
+    frozen for the static control, when the file names those clips in the same order."""
     rows = read_hard_negatives(path)
     records = [VideoRecord(video_id=r.get("video_id", str(i)), video=r["video"], captions=[r["caption"]])
                for i, r in enumerate(rows)]
     autocast = autocast_dtype(cfg.train.precision, device)
-    video_embed, kept = embed_videos(model, make_loader(records, cfg, video_root, tokenizer), device, autocast)
-    static_embed, static_kept = embed_videos(model, make_loader(records, cfg, video_root, tokenizer), device,
-                                             autocast, transform=frozen_to_middle_frame)
+    if clips is not None and clips.covers(records, video_root):
+        video_embed, kept = clips.embeddings()
+        static_embed, static_kept = clips.transformed_embeddings(frozen_to_middle_frame)
+    else:
+        video_embed, kept = embed_videos(model, make_loader(records, cfg, video_root, tokenizer), device, autocast)
+        static_embed, static_kept = embed_videos(model, make_loader(records, cfg, video_root, tokenizer), device,
+                                                 autocast, transform=frozen_to_middle_frame)
     assert static_kept == kept, "the loader must skip the same videos on both passes"
     true_embed = embed_texts(model, tokenizer, [rows[i]["caption"] for i in kept], device, autocast_dtype=autocast)
     flat = [(pos, factor, caption) for pos, i in enumerate(kept)

@@ -32,20 +32,24 @@ def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> tuple[list
 
 
 @torch.no_grad()
-def evaluate_knowledge_prediction(skp, model, cfg: RunConfig, tokenizer, device) -> dict[str, float]:
+def evaluate_knowledge_prediction(skp, model, cfg: RunConfig, tokenizer, device, clips=None) -> dict[str, float]:
     """SKP mAP on the test split: average precision of each in-vocabulary label that occurs in the test
     captions, ranking the test videos by the probability the trained heads (`skp`, the run's
     KnowledgePredictionObjective) give it; chance = a random ranking. A test video's knowledge is the union
-    of its captions' labels."""
+    of its captions' labels. clips: the test split's clips encoded by this model (tasks.eval_data.EvalClips)."""
     records = test_records(cfg)
     autocast = autocast_dtype(cfg.train.precision, device)
     video_root = test_video_root(cfg)
+    stored = clips is not None and clips.covers(records, video_root)
     was_training = skp.training
     skp.eval()
     video_embed = {}
     for used in skp.used_inputs:
-        video_embed[used], kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device,
-                                               autocast, pooled=used == "encoder")
+        if stored:
+            video_embed[used], kept = clips.embeddings(pooled=used == "encoder")
+        else:
+            video_embed[used], kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device,
+                                                   autocast, pooled=used == "encoder")
     with KnowledgeCache(Path(cfg.knowledge.cache_dir or Path(cfg.data.root) / "knowledge_cache")) as cache:
         per_caption = knowledge_for([c for i in kept for c in records[i].captions], cache)
     per_video, position = [], 0

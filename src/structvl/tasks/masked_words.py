@@ -17,7 +17,7 @@ from structvl.tasks.eval_data import eval_loader, test_records, test_video_root
 
 
 @torch.no_grad()
-def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device("cpu")) -> dict[str, float]:
+def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"), clips=None) -> dict[str, float]:
     """MLM accuracy through the fusion encoder on the test captions (`eval.split`, first caption per clip).
 
     Every noun and every verb phrase of a caption is masked *alone* (all its word pieces -> [MASK]) and predicted
@@ -26,6 +26,8 @@ def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device(
     another test clip's video ("shuffled_video"): the gap between the two is what the fusion reads from the video
     rather than from the caption's words.
     Returns clover_mlm/{accuracy, noun_accuracy, verb_accuracy, accuracy_shuffled_video, ...} (token-level, %).
+    clips: the test split's clips encoded by this model (tasks.eval_data.EvalClips), read instead of encoding them
+    again when this evaluation uses the whole split.
     """
     if model.fusion is None:
         return {}
@@ -34,6 +36,9 @@ def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device(
     if cfg.clover.eval_max_captions:
         records = records[:cfg.clover.eval_max_captions]
     video_root = test_video_root(cfg)
+    stored = clips is not None and len(records) == len(clips.records) and clips.covers(records, video_root)
+    batches = (zip(clips.batches(), clips.encoded()) if stored
+               else ((batch, None) for batch in eval_loader(records, cfg, video_root, tokenizer)))
     cache_dir = Path(cfg.knowledge.cache_dir or root / "knowledge_cache")
     autocast_context = autocast(device, autocast_dtype(cfg.train.precision, device))
     was_training = model.training
@@ -43,7 +48,9 @@ def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device(
     units_seen = 0
     tally = NonFiniteTally("clover_mlm")
     with KnowledgeCache(cache_dir) as cache:
-        for batch in eval_loader(records, cfg, video_root, tokenizer):
+        for batch, encoded in batches:
+            if batch.get("video") is None:
+                continue
             captions = batch["caption"]
             knowledge = knowledge_for(captions, cache)
             enc, offsets = tokenizer.encode_with_offsets(captions)
@@ -63,7 +70,12 @@ def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device(
                 ids[r, tokens] = tokenizer.mask_token_id
             attention = enc["attention_mask"][owners]
             with autocast_context:
-                video = model.video_encoder(batch["video"].to(device), batch["frame_mask"].to(device))
+                if encoded is None:
+                    video = model.video_encoder(batch["video"].to(device), batch["frame_mask"].to(device))
+                else:  # the stored encoding of these clips
+                    video = VideoEncoderOutput(pooled=encoded.encoder.pooled.to(device),
+                                               tokens=encoded.encoder.tokens.to(device),
+                                               frame_mask=encoded.encoder.frame_mask.to(device))
                 text = model.text_encoder(ids.to(device), attention.to(device))
                 n = len(captions)
                 for shuffled in ([False, True] if n > 1 else [False]):

@@ -121,13 +121,30 @@ def embed_videos(model, loader, device: torch.device, autocast_dtype=None,
     return feats[stage], record_ids
 
 
+def length_sorted_batches(tokens: dict[str, torch.Tensor], batch_size: int):
+    """(rows, tokens of those rows) `batch_size` rows at a time in order of length, each batch cut to its own
+    longest sequence: the same tokens with the least padding. A padded position is masked out of every attention,
+    so no row's encoding depends on how far it is padded; a caller puts the results back with `rows`."""
+    lengths = tokens["attention_mask"].sum(1)
+    order = torch.argsort(lengths, stable=True)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        longest = int(lengths[rows].max())
+        yield rows, {k: v[rows, :longest] for k, v in tokens.items()}
+
+
 @torch.no_grad()
 def embed_texts(model, tokenizer, texts: list[str], device: torch.device, batch_size: int = 256,
                 autocast_dtype=None) -> torch.Tensor:
+    """(M, E) embeddings of `texts`, in their order; encoded in batches of similar length (less padding)."""
     model.eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        tok = move_to(tokenizer(texts[start:start + batch_size]), device)
+    if not texts:
+        return torch.empty(0)
+    out = None
+    for rows, tok in length_sorted_batches(tokenizer(texts), batch_size):
+        tok = move_to(tok, device)
         with autocast(device, autocast_dtype):
-            out.append(model.encode_text(tok["input_ids"], tok["attention_mask"]).embed.float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            embed = model.encode_text(tok["input_ids"], tok["attention_mask"]).embed.float().cpu()
+        out = embed.new_empty(len(texts), embed.shape[1]) if out is None else out
+        out[rows] = embed
+    return out
