@@ -40,7 +40,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from structvl.data.check import check_dataset, format_report
 
     report = check_dataset(args.format, args.annotations, args.videos, backend=args.backend,
-                           workers=args.workers)
+                           workers=args.workers, allow_outside_root=args.allow_outside_root)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["ok"] else 1
 
@@ -60,7 +60,8 @@ def _cmd_data_shard(args: argparse.Namespace) -> int:
 
     records = read_annotations(args.format, args.annotations)
     missing: list[dict] = []
-    shards = write_shards(records, args.videos, args.out, max_count=args.max_count, missing=missing)
+    shards = write_shards(records, args.videos, args.out, max_count=args.max_count, missing=missing,
+                          allow_outside_root=args.allow_outside_root)
     print(json.dumps({"records": len(records), "samples": len(records) - len(missing), "shards": shards,
                       "missing": missing}, indent=2))
     return 0 if not missing else 1
@@ -100,13 +101,15 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                         description="Read an annotation file with the trainer's reader, probe every referenced video, "
                                     "and report records, videos, captions per video, missing and undecodable files "
                                     "(with reasons) and duration/fps/resolution statistics. Exit code 1 if any "
-                                    "video is missing or corrupt.")
+                                    "video is missing, corrupt or outside the video root, or no record is usable.")
     p.add_argument("annotations")
     p.add_argument("--format", choices=ANNOTATION_FORMATS, required=True)
     p.add_argument("--videos", required=True, help="root directory the annotation's video paths are relative to")
     p.add_argument("--backend", choices=["pyav", "decord"], default="pyav")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print one JSON object (records, videos, missing, corrupt, ok)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read videos the annotations place outside --videos (absolute paths, '..', symlinks)")
     p.set_defaults(func=_cmd_data_check)
 
     p = data.add_parser("prepare", help="re-encode raw videos for fast training-time decoding",
@@ -131,6 +134,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", required=True, help="root directory the annotation's video paths are relative to")
     p.add_argument("--out", required=True, help="shard path pattern, e.g. shards/train-%%06d.tar")
     p.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="pack videos the annotations place outside --videos (absolute paths, '..', symlinks)")
     p.set_defaults(func=_cmd_data_shard)
 
 

@@ -106,6 +106,9 @@ class DataConfig:
     train: str = "train.jsonl"
     val: Optional[str] = "val.jsonl"
     videos: Optional[str] = None  # video root; default: `root`
+    # Let annotations name videos outside the video root (absolute paths elsewhere, `..`, symlinks leading out).
+    # Off: an annotation file cannot make a run read (or `data shard` pack) arbitrary files.
+    allow_outside_root: bool = False
     shards: Optional[str] = None  # webdataset shard pattern (e.g. "shards/train-{000000..000031}.tar")
     shuffle_buffer: int = 0  # with shards: samples mixed across shards in a buffer this big (0 = off)
     backend: str = "pyav"  # "pyav" or "decord"

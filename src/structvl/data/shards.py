@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from structvl.data.dataset import CAPTION_MODES
-from structvl.data.records import VideoRecord
+from structvl.data.records import VideoRecord, has_caption, outside_root, window_problem
 from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
 from structvl.data.transforms import VideoTransform
 from structvl.data.video import BACKENDS, VideoDecodeError, open_video_bytes
@@ -69,7 +69,7 @@ def _safe_key(index: int, video_id: str) -> str:
 
 
 def write_shards(records: Sequence[VideoRecord], video_root: str | Path | None, out_pattern: str,
-                 max_count: int = 1000, missing: list | None = None) -> list[str]:
+                 max_count: int = 1000, missing: list | None = None, allow_outside_root: bool = False) -> list[str]:
     """Pack records and their video files into webdataset tar shards; returns the shard paths written.
 
     out_pattern: a printf pattern for the shard files, e.g. "out/train-%06d.tar" (its directory is created).
@@ -77,6 +77,8 @@ def write_shards(records: Sequence[VideoRecord], video_root: str | Path | None, 
     missing: when given, a {"index", "video_id", "path", "reason"} dict is appended for each record whose
         video file is missing, not a regular file or empty; such records are left out (and logged in one
         warning). Videos are not decoded here: one that is corrupt is skipped at training time.
+    allow_outside_root: pack videos outside `video_root` too; without it a record whose path leaves the root
+        (absolute elsewhere, `..`, a symlink leading out) is left out the same way, with that reason.
     """
     import webdataset as wds
 
@@ -95,8 +97,10 @@ def write_shards(records: Sequence[VideoRecord], video_root: str | Path | None, 
     try:
         for index, record in enumerate(records):
             path = record.resolve(video_root)
-            reason = None
-            if not path.exists():
+            reason = None if allow_outside_root else outside_root(record, video_root, follow_links=True)
+            if reason is not None:
+                pass
+            elif not path.exists():
                 reason = "file not found"
             elif not path.is_file():
                 reason = "not a regular file"
@@ -186,7 +190,7 @@ class ShardedVideoTextDataset(IterableDataset):
     def __init__(self, urls: str | Sequence[str], num_frames: int = 8, sampling: str = "random_segment",
                  target_fps: float | None = None, *, transform: VideoTransform, backend: str = "pyav",
                  caption_mode: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 0, shuffle_shards: bool = True):
+                 shuffle_buffer: int = 0, shuffle_shards: bool = True, require_captions: bool = False):
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
         if sampling == "fps" and not target_fps:
@@ -214,6 +218,7 @@ class ShardedVideoTextDataset(IterableDataset):
         self.caption_mode, self.seed = caption_mode, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.shuffle_shards = shuffle_buffer, shuffle_shards
+        self.require_captions = require_captions
         # Shared memory, as in VideoTextDataset: persistent workers keep their own copy of the dataset.
         # _resume = (epoch, samples of the rank's stream to skip, batch size or 0); epoch -1 = no resume.
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
@@ -301,8 +306,14 @@ class ShardedVideoTextDataset(IterableDataset):
             except (ValueError, UnicodeDecodeError, TypeError) as e:  # JSONDecodeError is a ValueError
                 yield {**sample, "__error__": f"bad annotation: {type(e).__name__}: {e}"}, None, None
                 continue
+            problem = window_problem(record.start, record.end, record.duration)
+            if problem is None and self.require_captions and not has_caption(record):
+                problem = "no caption"
+            if problem is not None:  # skipped and counted like an unreadable video, never trained on
+                yield {**sample, "__error__": problem}, None, None
+                continue
             if self.caption_mode == "expand" and record.captions:
-                for c in range(len(record.captions)):
+                for c in (c for c, text in enumerate(record.captions) if text.strip()):
                     yield sample, record, c
             else:
                 yield sample, record, None
@@ -336,16 +347,19 @@ class ShardedVideoTextDataset(IterableDataset):
         if member is None:
             return {"skipped": True, "path": name, "reason": "no video member in the sample", "index": index}
         caption_rng, frames_rng, crop_generator = self._generators(epoch, sample["__key__"], caption_index)
-        if not record.captions:
+        captions = [c for c in record.captions if c.strip()]
+        if not captions:
             caption = ""
         elif caption_index is not None:
             caption = record.captions[caption_index]
         elif self.caption_mode == "random":
-            caption = record.captions[int(caption_rng.integers(len(record.captions)))]
+            caption = captions[int(caption_rng.integers(len(captions)))]
         else:
-            caption = record.captions[0]
+            caption = captions[0]
         try:
             with open_video_bytes(sample[member], name, self.backend) as reader:
+                if (problem := window_problem(record.start, record.end, reader.duration)) is not None:
+                    return {"skipped": True, "path": name, "reason": problem, "index": index}
                 fixed_start = self.sampling == "fps" and not self.transform.train
                 indices, valid = sample_frame_indices(
                     reader.num_frames, reader.fps, self.num_frames, self.sampling,

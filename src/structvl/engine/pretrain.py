@@ -47,7 +47,7 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
                 pattern, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
                 target_fps=cfg.data.target_fps, transform=transform, backend=cfg.data.backend,
                 caption_mode=cfg.data.caption_mode, seed=cfg.train.seed, rank=rank, world_size=world_size,
-                shuffle_buffer=cfg.data.shuffle_buffer)
+                shuffle_buffer=cfg.data.shuffle_buffer, require_captions=True)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"config key 'data.shards': {e}") from e
         return dataset, VideoTextCollator(tokenizer, knowledge)
@@ -58,7 +58,11 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
                                scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
     dataset = VideoTextDataset(records, cfg.data.videos or root, num_frames=cfg.data.num_frames,
                                sampling=cfg.data.sampling, target_fps=cfg.data.target_fps, transform=transform,
-                               backend=cfg.data.backend, caption_mode=cfg.data.caption_mode, seed=cfg.train.seed)
+                               backend=cfg.data.backend, caption_mode=cfg.data.caption_mode, seed=cfg.train.seed,
+                               require_captions=True, allow_outside_root=cfg.data.allow_outside_root)
+    if not dataset.items:
+        raise ConfigError(f"config key 'data.train': {root / cfg.data.train} holds no usable records "
+                          f"({', '.join(f'{n} x {reason}' for reason, n in dataset.dropped.items())})")
     return dataset, VideoTextCollator(tokenizer, knowledge)
 
 
@@ -168,6 +172,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, evaluat
 
     metrics: dict = {f"train/{k}": v for k, v in train_logs.items()}
     metrics["data/skipped"] = ledger.summary()["total"]
+    metrics["data/dropped_records"] = sum(getattr(dataset, "dropped", {}).values())  # never items (see dataset.py)
     metrics["train/bf16"] = float(precision == "bf16")  # "auto" differs by machine, and so do the numbers
     if evaluate and info.is_main:
         from structvl.tasks.evaluate import evaluate_model
