@@ -3,7 +3,8 @@
 A config file may list `bases:` (paths relative to itself) merged first, so model architectures live in
 small files (configs/model/tiny.yaml) and a recipe file only says what differs. Every key is checked
 against the dataclasses below before anything runs: an unknown key or a value of the wrong type fails
-with the key named (and the file it came from).
+with the key named (and the file it came from), and a value outside what its key allows (a size of 0, a
+rate of inf, a reversed range; `structvl.config_checks`) with the key, the value and what is allowed.
 
 Every objective's weight lives in one dict, `objectives`; a weight of 0 turns the objective off.
 """
@@ -18,6 +19,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+# ConfigError, validate and check_device live with the rules each key follows; imported here, where callers look.
+from structvl.config_checks import ConfigError, check_device, validate
+
+__all__ = ["CONFIG_DIR", "ConfigError", "RunConfig", "apply_overrides", "check_device", "config_to_dict",
+           "load_config", "resolve_config_path", "resolved_yaml", "save_config", "validate"]
+
 
 # The shipped configs (the repository's `configs/` links here, so installed packages have them too).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -26,16 +33,14 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 def resolve_config_path(path: str | Path) -> Path:
     """A config path as given, or a shipped config by name: "demo", "clop.yaml", "model/tiny"."""
     p = Path(path)
-    if p.exists():
+    if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml")):
-        if candidate.exists():
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if candidate.is_file():
             return candidate
+    if p.exists():
+        raise ConfigError(f"config file {path}: is a directory, not a YAML file")
     raise ConfigError(f"config file not found: {path} (nor among the shipped configs in {CONFIG_DIR})")
-
-
-class ConfigError(ValueError):
-    """A config problem; the message names the key and, when known, the file."""
 
 
 # ----------------------------------------------------------------------------- model
@@ -325,8 +330,12 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: is a directory, not a YAML file") from None
+    except (PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: cannot be read ({type(e).__name__})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     return data
@@ -339,6 +348,17 @@ def _merge_checked(base: DictConfig, update: Any, source: str) -> DictConfig:
         key = getattr(e, "full_key", None) or "?"
         msg = str(e).splitlines()[0]
         raise ConfigError(f"{source}: config key '{key}': {msg}") from None
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One `key=value` override; OmegaConf's grammar reads the value ("[1,2]", "null", "1e-4", ...)."""
+    try:
+        return OmegaConf.from_dotlist([item])
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:  # unclosed brackets are a YAML error
+        key, value = item.split("=", 1)
+        reason = " ".join(str(e).splitlines()[0].split())
+        raise ConfigError(f"command line: config key '{key}': cannot parse the value {value!r} ({reason}); "
+                          "quote a list as key='[a, b]' and close its brackets") from None
 
 
 def _load_with_bases(path: Path, schema: DictConfig, seen: tuple = ()) -> DictConfig:
@@ -367,91 +387,17 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None, open_prefixes:
     """Merge dotted `key=value` command-line overrides; a key the config does not have is an error (except
     under `open_prefixes`), and so is a value of the wrong type."""
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"command line: override {item!r} is not of the form key=value")
         key = item.split("=", 1)[0]
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not key.startswith(open_prefixes):
+        try:
+            known = OmegaConf.select(cfg, key, default="__missing__") != "__missing__"
+        except OmegaConfBaseException:  # a malformed key ("a..b", "a[0"): not one the config has
+            known = False
+        if not known and not key.startswith(open_prefixes):
             raise ConfigError(f"command line: unknown config key '{key}'")
-        cfg = _merge_checked(cfg, OmegaConf.from_dotlist([item]), "command line")
+        cfg = _merge_checked(cfg, _parse_override(item), "command line")
     return cfg
-
-
-_CHOICES = {
-    "model.video.attention": ("joint", "divided"),
-    "model.video.pooling": ("cls", "mean"),
-    "model.text.init": ("minilm", "scratch"),
-    "model.text.pooling": ("mean", "cls"),
-    "model.projection": ("mlp", "linear"),
-    "data.backend": ("pyav", "decord"),
-    "data.sampling": ("random_segment", "uniform", "fps"),
-    "data.caption_mode": ("random", "expand", "first"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "train.distributed": ("ddp", "fsdp"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "eval.sampling": ("random_segment", "uniform", "fps"),
-    "clover.text_masking": ("semantic", "random"),
-    "clover.fused_pool": ("spec", "code"),
-    "svilm.phrase_encoding": ("span", "alone"),
-    "clop.skp_reduction": ("mean", "sum"),
-    "clop.skp_targets": ("caption", "video"),
-    "clop.skp_input": ("shared", "encoder"),
-    "clop.skp_input_norm": ("batch", "none"),
-    "clop.kcl_swap_sampling": ("uniform", "frequency"),
-    "svilm.temporal_contrastive": ("uncut", "a_part"),
-    "svilm.paste_source": ("batch", "reversed_steps"),
-    "svilm.temporal_centroids": ("all", "leave_one_out"),
-}
-
-
-def validate(cfg: RunConfig) -> None:
-    """Checks OmegaConf's types cannot express: choices, shapes that must divide, known objectives."""
-    from structvl.data.knowledge import KNOWLEDGE_TYPES
-    from structvl.objectives import OBJECTIVES
-
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
-        if value not in choices:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
-    v = cfg.model.video
-    if v.image_size % v.patch_size:
-        raise ConfigError(f"config key 'model.video.patch_size': {v.patch_size} does not divide image_size {v.image_size}")
-    if v.num_frames % v.tubelet_size:
-        raise ConfigError(f"config key 'model.video.tubelet_size': {v.tubelet_size} does not divide num_frames {v.num_frames}")
-    if v.width % v.heads:
-        raise ConfigError(f"config key 'model.video.heads': {v.heads} does not divide width {v.width}")
-    if cfg.svilm.paste_source == "reversed_steps" and v.tubelet_size < 2:
-        raise ConfigError("config key 'svilm.paste_source': reversed_steps plays each encoder time step's frames "
-                          f"backwards, which needs model.video.tubelet_size >= 2 (got {v.tubelet_size})")
-    if cfg.data.num_frames != v.num_frames or cfg.eval.num_frames != v.num_frames:
-        raise ConfigError(
-            f"config key 'data.num_frames'/'eval.num_frames' ({cfg.data.num_frames}/{cfg.eval.num_frames}) must equal "
-            f"'model.video.num_frames' ({v.num_frames}): the temporal position embeddings have that length")
-    for name, weight in cfg.objectives.items():
-        if name not in OBJECTIVES:
-            raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVES)}")
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"config key 'objectives.{name}': weight must be a number >= 0, got {weight!r}")
-    if cfg.objectives.get("contrastive", 0) > 0 and cfg.objectives.get("clop_kcl", 0) > 0:
-        raise ConfigError("config key 'objectives.clop_kcl': CLOP's KCL is itself the video-text InfoNCE (with "
-                          "knowledge-guided negatives); set objectives.contrastive to 0 when it is on")
-    if not any(w > 0 for w in cfg.objectives.values()):
-        raise ConfigError("config key 'objectives': every objective has weight 0; nothing to train")
-    for key in ("skp_types", "kcl_types", "kcl_swap_types"):
-        unknown = [kind for kind in getattr(cfg.clop, key) if kind not in KNOWLEDGE_TYPES]
-        if unknown:
-            raise ConfigError(f"config key 'clop.{key}': {unknown} are not knowledge types {KNOWLEDGE_TYPES}")
-    for kind, weight in cfg.clop.skp_type_weights.items():
-        if kind not in KNOWLEDGE_TYPES or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"config key 'clop.skp_type_weights.{kind}': expected a weight >= 0 under one of "
-                              f"{KNOWLEDGE_TYPES}, got {weight!r}")
-    for kind, used in cfg.clop.skp_type_inputs.items():
-        if kind not in KNOWLEDGE_TYPES or used not in _CHOICES["clop.skp_input"]:
-            raise ConfigError(f"config key 'clop.skp_type_inputs.{kind}': expected one of {_CHOICES['clop.skp_input']} "
-                              f"under one of {KNOWLEDGE_TYPES}, got {used!r}")
-    for kind, labels in cfg.knowledge.exclude.items():
-        if kind not in KNOWLEDGE_TYPES or not isinstance(labels, (list, tuple)):
-            raise ConfigError(f"config key 'knowledge.exclude.{kind}': expected a list of labels under one of "
-                              f"{KNOWLEDGE_TYPES}")
 
 
 def resolved_yaml(cfg: RunConfig) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structvl.config import ConfigError, RunConfig, load_config, save_config
+from structvl.config import ConfigError, RunConfig, check_device, load_config, save_config
 
 log = logging.getLogger("structvl")
 
@@ -201,6 +201,11 @@ def pretrain_from_cli(args) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
     cfg = load_config(args.config, overrides)
+    check_device(cfg)
+    annotations = data_root(cfg) / cfg.data.train
+    if not (cfg.data.synth or cfg.data.shards or annotations.is_file()):  # before the run directory is made
+        raise ConfigError(f"config key 'data.train': annotation file {annotations} does not exist (data.root "
+                          f"{cfg.data.root!r}; data.synth: true generates the structured corpus there)")
     run_dir = Path(args.out or Path("runs") / cfg.name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = run_pretraining(cfg, run_dir, resume=args.resume)

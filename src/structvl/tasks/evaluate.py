@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from structvl.config import RunConfig
+from structvl.config import ConfigError, RunConfig
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.hard_negative import hard_negative_metrics
 from structvl.tasks.retrieval import embed_texts, embed_videos, retrieval_metrics
@@ -104,7 +104,7 @@ def load_run_model(checkpoint: str | Path):
     run_dir = path if (path / "config.yaml").exists() else path.parent.parent
     ckpt = latest_checkpoint(path)
     if ckpt is None or not (run_dir / "config.yaml").exists():
-        raise SystemExit(f"structvl eval: no checkpoint with a config.yaml found at {path}")
+        raise ConfigError(f"--checkpoint {path}: no checkpoint with a config.yaml found there")
     cfg = load_config(run_dir / "config.yaml")
     model = build_model(cfg.model)
     load_model_weights(model, ckpt)
