@@ -42,10 +42,13 @@ def tiny_cfg(root, *extra):
 
 
 def write_video(path: Path, num_frames: int = 16, size: tuple[int, int] = (48, 64), fps: int = 8,
-                codec: str = "libx264", keyint: int | None = None) -> np.ndarray:
+                codec: str = "libx264", keyint: int | None = None, container_format: str | None = None,
+                container_options: dict | None = None, bit_rate: int | None = None) -> np.ndarray:
     """Write a clip whose frame i is a flat colour encoding i (so a decoded frame tells its own index).
 
     Returns the uint8 frames (T, H, W, 3) that were encoded. Frame i has value 8*i in the red channel.
+    container_format: FFmpeg's muxer name when the extension does not pick it (H.264 in MPEG-PS: "mpeg");
+    container_options: the muxer's options; bit_rate: for codecs whose default quality blurs the colours.
     """
     h, w = size
     frames = np.zeros((num_frames, h, w, 3), np.uint8)
@@ -54,11 +57,13 @@ def write_video(path: Path, num_frames: int = 16, size: tuple[int, int] = (48, 6
         frames[i, :, :, 1] = 128
         frames[i, :, :, 2] = 255 - (8 * i) % 256
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", format=container_format, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if keyint is not None:
             stream.codec_context.gop_size = keyint
+        if bit_rate is not None:
+            stream.codec_context.bit_rate = bit_rate
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)

@@ -17,6 +17,8 @@ import structvl
 
 PACKAGE = Path(structvl.__file__).resolve().parent
 LAYERS = ["runtime", "data", "config", "models", "objectives", "engine", "tasks", "search", "lab", "cli"]
+# Top-level modules that belong to a layer named otherwise: the config's rules, the command's argument types.
+MODULE_LAYER = {"config_checks": "config", "cli_args": "cli", "__main__": "cli"}
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -29,8 +31,7 @@ def layer(module: str) -> int:
     parts = module.split(".")
     if len(parts) == 1:
         return -1  # `structvl`: the version string, imported by anything
-    top = "cli" if parts[1] == "__main__" else parts[1]
-    return LAYERS.index(top)
+    return LAYERS.index(MODULE_LAYER.get(parts[1], parts[1]))
 
 
 def read_graph(package: Path = PACKAGE):

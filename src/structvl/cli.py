@@ -2,6 +2,10 @@
 
 The only module that imports the lab. Each handler imports what its command runs when it runs (`# lazy:`
 imports): `structvl --help` and argument errors must answer at once, without loading torch, PyAV and spaCy.
+
+A user's mistake (an argument out of range, a path that is not there or cannot be written, a config key
+outside what it allows, a malformed annotation) is one line on stderr naming it, with exit code 2, before
+any work starts; a traceback means a bug. `structvl --debug ...` shows the traceback of a user error too.
 """
 
 from __future__ import annotations
@@ -9,6 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from structvl.cli_args import (
+    OneLineParser,
+    existing_dir,
+    existing_path,
+    number,
+    output_dir,
+    output_file,
+    shard_pattern,
+)
 
 DOWNSTREAM_TASKS = ["retrieval", "mcqa", "openqa", "recognition", "localization"]  # structvl.tasks.task_config.TASKS
 ANNOTATION_FORMATS = [
@@ -42,8 +57,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_knowledge(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from structvl.config import ConfigError  # lazy
     from structvl.data.knowledge.cache import KnowledgeCache  # lazy
     from structvl.data.knowledge.corpus import build_knowledge_cli  # lazy
 
@@ -71,9 +85,11 @@ def _cmd_knowledge(args: argparse.Namespace) -> int:
                    "exclude": cfg.knowledge.exclude,
                    "swaps": next((s for hook in hooks if hook is not None and (s := hook(cfg)) is not None), None)}
     elif args.overrides:
-        raise SystemExit("structvl knowledge: KEY=VALUE overrides need --config")
+        raise ConfigError("KEY=VALUE overrides need --config")
     if annotations is None:
-        raise SystemExit("structvl knowledge: give an annotation file or --config")
+        raise ConfigError("argument annotations: give an annotation file or --config")
+    if not Path(annotations).exists():
+        raise ConfigError(f"argument annotations: {str(annotations)!r} does not exist")
     return build_knowledge_cli(annotations, fmt=fmt, cache_dir=cache_dir, batch_size=args.batch_size,
                                vocab_out=args.vocab_out, n_process=args.processes, shard=args.shard,
                                wait=args.wait, **options)
@@ -83,14 +99,19 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from structvl.data.check import check_dataset, format_report  # lazy
 
     report = check_dataset(args.format, args.annotations, args.videos, backend=args.backend,
-                           workers=args.workers)
+                           workers=args.workers, allow_outside_root=args.allow_outside_root)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["ok"] else 1
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from structvl.config import ConfigError  # lazy
     from structvl.data.prepare import prepare_videos  # lazy
 
+    src, out = Path(args.src).resolve(), Path(args.out).resolve()
+    if out == src or src in out.parents:
+        raise ConfigError(f"argument out: {args.out!r} lies inside the source directory {args.src!r}; the copies "
+                          "would be read as sources on the next run")
     summary = prepare_videos(args.src, args.out, short_side=args.short_side, fps=args.fps,
                              workers=args.workers, crf=args.crf)
     print(json.dumps(summary, indent=2))
@@ -103,7 +124,8 @@ def _cmd_data_shard(args: argparse.Namespace) -> int:
 
     records = read_annotations(args.format, args.annotations)
     missing: list[dict] = []
-    shards = write_shards(records, args.videos, args.out, max_count=args.max_count, missing=missing)
+    shards = write_shards(records, args.videos, args.out, max_count=args.max_count, missing=missing,
+                          allow_outside_root=args.allow_outside_root)
     print(json.dumps({"records": len(records), "samples": len(records) - len(missing), "shards": shards,
                       "missing": missing}, indent=2))
     return 0 if not missing else 1
@@ -114,16 +136,17 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                        description="Write the procedurally generated structured corpus: real H.264 mp4 clips, "
                                    "annotations in the native JSONL and MSR-VTT layouts, and the evaluation sets "
                                    "(retrieval, hard negatives, MC/open QA, action labels, localization).")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--clips", type=int, default=2000, help="number of trimmed clips over all splits")
-    p.add_argument("--untrimmed", type=int, default=200, help="number of untrimmed multi-segment videos")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=output_dir, help="output directory")
+    p.add_argument("--clips", type=number(1, 10**7), default=2000, help="number of trimmed clips over all splits")
+    p.add_argument("--untrimmed", type=number(0, 10**6), default=200,
+                   help="number of untrimmed multi-segment videos")
+    p.add_argument("--seed", type=number(0, 2**32 - 1), default=0)
     p.add_argument("--holdout-compositions", action="store_true",
                    help="keep some colour-shape compositions out of train (compositional generalisation test)")
-    p.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
-    p.add_argument("--frames", type=int, default=16, help="frames per trimmed clip")
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--size", type=number(16, 1024), default=64, help="frame width and height in pixels")
+    p.add_argument("--frames", type=number(2, 1000), default=16, help="frames per trimmed clip")
+    p.add_argument("--fps", type=number(1, 240), default=8)
+    p.add_argument("--workers", type=number(1, 256), default=2)
     p.add_argument("--overwrite", action="store_true",
                    help="replace a corpus at --out generated with other arguments (refused without it)")
     p.set_defaults(func=_cmd_synth)
@@ -134,23 +157,25 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                                    "on disk keyed by caption hash, count the corpus (the vocabularies a training run "
                                    "reads) and, with --config of a CLOP run, build and cache its swapped captions. "
                                    "--shard i/n splits the work across processes or machines writing one cache.")
-    p.add_argument("annotations", nargs="?", default=None,
+    p.add_argument("annotations", nargs="?", default=None,  # or the first KEY=VALUE with --config: not checked here
                    help="annotation file (default with --config: the config's data.root/data.train)")
     p.add_argument("--config", default=None, help="a run config: its training annotations, knowledge cache, "
                                                    "vocabulary options and swap settings")
     p.add_argument("--format", choices=ANNOTATION_FORMATS, default="jsonl")
-    p.add_argument("--cache", default=None, help="cache directory (default: the config's, else beside the annotations)")
-    p.add_argument("--top-k", type=int, default=100, help="vocabulary size per knowledge type (without --config)")
-    p.add_argument("--batch-size", type=int, default=256, help="spaCy's batch size")
-    p.add_argument("--processes", type=int, default=1, help="parsing processes")
+    p.add_argument("--cache", type=output_dir, default=None,
+                   help="cache directory (default: the config's, else beside the annotations)")
+    p.add_argument("--top-k", type=number(1, 10**6), default=100,
+                   help="vocabulary size per knowledge type (without --config)")
+    p.add_argument("--batch-size", type=number(1, 10**5), default=256, help="spaCy's batch size")
+    p.add_argument("--processes", type=number(1, 1024), default=1, help="parsing processes")
     p.add_argument("--shard", default="0/1", type=_shard_spec,
                    help="i/n: this process parses the i-th of n parts (by video)")
-    p.add_argument("--wait", type=float, default=0.0,
+    p.add_argument("--wait", type=number(0, 10**6, integer=False), default=0.0,
                    help="seconds to wait for the other shards' counts before building the swaps (default: do not wait; "
                         "run the command again once they finish)")
-    p.add_argument("--merge", nargs="+", default=None, metavar="CACHE_DIR",
+    p.add_argument("--merge", nargs="+", type=existing_dir, default=None, metavar="CACHE_DIR",
                    help="instead of parsing: merge these cache directories (e.g. from other machines) into --cache")
-    p.add_argument("--vocab-out", default=None, help="write the vocabularies to this JSON file")
+    p.add_argument("--vocab-out", type=output_file, default=None, help="write the vocabularies to this JSON file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (with --config)")
     p.set_defaults(func=_cmd_knowledge)
 
@@ -159,25 +184,28 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                         description="Read an annotation file with the trainer's reader, probe every referenced video, "
                                     "and report records, videos, captions per video, missing and undecodable files "
                                     "(with reasons) and duration/fps/resolution statistics. Exit code 1 if any "
-                                    "video is missing or corrupt.")
-    p.add_argument("annotations")
+                                    "video is missing, corrupt or outside the video root, or no record is usable.")
+    p.add_argument("annotations", type=existing_path)
     p.add_argument("--format", choices=ANNOTATION_FORMATS, required=True)
-    p.add_argument("--videos", required=True, help="root directory the annotation's video paths are relative to")
+    p.add_argument("--videos", required=True, type=existing_dir,
+                   help="root directory the annotation's video paths are relative to")
     p.add_argument("--backend", choices=["pyav", "decord"], default="pyav")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=number(1, 256), default=2)
     p.add_argument("--json", action="store_true", help="print one JSON object (records, videos, missing, corrupt, ok)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read videos the annotations place outside --videos (absolute paths, '..', symlinks)")
     p.set_defaults(func=_cmd_data_check)
 
     p = data.add_parser("prepare", help="re-encode raw videos for fast training-time decoding",
                         description="Re-encode every video under SRC_DIR into OUT_DIR: shorter side resized, fps "
                                     "lowered, dense keyframes so seeking is cheap. Parallel, resumable (finished "
                                     "files are skipped), reports the files it could not read.")
-    p.add_argument("src")
-    p.add_argument("out")
-    p.add_argument("--short-side", type=int, default=256)
-    p.add_argument("--fps", type=float, default=8)
-    p.add_argument("--crf", type=int, default=23, help="x264 quality (lower is better)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("src", type=existing_dir)
+    p.add_argument("out", type=output_dir)
+    p.add_argument("--short-side", type=number(16, 8192), default=256)
+    p.add_argument("--fps", type=number(0, 240, integer=False, lo_open=True), default=8)
+    p.add_argument("--crf", type=number(0, 51), default=23, help="x264 quality (lower is better)")
+    p.add_argument("--workers", type=number(1, 256), default=2)
     p.set_defaults(func=_cmd_data_prepare)
 
     p = data.add_parser("shard", help="pack annotated videos into webdataset tar shards",
@@ -185,11 +213,14 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                                     "file (mp4 member) and annotation (json member) into webdataset tar shards of at "
                                     "most --max-count samples, for ShardedVideoTextDataset. Missing or empty videos "
                                     "are left out and listed; exit code 1 if there were any.")
-    p.add_argument("annotations")
+    p.add_argument("annotations", type=existing_path)
     p.add_argument("--format", choices=ANNOTATION_FORMATS, required=True)
-    p.add_argument("--videos", required=True, help="root directory the annotation's video paths are relative to")
-    p.add_argument("--out", required=True, help="shard path pattern, e.g. shards/train-%%06d.tar")
-    p.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    p.add_argument("--videos", required=True, type=existing_dir,
+                   help="root directory the annotation's video paths are relative to")
+    p.add_argument("--out", required=True, type=shard_pattern, help="shard path pattern, e.g. shards/train-%%06d.tar")
+    p.add_argument("--max-count", type=number(1, 10**7), default=1000, help="samples per shard")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="pack videos the annotations place outside --videos (absolute paths, '..', symlinks)")
     p.set_defaults(func=_cmd_data_shard)
 
 
@@ -197,9 +228,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     import logging
     import os
-    from pathlib import Path
 
-    from structvl.config import load_config  # lazy: see the module docstring
+    from structvl.config import ConfigError, check_device, load_config  # lazy: see the module docstring
     from structvl.lab.synth import ensure_corpus  # lazy
     from structvl.tasks.evaluate import format_metrics_table, pretrain_and_evaluate  # lazy
 
@@ -209,6 +239,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
     cfg = load_config(args.config, overrides)
+    check_device(cfg)
+    annotations = Path(cfg.data.root) / cfg.data.train
+    if not (cfg.data.synth or cfg.data.shards or cfg.data.mix or annotations.is_file()):  # before any work
+        raise ConfigError(f"config key 'data.train': annotation file {annotations} does not exist (data.root "
+                          f"{cfg.data.root!r}; data.synth: true generates the structured corpus there)")
     run_dir = Path(args.out or Path("runs") / cfg.name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = pretrain_and_evaluate(cfg, run_dir, resume=args.resume, overwrite=args.overwrite,
@@ -236,9 +271,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from structvl.lab.demo import run_demo  # lazy
+    from structvl.config import ConfigError, load_config  # lazy
+    from structvl.lab.demo import ABLATIONS, RECIPES, run_demo  # lazy
 
     recipes = [r.strip() for r in args.recipes.split(",")] if args.recipes else None
+    known = {**RECIPES, **ABLATIONS}
+    unknown = [r for r in recipes or [] if r not in known]
+    if unknown:
+        raise ConfigError(f"--recipes: {', '.join(unknown)} not known; known: {', '.join(known)}")
+    for name in recipes or list(RECIPES):  # every recipe's config with the overrides, before any work
+        load_config(known[name][1], list(args.overrides))
     return run_demo(out=args.out, quick=args.quick, data=args.data, seeds=args.seeds, recipes=recipes,
                     overrides=args.overrides, use_existing_data=args.use_existing_data,
                     overwrite_data=args.overwrite_data)
@@ -252,9 +294,9 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, action="append",
                    help="config file; repeat it to combine files, later ones over earlier ones (e.g. --config "
                         "clover.yaml --config model/clip_vit_b16.yaml)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", type=output_dir, default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--max-steps", type=number(1, 10**9), default=None)
+    p.add_argument("--seed", type=number(0, 2**63 - 1), default=None)
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="when --out holds another run, move it aside (to OUT.replaced-N) and start anew; "
@@ -267,12 +309,12 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=["retrieval", "hard_negative", *DOWNSTREAM_TASKS[1:], "all"], default="retrieval",
                    help="retrieval / hard_negative: zero-shot; mcqa, openqa, recognition, localization (or all of "
                         "--config's suite): the frozen-encoder protocol of --config")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    p.add_argument("--data", required=True, help="structured-corpus directory or annotation file")
+    p.add_argument("--checkpoint", required=True, type=existing_path, help="run directory or checkpoint directory")
+    p.add_argument("--data", required=True, type=existing_path, help="structured-corpus directory or annotation file")
     p.add_argument("--format", choices=ANNOTATION_FORMATS, default=None,
                    help="annotation format when --data is a file (default: the corpus's test split)")
-    p.add_argument("--videos", default=None, help="video root for --data annotation files")
-    p.add_argument("--out", default=None, help="metrics.json path (default: beside the checkpoint)")
+    p.add_argument("--videos", type=existing_dir, default=None, help="video root for --data annotation files")
+    p.add_argument("--out", type=output_file, default=None, help="metrics.json path (default: beside the checkpoint)")
     p.add_argument("--config", default="finetune/structured",
                    help="downstream protocol file (configs/finetune/*.yaml) for the downstream tasks")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="protocol overrides, e.g. openqa.epochs=5")
@@ -286,10 +328,12 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
                                    "frozen sliding-window features, mAP@tIoU). Metrics are merged into the run's "
                                    "metrics.json and OUT/metrics.json.")
     p.add_argument("--task", choices=[*DOWNSTREAM_TASKS, "all"], required=True)
-    p.add_argument("--checkpoint", required=True, help="pre-trained run directory or checkpoint directory")
+    p.add_argument("--checkpoint", required=True, type=existing_path,
+                   help="pre-trained run directory or checkpoint directory")
     p.add_argument("--config", default="finetune/structured", help="protocol file (configs/finetune/*.yaml)")
-    p.add_argument("--data", default=None, help="dataset root (default: the protocol file's `root`)")
-    p.add_argument("--out", default=None, help="directory for the fine-tuned runs (default: RUN/finetune)")
+    p.add_argument("--data", type=existing_dir, default=None, help="dataset root (default: the protocol file's `root`)")
+    p.add_argument("--out", type=output_dir, default=None,
+                   help="directory for the fine-tuned runs (default: RUN/finetune)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="protocol overrides, e.g. retrieval.steps=50")
     p.set_defaults(func=_cmd_finetune)
 
@@ -298,8 +342,8 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
                                    "baseline, + CLOP, + S-ViLM, + Clover, all three) at the same budget, evaluate "
                                    "retrieval, hard negatives, the downstream suite and each paper's own measure, "
                                    "print one row per recipe and write an HTML report in the run directory.")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data", default="data/structured",
+    p.add_argument("--out", type=output_dir, default="runs/demo")
+    p.add_argument("--data", type=output_dir, default="data/structured",
                    help="where the structured corpus lives (made if absent; a corpus generated there with other "
                         "arguments is refused unless one of the next two options says what to do)")
     p.add_argument("--use-existing-data", action="store_true",
@@ -307,7 +351,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite-data", action="store_true",
                    help="replace a corpus at --data generated with other arguments by the demo's own")
     p.add_argument("--quick", action="store_true", help="same pipeline on a 400-clip corpus at 60 steps (smoke test)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per recipe; the table shows mean ± std")
+    p.add_argument("--seeds", type=number(1, 100), default=1, help="seeds per recipe; the table shows mean ± std")
     p.add_argument("--recipes", default=None,
                    help="comma-separated recipe names (default: all; see structvl.lab.demo.RECIPES)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -316,11 +360,26 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="structvl", description=__import__("structvl").__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="structvl", description=__import__("structvl").__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (a user's mistake is otherwise one line)")
+    sub = parser.add_subparsers(dest="command", required=True)  # subcommand parsers are OneLineParsers too
     _add_data_commands(sub)
     _add_train_commands(sub)
+    # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting one given before it.
+    for command in _all_commands(parser):
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _all_commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (sub)command parser below `parser`, the `data` subcommands included."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                found += [command, *_all_commands(command)]
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -328,16 +387,32 @@ def main(argv: list[str] | None = None) -> None:
     from structvl.data.records import AnnotationError  # lazy
     from structvl.runtime.errors import RunStopped  # lazy
 
+    # What a user's input can get wrong, as opposed to a bug: a config or annotation the checks refused, or a
+    # file the operating system would not give (missing, unreadable, a disk that is full or read-only).
+    user_errors = (AnnotationError, ConfigError, OSError)
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, ["structvl", args.command, getattr(args, "data_cmd", None)]))
     try:
         code = args.func(args)
-    except (AnnotationError, ConfigError, FileNotFoundError) as e:
-        # A user's file or config is wrong: say which and where, without a traceback.
-        print(f"structvl {args.command}: error: {e}", file=sys.stderr)
+    except user_errors as e:
+        if args.debug:
+            raise
+        print(f"{command}: error: {_one_line(e, (AnnotationError, ConfigError))}", file=sys.stderr)
         code = 2
     except RunStopped as e:
         # The run could not go on without harm (non-finite numbers, a checkpoint write that failed): the
         # message says why and what was kept; not a bug, so no traceback.
-        print(f"structvl {args.command}: stopped: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"{command}: stopped: {_one_line(e, ())}", file=sys.stderr)
         code = 1
     sys.exit(code)
+
+
+def _one_line(error: BaseException, ours: tuple) -> str:
+    """The error's message on one line; an OSError that is not one of `ours` also names its file."""
+    if isinstance(error, OSError) and error.strerror and not isinstance(error, ours):
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())

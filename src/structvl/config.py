@@ -3,7 +3,8 @@
 A config file may list `bases:` (paths relative to itself) merged first, so model architectures live in
 small files (configs/model/tiny.yaml) and a recipe file only says what differs. Every key is checked
 against the dataclasses below before anything runs: an unknown key or a value of the wrong type fails
-with the key named (and the file it came from).
+with the key named (and the file it came from), and a value outside what its key allows (a size of 0, a
+rate of inf, a reversed range; `structvl.config_checks`) with the key, the value and what is allowed.
 
 Every objective's weight lives in one dict, `objectives`; a weight of 0 turns the objective off.
 """
@@ -18,10 +19,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from structvl.data.formats import annotation_readers
-from structvl.data.knowledge.record import KNOWLEDGE_TYPES
-from structvl.data.knowledge_sampler import POOL as KNOWLEDGE_POOL
+from structvl.config_checks import OBJECTIVE_NAMES, ConfigError, check_device, validate
 from structvl.data.transforms import NORMALIZATION
+
+# ConfigError, validate and check_device live with the rules each key follows (config_checks.py); imported
+# here, where callers look.
+__all__ = ["CONFIG_DIR", "OBJECTIVE_NAMES", "ConfigError", "RunConfig", "apply_overrides", "check_device",
+           "config_to_dict", "frame_normalization", "load_config", "resolve_config_path", "resolved_yaml",
+           "save_config", "validate"]
+
 
 # The shipped configs (the repository's `configs/` links here, so installed packages have them too).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -30,23 +36,14 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 def resolve_config_path(path: str | Path) -> Path:
     """A config path as given, or a shipped config by name: "demo", "clop.yaml", "model/tiny"."""
     p = Path(path)
-    if p.exists():
+    if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml")):
-        if candidate.exists():
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if candidate.is_file():
             return candidate
+    if p.exists():
+        raise ConfigError(f"config file {path}: is a directory, not a YAML file")
     raise ConfigError(f"config file not found: {path} (nor among the shipped configs in {CONFIG_DIR})")
-
-
-class ConfigError(ValueError):
-    """A config problem; the message names the key and, when known, the file."""
-
-
-# The keys of the `objectives:` weight dict: one per pre-training objective, each implemented by the class of the
-# same name in `structvl.objectives.OBJECTIVES` (contrastive.py; CLOP's clop.py; S-ViLM's svilm.py; Clover's
-# clover.py). The schema lists them so that a config is checked without importing the objectives.
-OBJECTIVE_NAMES = ("contrastive", "clop_skp", "clop_kcl", "svilm_grounding", "svilm_temporal", "clover_align",
-                   "clover_rank", "clover_mlm")
 
 
 # ----------------------------------------------------------------------------- model
@@ -174,6 +171,9 @@ class DataConfig:
     train: str = "train.jsonl"
     val: Optional[str] = "val.jsonl"
     videos: Optional[str] = None  # video root; default: `root`
+    # Let annotations name videos outside the video root (absolute paths elsewhere, `..`, symlinks leading out).
+    # Off: an annotation file cannot make a run read (or `data shard` pack) arbitrary files.
+    allow_outside_root: bool = False
     shards: Optional[str] = None  # webdataset shard pattern (e.g. "shards/train-{000000..000031}.tar")
     shuffle_buffer: int = 0  # with shards: samples mixed across shards in a buffer this big (0 = off)
     backend: str = "pyav"  # "pyav" or "decord"
@@ -404,8 +404,12 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: is a directory, not a YAML file") from None
+    except (PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: cannot be read ({type(e).__name__})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     return data
@@ -442,6 +446,17 @@ def _merge_checked(base: DictConfig, update: Any, source: str) -> DictConfig:
         raise ConfigError(f"{source}: config key '{key}': {msg}") from None
 
 
+def _parse_override(item: str) -> DictConfig:
+    """One `key=value` override; OmegaConf's grammar reads the value ("[1,2]", "null", "1e-4", ...)."""
+    try:
+        return OmegaConf.from_dotlist([item])
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:  # unclosed brackets are a YAML error
+        key, value = item.split("=", 1)
+        reason = " ".join(str(e).splitlines()[0].split())
+        raise ConfigError(f"command line: config key '{key}': cannot parse the value {value!r} ({reason}); "
+                          "quote a list as key='[a, b]' and close its brackets") from None
+
+
 def _load_with_bases(path: Path, schema: DictConfig, seen: tuple = ()) -> DictConfig:
     path = path.resolve()
     if path in seen:
@@ -471,14 +486,18 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None, open_prefixes:
     """Merge dotted `key=value` command-line overrides; a key the config does not have is an error (except
     under `open_prefixes`), and so is a value of the wrong type."""
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"command line: override {item!r} is not of the form key=value")
         key = item.split("=", 1)[0]
         if key in _RENAMED:
             raise ConfigError(f"command line: config key '{key}' was replaced by '{_RENAMED[key]}'")
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not key.startswith(open_prefixes):
+        try:
+            known = OmegaConf.select(cfg, key, default="__missing__") != "__missing__"
+        except OmegaConfBaseException:  # a malformed key ("a..b", "a[0"): not one the config has
+            known = False
+        if not known and not key.startswith(open_prefixes):
             raise ConfigError(f"command line: unknown config key '{key}'")
-        cfg = _merge_checked(cfg, OmegaConf.from_dotlist([item]), "command line")
+        cfg = _merge_checked(cfg, _parse_override(item), "command line")
     return cfg
 
 
@@ -489,126 +508,6 @@ _RENAMED = {  # old command-line keys -> what to write instead
     "model.fusion.init_from_text": "model.fusion.init_from_text_layers=first|top|none",
 }
 
-_CHOICES = {
-    "model.video.attention": ("joint", "divided"),
-    "model.video.pooling": ("cls", "mean"),
-    "model.video.act": ("gelu", "quick_gelu"),
-    "model.video.init.format": ("none", "open_clip", "timm", "hf_clip"),
-    "model.video.init.inflate": ("average", "center"),
-    "model.text.init.pooling": ("mean", "cls"),
-    "model.fusion.init_from_text_layers": ("first", "top", "none"),
-    "model.video.normalize": ("auto", "imagenet", "clip", "inception"),
-    "model.projection": ("mlp", "linear"),
-    "data.backend": ("pyav", "decord"),
-    "data.sampling": ("random_segment", "uniform", "fps"),
-    "data.caption_mode": ("random", "expand", "first"),
-    "train.precision": ("auto", "bf16", "fp16", "fp32"),
-    "train.distributed": ("ddp", "fsdp"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "eval.sampling": ("random_segment", "uniform", "fps"),
-    "clover.text_masking": ("semantic", "random"),
-    "clover.fused_pool": ("spec", "code"),
-    "svilm.phrase_encoding": ("span", "alone"),
-    "clop.skp_reduction": ("mean", "sum"),
-    "clop.skp_targets": ("caption", "video"),
-    "clop.skp_input": ("shared", "encoder"),
-    "clop.skp_input_norm": ("batch", "none"),
-    "clop.kcl_swap_sampling": ("uniform", "frequency"),
-    "svilm.temporal_contrastive": ("uncut", "a_part"),
-    "svilm.paste_source": ("batch", "reversed_steps"),
-    "svilm.temporal_centroids": ("all", "leave_one_out"),
-}
-
-
-def validate(cfg: RunConfig, check_init: bool = True) -> None:
-    """Checks OmegaConf's types cannot express: choices, shapes that must divide, known objectives."""
-
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
-        if value not in choices:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
-    v = cfg.model.video
-    if v.image_size % v.patch_size:
-        raise ConfigError(f"config key 'model.video.patch_size': {v.patch_size} does not divide image_size {v.image_size}")
-    if v.num_frames % v.tubelet_size:
-        raise ConfigError(f"config key 'model.video.tubelet_size': {v.tubelet_size} does not divide num_frames {v.num_frames}")
-    if v.width % v.heads:
-        raise ConfigError(f"config key 'model.video.heads': {v.heads} does not divide width {v.width}")
-    if not 0 < v.token_keep <= 1:
-        raise ConfigError(f"config key 'model.video.token_keep': {v.token_keep} is not in (0, 1]")
-    if v.token_keep < 1 and cfg.model.fusion.layers:
-        raise ConfigError(f"config key 'model.video.token_keep': {v.token_keep} drops patch tokens, but the fusion "
-                          "encoder (model.fusion.layers > 0) reads the whole patch grid; use 1.0 with it")
-    if cfg.svilm.paste_source == "reversed_steps" and v.tubelet_size < 2:
-        raise ConfigError("config key 'svilm.paste_source': reversed_steps plays each encoder time step's frames "
-                          f"backwards, which needs model.video.tubelet_size >= 2 (got {v.tubelet_size})")
-    if cfg.data.num_frames != v.num_frames or cfg.eval.num_frames != v.num_frames:
-        raise ConfigError(
-            f"config key 'data.num_frames'/'eval.num_frames' ({cfg.data.num_frames}/{cfg.eval.num_frames}) must equal "
-            f"'model.video.num_frames' ({v.num_frames}): the temporal position embeddings have that length")
-    if check_init:
-        _validate_init(cfg)
-    if cfg.model.text.max_length is not None and cfg.model.text.max_length < 2:
-        raise ConfigError(f"config key 'model.text.max_length': {cfg.model.text.max_length} leaves no room for the "
-                          "start and end tokens")
-    if not 0 < cfg.optim.layer_decay <= 1:
-        raise ConfigError(f"config key 'optim.layer_decay': {cfg.optim.layer_decay} is not in (0, 1]")
-    if cfg.train.max_nonfinite_steps < 1:
-        raise ConfigError(f"config key 'train.max_nonfinite_steps': {cfg.train.max_nonfinite_steps} is not allowed; "
-                          "expected an integer >= 1 (1 stops at the first non-finite step)")
-    for name, weight in cfg.objectives.items():
-        if name not in OBJECTIVE_NAMES:
-            raise ConfigError(f"config key 'objectives.{name}': unknown objective; known: {sorted(OBJECTIVE_NAMES)}")
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"config key 'objectives.{name}': weight must be a number >= 0, got {weight!r}")
-    if cfg.objectives.get("contrastive", 0) > 0 and cfg.objectives.get("clop_kcl", 0) > 0:
-        raise ConfigError("config key 'objectives.clop_kcl': CLOP's KCL is itself the video-text InfoNCE (with "
-                          "knowledge-guided negatives); set objectives.contrastive to 0 when it is on")
-    if not any(w > 0 for w in cfg.objectives.values()):
-        raise ConfigError("config key 'objectives': every objective has weight 0; nothing to train")
-    for key in ("skp_types", "kcl_types", "kcl_swap_types"):
-        unknown = [kind for kind in getattr(cfg.clop, key) if kind not in KNOWLEDGE_TYPES]
-        if unknown:
-            raise ConfigError(f"config key 'clop.{key}': {unknown} are not knowledge types {KNOWLEDGE_TYPES}")
-    for kind, weight in cfg.clop.skp_type_weights.items():
-        if kind not in KNOWLEDGE_TYPES or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"config key 'clop.skp_type_weights.{kind}': expected a weight >= 0 under one of "
-                              f"{KNOWLEDGE_TYPES}, got {weight!r}")
-    for kind, used in cfg.clop.skp_type_inputs.items():
-        if kind not in KNOWLEDGE_TYPES or used not in _CHOICES["clop.skp_input"]:
-            raise ConfigError(f"config key 'clop.skp_type_inputs.{kind}': expected one of {_CHOICES['clop.skp_input']} "
-                              f"under one of {KNOWLEDGE_TYPES}, got {used!r}")
-    _validate_mix(cfg)
-    kcl_on = cfg.objectives.get("clop_kcl", 0) > 0
-    if kcl_on and cfg.clop.kcl_batch_sampler and cfg.data.shards and cfg.data.shuffle_buffer < KNOWLEDGE_POOL:
-        raise ConfigError(f"config keys 'clop.kcl_batch_sampler' and 'data.shuffle_buffer': with data.shards, KCL "
-                          f"groups clips within the shuffle buffer, which must hold at least {KNOWLEDGE_POOL} "
-                          f"samples (the candidates compared with each anchor); got {cfg.data.shuffle_buffer}")
-    for kind, labels in cfg.knowledge.exclude.items():
-        if kind not in KNOWLEDGE_TYPES or not isinstance(labels, (list, tuple)):
-            raise ConfigError(f"config key 'knowledge.exclude.{kind}': expected a list of labels under one of "
-                              f"{KNOWLEDGE_TYPES}")
-
-
-def _validate_init(cfg: RunConfig) -> None:
-    """The checkpoints a run starts from exist and are of the form their format reads (before any work)."""
-    init = cfg.model.video.init
-    if init.format == "none":
-        if init.path:
-            raise ConfigError(f"config key 'model.video.init.path': {init.path!r} is set but model.video.init.format "
-                              f"is 'none'; choose one of {_CHOICES['model.video.init.format'][1:]}")
-    elif not init.path:
-        raise ConfigError(f"config key 'model.video.init.path': required with model.video.init.format={init.format}")
-    elif not Path(init.path).exists():
-        raise ConfigError(f"config key 'model.video.init.path': no such file or directory {init.path}")
-    elif init.format == "hf_clip" and not (Path(init.path) / "config.json").is_file():
-        raise ConfigError(f"config key 'model.video.init.path': {init.path} is not a transformers checkpoint "
-                          "directory (no config.json), which format hf_clip reads")
-    text_path = cfg.model.text.init.path
-    if text_path not in ("minilm", "scratch") and not (Path(text_path) / "config.json").is_file():
-        raise ConfigError(f"config key 'model.text.init.path': {text_path!r} is neither 'minilm', 'scratch' nor a "
-                          "Hugging Face checkpoint directory (with config.json)")
-
 
 def frame_normalization(video: VideoEncoderConfig) -> dict:
     """{"mean", "std"} of the frames (VideoTransform's keywords): model.video.normalize, where "auto" follows
@@ -618,29 +517,6 @@ def frame_normalization(video: VideoEncoderConfig) -> dict:
         name = "clip" if video.init.format in ("open_clip", "hf_clip") else "imagenet"
     mean, std = NORMALIZATION[name]
     return {"mean": mean, "std": std}
-
-
-def _validate_mix(cfg: RunConfig) -> None:
-    if not cfg.data.mix:
-        return
-    formats = annotation_readers()
-    for i, source in enumerate(cfg.data.mix):
-        key = f"data.mix[{i}]"
-        if (source.train is None) == (source.shards is None):
-            raise ConfigError(f"config key '{key}': give exactly one of 'train' (an annotation file) and 'shards'")
-        if not source.weight > 0:
-            raise ConfigError(f"config key '{key}.weight': must be > 0, got {source.weight}")
-        if source.train is not None and source.format not in formats:
-            raise ConfigError(f"config key '{key}.format': {source.format!r} is not one of {sorted(formats)}")
-    if len({source.train is None for source in cfg.data.mix}) > 1:
-        raise ConfigError("config key 'data.mix': mixes annotation files and shards; give all sources as 'train' "
-                          "files or all as 'shards'")
-    if cfg.data.shards:
-        raise ConfigError("config keys 'data.mix' and 'data.shards': the mix replaces data.shards; list the shards "
-                          "as a source of data.mix")
-    if cfg.objectives.get("clop_kcl", 0) > 0 and cfg.clop.kcl_batch_sampler:
-        raise ConfigError("config keys 'data.mix' and 'clop.kcl_batch_sampler': both decide which clips share a "
-                          "batch; set clop.kcl_batch_sampler=false with a mix")
 
 
 def resolved_yaml(cfg: RunConfig) -> str:

@@ -7,7 +7,13 @@ number of workers and whatever order the workers finish in.
 Bad videos. Real datasets have missing, empty, truncated and undecodable files. A training run should
 neither die on one nor learn from a black clip standing in for it: `__getitem__` returns a small
 "skipped" marker instead, the collator drops it from the batch and passes (path, reason) along, and a
-`SkipLedger` in the main process counts the skips and logs each bad file once.
+`SkipLedger` in the main process counts the skips and logs each bad file once. A clip window that starts
+past its video's end, and a video that a symlink places outside the video root, are skipped the same way.
+
+Bad records. Records a dataset cannot use whatever the file holds - no caption where captions are required,
+a window that is not a number or ends before it starts - never become items: they are counted in
+`dataset.dropped` (reason -> count) and logged once. A record whose path leaves the video root (absolute
+elsewhere, `..`) stops the dataset's construction with an `AnnotationError` unless `allow_outside_root`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from structvl.data.images import ImageDecodeError, image_clip, is_image_path, load_image
 from structvl.data.knowledge.lookup import KnowledgeLookup
-from structvl.data.records import VideoRecord
+from structvl.data.records import AnnotationError, VideoRecord, has_caption, outside_root, window_problem
 from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
 from structvl.data.transforms import VideoTransform
 from structvl.data.video import BACKENDS, VideoDecodeError, open_video
@@ -44,11 +50,15 @@ class VideoTextDataset(Dataset):
         A record without captions (QA, recognition) gives caption "".
     sampling, num_frames, target_fps: see `structvl.data.sampling`. The record's start/end window is used.
     transform: its `train` flag also decides whether "fps" sampling starts at a random offset.
+    require_captions: leave out records without a caption (video-text training and retrieval); without
+        it they give caption "" (recognition, QA).
+    allow_outside_root: let records name videos outside `video_root` (absolute paths, `..`, symlinks).
     """
 
     def __init__(self, records: Sequence[VideoRecord], video_root: str | Path | None, num_frames: int = 8,
                  sampling: str = "random_segment", target_fps: float | None = None, *,
-                 transform: VideoTransform, backend: str = "pyav", caption_mode: str = "random", seed: int = 0):
+                 transform: VideoTransform, backend: str = "pyav", caption_mode: str = "random", seed: int = 0,
+                 require_captions: bool = False, allow_outside_root: bool = False):
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
         if sampling == "fps" and not target_fps:
@@ -65,13 +75,29 @@ class VideoTextDataset(Dataset):
         # The epoch lives in shared memory: persistent loader workers hold their own copy of the dataset,
         # and a plain attribute set in the main process would never reach them.
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        self.allow_outside_root = allow_outside_root
+        if not allow_outside_root:
+            outside = [reason for r in self.records if (reason := outside_root(r, self.video_root)) is not None]
+            if outside:
+                raise AnnotationError(f"{len(outside)} record(s) name a video outside the video root, e.g. "
+                                      f"{outside[0]}; set data.allow_outside_root: true to read them")
         # (record index, caption index or None = decided per item) for each item.
         self.items: list[tuple[int, int | None]] = []
+        self.dropped: Counter = Counter()  # reason -> records left out
         for record_index, record in enumerate(self.records):
+            problem = window_problem(record.start, record.end, record.duration)
+            if problem is None and require_captions and not has_caption(record):
+                problem = "no caption"
+            if problem is not None:
+                self.dropped[problem] += 1
+                continue
             if caption_mode == "expand" and record.captions:
-                self.items.extend((record_index, c) for c in range(len(record.captions)))
+                self.items.extend((record_index, c) for c, text in enumerate(record.captions) if text.strip())
             else:
                 self.items.append((record_index, None))
+        if self.dropped:
+            log.warning("left out %d of %d records: %s", sum(self.dropped.values()), len(self.records),
+                        ", ".join(f"{n} x {reason}" for reason, n in self.dropped.most_common()))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,19 +119,24 @@ class VideoTextDataset(Dataset):
         return np.random.default_rng(caption_seed), np.random.default_rng(frames_seed), crop_generator
 
     def _caption(self, record: VideoRecord, caption_index: int | None, rng: np.random.Generator) -> str:
-        if not record.captions:
-            return ""
         if caption_index is not None:
             return record.captions[caption_index]
+        captions = [c for c in record.captions if c.strip()]
+        if not captions:
+            return ""
         if self.caption_mode == "random":
-            return record.captions[int(rng.integers(len(record.captions)))]
-        return record.captions[0]
+            return captions[int(rng.integers(len(captions)))]
+        return captions[0]
 
     def _load_frames(self, path: Path, record: VideoRecord,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if not self.allow_outside_root and (reason := outside_root(record, self.video_root, follow_links=True)):
+            raise VideoDecodeError(path, reason)
         if is_image_path(path):  # an image-text pair: a one-frame clip (structvl.data.images)
             return image_clip(load_image(path), self.num_frames)
         with open_video(path, self.backend) as reader:
+            if (problem := window_problem(record.start, record.end, reader.duration)) is not None:
+                raise VideoDecodeError(path, problem)
             # "fps" sampling starts at a random offset only in training; evaluation starts at the window start.
             fixed_start = self.sampling == "fps" and not self.transform.train
             indices, valid = sample_frame_indices(
@@ -121,7 +152,7 @@ class VideoTextDataset(Dataset):
         path = record.resolve(self.video_root)
         try:
             frames, valid = self._load_frames(path, record, frames_rng)
-        except (VideoDecodeError, ImageDecodeError) as e:
+        except (VideoDecodeError, ImageDecodeError) as e:  # also a window past the video's end, a symlink out
             return {"skipped": True, "path": str(path), "reason": e.reason, "index": index}
         except OSError as e:  # unreadable file (permissions, I/O error): as unusable as a corrupt one
             return {"skipped": True, "path": str(path), "reason": f"{type(e).__name__}: {e}", "index": index}

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from structvl.data.records import AnnotationError, VideoRecord
+from structvl.data.records import AnnotationError, VideoRecord, window_problem, window_text
 
 __all__ = [
     "AnnotationError", "annotation_readers", "read_annotations", "read_class_list", "read_msvd_mapping",
@@ -299,10 +299,15 @@ def _record_from_json(obj: dict, path: Path, line: int, issues: list) -> VideoRe
     require(candidates is None or isinstance(candidates, list), path, where, "'candidates' is not a list")
     meta = obj.get("meta", {})
     require(isinstance(meta, dict), path, where, "'meta' is not an object")
+    start, end, duration = number("start"), number("end"), number("duration")
+    problem = window_problem(start, end, duration)
+    if problem is not None:  # NaN, reversed, past the stated duration: a clip that cannot be sampled
+        skip_item(issues, path, line, f"{problem} ({window_text(start, end, duration)})")
+        return None
     return VideoRecord(
         video_id=str(obj.get("video_id") or Path(video).stem), video=video, captions=captions,
-        start=number("start"), end=number("end"), label=obj.get("label"), question=obj.get("question"),
-        candidates=candidates, answer=obj.get("answer"), segments=segments, duration=number("duration"),
+        start=start, end=end, label=obj.get("label"), question=obj.get("question"),
+        candidates=candidates, answer=obj.get("answer"), segments=segments, duration=duration,
         meta=meta)
 
 
@@ -538,6 +543,11 @@ def read_activitynet_captions(path: Path, issues: list, *, paragraph: bool = Fal
             caption = clean_caption(sentence, issues, path, None, f"{where}.sentences[{i}]")
             if caption is not None:
                 start, end = (to_number(t, float, path, f"{where}.timestamps[{i}]", "timestamp") for t in stamp)
+                problem = window_problem(start, end, duration)
+                if problem is not None:
+                    skip_item(issues, path, None, f"{where}.timestamps[{i}]: {problem} "
+                                                  f"({window_text(start, end, duration)})")
+                    continue
                 moments.append((start, end, caption, i))
         video = f"{video_id}{video_ext}"
         if paragraph:

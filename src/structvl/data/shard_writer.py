@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from structvl.data.records import VideoRecord
+from structvl.data.records import VideoRecord, outside_root
 
 log = logging.getLogger("structvl.data")
 
@@ -33,7 +33,7 @@ def _safe_key(index: int, video_id: str) -> str:
 
 
 def write_shards(records: Sequence[VideoRecord], video_root: str | Path | None, out_pattern: str,
-                 max_count: int = 1000, missing: list | None = None) -> list[str]:
+                 max_count: int = 1000, missing: list | None = None, allow_outside_root: bool = False) -> list[str]:
     """Pack records and their video files into webdataset tar shards; returns the shard paths written.
 
     out_pattern: a printf pattern for the shard files, e.g. "out/train-%06d.tar" (its directory is created).
@@ -41,6 +41,8 @@ def write_shards(records: Sequence[VideoRecord], video_root: str | Path | None, 
     missing: when given, a {"index", "video_id", "path", "reason"} dict is appended for each record whose
         video file is missing, not a regular file or empty; such records are left out (and logged in one
         warning). Videos are not decoded here: one that is corrupt is skipped at training time.
+    allow_outside_root: pack videos outside `video_root` too; without it a record whose path leaves the root
+        (absolute elsewhere, `..`, a symlink leading out) is left out the same way, with that reason.
     """
     import webdataset as wds
 
@@ -60,8 +62,10 @@ def write_shards(records: Sequence[VideoRecord], video_root: str | Path | None, 
     try:
         for index, record in enumerate(records):
             path = record.resolve(video_root)
-            reason = None
-            if not path.exists():
+            reason = None if allow_outside_root else outside_root(record, video_root, follow_links=True)
+            if reason is not None:
+                pass
+            elif not path.exists():
                 reason = "file not found"
             elif not path.is_file():
                 reason = "not a regular file"

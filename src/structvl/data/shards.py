@@ -60,7 +60,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from structvl.data.dataset import CAPTION_MODES
 from structvl.data.images import IMAGE_MEMBERS, ImageDecodeError, decode_image, image_clip
-from structvl.data.records import VideoRecord
+from structvl.data.records import VideoRecord, has_caption, window_problem
 from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
 from structvl.data.shard_writer import SIZES_FILE, write_shards
 from structvl.data.transforms import VideoTransform
@@ -153,7 +153,7 @@ class ShardedVideoTextDataset(IterableDataset):
     def __init__(self, urls: str | Sequence[str], num_frames: int = 8, sampling: str = "random_segment",
                  target_fps: float | None = None, *, transform: VideoTransform, backend: str = "pyav",
                  caption_mode: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 0, shuffle_shards: bool = True):
+                 shuffle_buffer: int = 0, shuffle_shards: bool = True, require_captions: bool = False):
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
         if sampling == "fps" and not target_fps:
@@ -182,6 +182,7 @@ class ShardedVideoTextDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.shuffle_shards = shuffle_buffer, shuffle_shards
         self.grouping = None  # a stage that reorders undecoded items (CLOP's KnowledgeGrouping): set_grouping
+        self.require_captions = require_captions
         # Shared memory, as in VideoTextDataset: persistent workers keep their own copy of the dataset.
         # _resume = (epoch, samples of the rank's stream to skip, batch size or 0, drop_last); epoch -1 = none.
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
@@ -324,17 +325,24 @@ class ShardedVideoTextDataset(IterableDataset):
                     yield {"sample": sample, "record": None, "caption": None,
                            "reason": f"bad annotation: {type(e).__name__}: {e}"}
                     continue
+                problem = window_problem(record.start, record.end, record.duration)
+                if problem is None and self.require_captions and not has_caption(record):
+                    problem = "no caption"
+                if problem is not None:  # skipped and counted like an unreadable video, never trained on
+                    yield {"sample": sample, "record": None, "caption": None, "reason": problem}
+                    continue
                 if self.caption_mode == "expand" and record.captions:
-                    for c in range(len(record.captions)):
+                    for c in (c for c, text in enumerate(record.captions) if text.strip()):
                         yield {"sample": sample, "record": record, "caption_index": c, "caption": record.captions[c]}
                     continue
                 caption_rng = self._generators(epoch, sample["__key__"], None)[0]
-                if not record.captions:
+                captions = [c for c in record.captions if c.strip()]
+                if not captions:
                     caption = ""
                 elif self.caption_mode == "random":
-                    caption = record.captions[int(caption_rng.integers(len(record.captions)))]
+                    caption = captions[int(caption_rng.integers(len(captions)))]
                 else:
-                    caption = record.captions[0]
+                    caption = captions[0]
                 yield {"sample": sample, "record": record, "caption_index": None, "caption": caption}
         return describe
 
@@ -367,6 +375,8 @@ class ShardedVideoTextDataset(IterableDataset):
                 frames, valid = image_clip(decode_image(sample[member], name), self.num_frames)
             else:
                 with open_video_bytes(sample[member], name, self.backend) as reader:
+                    if (problem := window_problem(record.start, record.end, reader.duration)) is not None:
+                        return {"skipped": True, "path": name, "reason": problem, "index": index}
                     fixed_start = self.sampling == "fps" and not self.transform.train
                     indices, valid = sample_frame_indices(
                         reader.num_frames, reader.fps, self.num_frames, self.sampling,

@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from structvl.config import load_config
+from structvl.config import ConfigError, load_config
 from structvl.models.video_text import build_model
 from structvl.runtime.errors import RunStopped
 from structvl.runtime.nonfinite import all_finite, nonfinite_names
@@ -317,7 +317,7 @@ def load_run_model(checkpoint: str | Path):
     run_dir = path if (path / "config.yaml").exists() else path.parent.parent
     ckpt = latest_checkpoint(path)
     if ckpt is None or not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"no checkpoint with a config.yaml found at {path}")
+        raise ConfigError(f"--checkpoint {path}: no run (a checkpoint with a config.yaml) found there")
     # The run's weights replace the init checkpoints, which need not be on disk any more.
     cfg = load_config(run_dir / "config.yaml", check_init=False)
     model = build_model(cfg.model, load_pretrained=False)

@@ -75,7 +75,7 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
                 pattern, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
                 target_fps=cfg.data.target_fps, transform=transform, backend=cfg.data.backend,
                 caption_mode=cfg.data.caption_mode, seed=cfg.train.seed, rank=rank, world_size=world_size,
-                shuffle_buffer=cfg.data.shuffle_buffer)
+                shuffle_buffer=cfg.data.shuffle_buffer, require_captions=True)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"config key 'data.shards': {e}") from e
         return dataset, VideoTextCollator(tokenizer, knowledge)
@@ -86,14 +86,18 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
                                scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
     dataset = VideoTextDataset(records, cfg.data.videos or root, num_frames=cfg.data.num_frames,
                                sampling=cfg.data.sampling, target_fps=cfg.data.target_fps, transform=transform,
-                               backend=cfg.data.backend, caption_mode=cfg.data.caption_mode, seed=cfg.train.seed)
+                               backend=cfg.data.backend, caption_mode=cfg.data.caption_mode, seed=cfg.train.seed,
+                               require_captions=True, allow_outside_root=cfg.data.allow_outside_root)
+    if not dataset.items:
+        raise ConfigError(f"config key 'data.train': {root / cfg.data.train} holds no usable records "
+                          f"({', '.join(f'{n} x {reason}' for reason, n in dataset.dropped.items())})")
     return dataset, VideoTextCollator(tokenizer, knowledge)
 
 
 def build_mixed_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> MixedDataset | MixedShards:
     """`data.mix`'s sources as one dataset (structvl.data.mix): annotation files or shards."""
     root = data_root(cfg)
-    transform = VideoTransform(cfg.model.video.image_size, train=True,
+    transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video),
                                scale=tuple(cfg.data.random_resized_crop_scale), hflip=cfg.data.hflip)
     names = [s.name or s.train or s.shards for s in cfg.data.mix]
     weights = [s.weight for s in cfg.data.mix]
@@ -105,7 +109,8 @@ def build_mixed_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Mixe
                 sources.append(ShardedVideoTextDataset(
                     pattern, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling, target_fps=cfg.data.target_fps,
                     transform=transform, backend=cfg.data.backend, caption_mode=cfg.data.caption_mode,
-                    seed=cfg.train.seed, rank=rank, world_size=world_size, shuffle_buffer=cfg.data.shuffle_buffer))
+                    seed=cfg.train.seed, rank=rank, world_size=world_size, shuffle_buffer=cfg.data.shuffle_buffer,
+                    require_captions=True))
             except (FileNotFoundError, ValueError) as e:
                 raise ConfigError(f"config key 'data.mix[{i}].shards': {e}") from e
         return MixedShards(sources, weights, names, cfg.train.batch_size, seed=cfg.train.seed)
@@ -120,7 +125,8 @@ def build_mixed_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Mixe
         datasets.append(VideoTextDataset(records, source.videos or root, num_frames=cfg.data.num_frames,
                                          sampling=cfg.data.sampling, target_fps=cfg.data.target_fps,
                                          transform=transform, backend=cfg.data.backend,
-                                         caption_mode=cfg.data.caption_mode, seed=cfg.train.seed))
+                                         caption_mode=cfg.data.caption_mode, seed=cfg.train.seed,
+                                         require_captions=True, allow_outside_root=cfg.data.allow_outside_root))
     return MixedDataset(datasets, names)
 
 
@@ -262,6 +268,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwri
     metrics["data/skipped"] = ledger.summary()["total"]
     metrics["data/knowledge_parsed"] = ledger.knowledge_parsed  # captions the knowledge cache lacked
     metrics["data/swaps_built"] = ledger.swaps_built
+    metrics["data/dropped_records"] = sum(getattr(dataset, "dropped", {}).values())  # never items (see dataset.py)
     metrics["train/bf16"] = float(precision == "bf16")  # "auto" differs by machine, and so do the numbers
     metrics["train/fp16"] = float(precision == "fp16")
     fsdp = info.enabled and cfg.train.distributed == "fsdp"

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from structvl.config import RunConfig
+from structvl.config import ConfigError, RunConfig
 from structvl.data.dataset import build_dataloader
 from structvl.data.sampler import ResumableDistributedSampler
 from structvl.engine import checkpoint as ckpt
@@ -113,7 +113,7 @@ class Trainer:
                                        # a decoder stuck inside FFmpeg becomes an error, not a silent hang
                                        timeout=cfg.data.loader_timeout if cfg.data.num_workers > 0 else 0)
         if self.sampler is not None and len(self.sampler) < cfg.train.batch_size:
-            raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than the "
+            raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than the "
                              f"{len(self.sampler)} training items each rank gets")
         self.skip_ledger = skip_ledger
         self.step, self.epoch, self.samples_seen = 0, 0, 0

@@ -129,8 +129,8 @@ def downstream_from_cli(args, finetune: bool) -> int:
     """`structvl finetune --task T` and `structvl eval --task T` (T not retrieval-zero-shot/hard_negative)."""
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    task_cfg = load_task_config(args.config, list(getattr(args, "overrides", []) or []))  # checked before any work
     model, run_cfg, run_dir = load_run_model(args.checkpoint)
-    task_cfg = load_task_config(args.config, list(getattr(args, "overrides", []) or []))
     root = Path(args.data or task_cfg.root or run_cfg.data.root)
     device = pick_device(run_cfg)
     model.to(device)

@@ -23,7 +23,8 @@ def eval_loader(records, cfg: RunConfig, video_root, tokenizer):
     dataset = VideoTextDataset(records, video_root, num_frames=cfg.eval.num_frames, sampling=cfg.eval.sampling,
                                transform=VideoTransform(cfg.model.video.image_size, train=False,
                                                         **frame_normalization(cfg.model.video)),
-                               backend=cfg.data.backend, caption_mode="first", seed=0)
+                               backend=cfg.data.backend, caption_mode="first", seed=0,
+                               allow_outside_root=cfg.data.allow_outside_root)
     return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=cfg.eval.batch_size, shuffle=False,
                             num_workers=min(cfg.data.num_workers, 2), seed=0, drop_last=False)
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from structvl.config import frame_normalization
-from structvl.data.records import VideoRecord
+from structvl.data.records import VideoRecord, window_problem
 from structvl.data.sampling import frame_window
 from structvl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_shorter_side
 from structvl.data.video import VideoDecodeError, open_video
@@ -81,6 +81,8 @@ class ClipViews(Dataset):
         path = record.resolve(self.video_root)
         try:
             with open_video(path, self.backend) as reader:
+                if (problem := window_problem(record.start, record.end, reader.duration)) is not None:
+                    raise VideoDecodeError(path, problem)  # NaN, reversed, past the end: skipped, not a crash
                 first, stop = frame_window(reader.num_frames, reader.fps, record.start, record.end)
                 indices = np.concatenate([view_indices(first, stop, self.num_frames, v, self.temporal_views)
                                           for v in range(self.temporal_views)])

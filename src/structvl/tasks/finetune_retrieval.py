@@ -208,7 +208,8 @@ def run_finetune_retrieval(model, run_cfg, task, root, out_dir: str | Path, *, d
     transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video), scale=tuple(cfg.data.random_resized_crop_scale),
                                hflip=cfg.data.hflip)
     dataset = VideoTextDataset(train, videos, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
-                               transform=transform, backend=cfg.data.backend, caption_mode="random", seed=seed)
+                               transform=transform, backend=cfg.data.backend, caption_mode="random", seed=seed,
+                               require_captions=True, allow_outside_root=cfg.data.allow_outside_root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")

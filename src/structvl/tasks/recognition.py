@@ -100,7 +100,8 @@ def finetune(model, run_cfg, task, train, test, videos, num_classes: int, out_di
     module = RecognitionModule(copy.deepcopy(model), num_classes, train_y)
     transform = VideoTransform(cfg.model.video.image_size, train=True, **frame_normalization(cfg.model.video), scale=tuple(cfg.data.random_resized_crop_scale))
     dataset = VideoTextDataset(train_records, videos, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
-                               transform=transform, backend=cfg.data.backend, caption_mode="first", seed=seed)
+                               transform=transform, backend=cfg.data.backend, caption_mode="first", seed=seed,
+                               allow_outside_root=cfg.data.allow_outside_root)
     history = train_module(cfg, module, dataset, VideoTextCollator(build_tokenizer(cfg.model.text)), out_dir,
                            device)
     feats = extract_clip_features(module.model, test_records, videos, num_frames=cfg.model.video.num_frames,

@@ -11,6 +11,7 @@ Paths are relative to the dataset root (`root`, or `--data` on the command line)
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from structvl.config import ConfigError, _load_with_bases, apply_overrides, resolve_config_path
-from structvl.data.formats import read_annotations
+from structvl.config_checks import first_violation, task_rules
+from structvl.data.formats import annotation_readers, read_annotations
 
 TASKS = ("retrieval", "mcqa", "openqa", "recognition", "localization")
 
@@ -125,16 +127,22 @@ class FinetuneConfig:
 def load_task_config(path: str | Path, overrides: list[str] | None = None) -> FinetuneConfig:
     """defaults <- bases <- file <- `key=value` overrides, checked; e.g. load_task_config("finetune/structured")."""
     cfg = _load_with_bases(resolve_config_path(path), OmegaConf.structured(FinetuneConfig))
-    out: FinetuneConfig = OmegaConf.to_object(apply_overrides(cfg, overrides))
-    for task in out.suite:
-        if task not in TASKS:
-            raise ConfigError(f"config key 'suite': unknown task {task!r}; known: {TASKS}")
-    if out.mcqa.mode not in ("zeroshot", "finetune"):
-        raise ConfigError(f"config key 'mcqa.mode': {out.mcqa.mode!r} is not 'zeroshot' or 'finetune'")
-    for mode in out.recognition.modes:
-        if mode not in ("linear", "finetune"):
-            raise ConfigError(f"config key 'recognition.modes': {mode!r} is not 'linear' or 'finetune'")
-    return out
+    cfg = apply_overrides(cfg, overrides)
+    readers = annotation_readers()
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    problem = first_violation(tree, task_rules(tuple(readers), TASKS))
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}")
+    for task in TASKS:  # the format reader's own keyword options, named as its signature names them
+        data = tree[task]["data"]
+        accepted = [p.name for p in inspect.signature(readers[data["format"]]).parameters.values()
+                    if p.kind is p.KEYWORD_ONLY]
+        for group in ("options", "train_options", "test_options"):
+            unknown = [name for name in data[group] if name not in accepted]
+            if unknown:
+                raise ConfigError(f"{path}: config key '{task}.data.{group}.{unknown[0]}': format "
+                                  f"{data['format']!r} has no such option; options: {', '.join(accepted) or 'none'}")
+    return OmegaConf.to_object(cfg)
 
 
 def read_task_records(data: TaskData, root: str | Path, split: str) -> list:
