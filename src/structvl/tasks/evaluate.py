@@ -11,22 +11,25 @@ from pathlib import Path
 
 import torch
 
-from structvl.config import RunConfig
+from structvl.config import ConfigError, RunConfig
 from structvl.runtime.precision import autocast_dtype
 from structvl.tasks.hard_negative import hard_negative_metrics
 from structvl.tasks.retrieval import embed_texts, embed_videos, retrieval_metrics
 
 
-def eval_loader(records, cfg: RunConfig, video_root, tokenizer):
-    """Deterministic loader over records' videos: uniform frames, centre crop, first caption."""
+def eval_loader(records, cfg: RunConfig, video_root, tokenizer, batch_size: int | None = None,
+                num_workers: int | None = None):
+    """Deterministic loader over records' videos: uniform frames, centre crop, first caption. batch_size and
+    num_workers default to the run's eval.batch_size and data.num_workers (at most 2)."""
     from structvl.data.dataset import VideoTextCollator, VideoTextDataset, build_dataloader
     from structvl.data.transforms import VideoTransform
 
     dataset = VideoTextDataset(records, video_root, num_frames=cfg.eval.num_frames, sampling=cfg.eval.sampling,
                                transform=VideoTransform(cfg.model.video.image_size, train=False),
                                backend=cfg.data.backend, caption_mode="first", seed=0)
-    return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=cfg.eval.batch_size, shuffle=False,
-                            num_workers=min(cfg.data.num_workers, 2), seed=0, drop_last=False)
+    return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=batch_size or cfg.eval.batch_size,
+                            shuffle=False, seed=0, drop_last=False,
+                            num_workers=min(cfg.data.num_workers, 2) if num_workers is None else num_workers)
 
 
 def evaluate_retrieval(model, cfg: RunConfig, tokenizer, records, video_root, device,
@@ -103,7 +106,8 @@ def load_run_model(checkpoint: str | Path):
     run_dir = path if (path / "config.yaml").exists() else path.parent.parent
     ckpt = latest_checkpoint(path)
     if ckpt is None or not (run_dir / "config.yaml").exists():
-        raise SystemExit(f"structvl eval: no checkpoint with a config.yaml found at {path}")
+        raise ConfigError(f"--checkpoint {path}: no checkpoint with a config.yaml there (expected a run directory "
+                          f"or one of its checkpoints/step_* directories)")
     cfg = load_config(run_dir / "config.yaml")
     model = build_model(cfg.model)
     load_model_weights(model, ckpt)
