@@ -41,8 +41,9 @@ from structvl.tasks.evaluate import eval_loader
 DIM = 256
 
 
-def clustered_embeddings(n: int, clusters: int, seed: int, spread: float = 0.6) -> np.ndarray:
-    """n points around `clusters` random unit centres (a point's cosine to its centre is ~0.85), unit length."""
+def clustered_embeddings(n: int, clusters: int, seed: int, spread: float = 1.0) -> np.ndarray:
+    """n points around `clusters` random unit centres, unit length: a point's cosine to its centre is about
+    1 / sqrt(1 + spread^2) (0.71), to another point of its cluster about 0.5, to any other point about 0."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -161,7 +162,7 @@ def bench_extract(args, work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", type=int, default=1_000_000)
-    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--clusters", type=int, default=10_000, help="centres of the mixture (100 points each at 1M)")
     parser.add_argument("--threads", type=int, default=2, help="faiss (OpenMP) and torch threads")
     parser.add_argument("--hnsw", action="store_true", help="also build and time an HNSW32 graph")
     parser.add_argument("--no-extract", action="store_true")

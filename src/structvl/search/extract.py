@@ -85,11 +85,10 @@ def read_collection(data: str | Path, fmt: str | None, videos: str | Path | None
         raise ConfigError(f"--data {data}: no such file or directory")
     if data.is_dir() and (data / "corpus.json").exists():
         records, root, kind = read_annotations(cfg.data.format, data / cfg.eval.split), data, "corpus"
-    elif data.is_dir():
-        root = Path(videos) if videos else data
-        files = find_videos(data)
-        records = [VideoRecord(video_id=str(p.relative_to(data)), video=str(p.relative_to(root))) for p in files]
-        kind = "directory"
+    elif data.is_dir():  # the directory is the video root (--videos is for annotation files)
+        root, kind = data, "directory"
+        records = [VideoRecord(video_id=str(p.relative_to(data)), video=str(p.relative_to(data)))
+                   for p in find_videos(data)]
     else:
         records, root, kind = read_annotations(fmt or "jsonl", data), Path(videos) if videos else data.parent, fmt
     if not records:
