@@ -5,7 +5,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo demo-quick test bench clean
+# `make search RUN=runs/demo/clop/seed0`: embed the demo corpus's test clips with a run, index them, serve the
+# search page at http://127.0.0.1:8765/ (the demo's report names the best recipe's RUN). Rerunning reuses both.
+RUN    ?= runs/demo/baseline/seed0
+DATA   ?= data/structured
+
+.PHONY: venv demo demo-quick test bench search clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +39,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/search.py
+
+search: $(STAMP)
+	$(VENV)/bin/structvl extract --checkpoint $(RUN) --data $(DATA) --out $(RUN)/search/embeddings
+	$(VENV)/bin/structvl index $(RUN)/search/embeddings --out $(RUN)/search/index
+	$(VENV)/bin/structvl serve $(RUN)/search/index
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -13,7 +13,7 @@ import torch
 from structvl.data.knowledge.rules import extract_knowledge
 from structvl.lab.synth import generate_corpus
 
-from helpers import SHAPE_CAPTIONS, write_video
+from helpers import SHAPE_CAPTIONS, TINY, write_video
 
 # The real annotation files of six benchmarks (unmodified; see fixtures/realdata/README.md).
 REALDATA = Path(__file__).resolve().parent / "fixtures" / "realdata"
@@ -108,3 +108,18 @@ def open_clip_lib():
 @pytest.fixture(scope="session")
 def timm_lib():
     return import_interop("timm")
+@pytest.fixture(scope="session")
+def search_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(corpus, run): 120 tiny structured clips (12 in the test split, 42 test captions) and a tiny model
+    pre-trained on them for 100 steps of 16 clips in fp32 (seeded; ~1 CPU-minute): what the search tests embed,
+    index and query. Captions fit its 32 tokens (the corpus's grammar keeps them within the demo's length)."""
+    from structvl.config import load_config
+    from structvl.engine.pretrain import run_pretraining
+    from structvl.lab.synth import generate_corpus
+
+    corpus, run = tmp_path_factory.mktemp("search_corpus"), tmp_path_factory.mktemp("search_run")
+    generate_corpus(corpus, num_clips=120, num_untrimmed=0, size=32, num_frames=8, seed=3, workers=1, progress=False)
+    cfg = load_config("demo", TINY + [f"data.root={corpus}", "train.max_steps=100", "train.batch_size=16",
+                                      "train.checkpoint_every=0", "train.precision=fp32", "model.text.max_length=32"])
+    run_pretraining(cfg, run)
+    return corpus, run

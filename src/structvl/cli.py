@@ -359,6 +359,110 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+# ---------------------------------------------------------------- search: using a trained model
+def _needs_faiss() -> None:
+    """index / search / serve need faiss (the `search` extra): say so in one line, not a traceback."""
+    import importlib.util
+
+    from structvl.config import ConfigError  # lazy
+
+    if importlib.util.find_spec("faiss") is None:
+        raise ConfigError("faiss is not installed; install the search extra: pip install 'structvl[search]'")
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from structvl.search.extract import ExtractOptions, extract_embeddings  # lazy
+
+    opts = ExtractOptions(segment=args.segment, stride=args.stride, temporal_views=args.temporal_views,
+                          spatial_crops=args.spatial_crops, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                          workers=args.workers, dtype=args.dtype)
+    summary = extract_embeddings(args.checkpoint, args.data, args.out, fmt=args.format, videos=args.videos,
+                                 opts=opts, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    _needs_faiss()
+    from structvl.search.index import index_embeddings  # lazy
+
+    info = index_embeddings(args.embeddings, args.out, index_key=args.index_key, target_recall=args.target_recall,
+                            max_memory=int(args.max_memory * 2**30), queries=args.queries, seed=args.seed)
+    print(json.dumps({k: v for k, v in info.items() if k != "request"}, indent=2))
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    _needs_faiss()
+    from structvl.search.query import search_from_cli  # lazy
+
+    return search_from_cli(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _needs_faiss()
+    from structvl.search.server import serve_from_cli  # lazy
+
+    return serve_from_cli(args)
+
+
+def _add_search_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="embed a video collection with a trained run (resumable)",
+                       description="Embed every clip of a collection (an annotation file, a structured-corpus "
+                                   "directory's evaluation split, or every video under a directory) with a run's "
+                                   "video tower, and its captions with the text tower, into float16 chunks of "
+                                   "--out. Rerun the same command to resume after a crash; unreadable videos are "
+                                   "skipped and listed.")
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--data", required=True, help="annotation file, structured-corpus directory or video directory")
+    p.add_argument("--format", choices=ANNOTATION_FORMATS, default=None, help="annotation format (default: jsonl)")
+    p.add_argument("--videos", default=None, help="video root for an annotation file (default: its folder)")
+    p.add_argument("--out", required=True, help="embedding directory (made, or resumed)")
+    p.add_argument("--segment", type=float, default=None,
+                   help="cut windows longer than this many seconds into segments, one entry each")
+    p.add_argument("--stride", type=float, default=None, help="seconds between segment starts (default: --segment)")
+    p.add_argument("--temporal-views", type=int, default=1, help="shifted frame sets per clip, embeddings averaged")
+    p.add_argument("--spatial-crops", type=int, default=1, help="crops along the longer side, embeddings averaged")
+    p.add_argument("--chunk-size", type=int, default=4096, help="clips per chunk (the unit kept after a crash)")
+    p.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default: eval.batch_size)")
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: the run's data.num_workers)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("index", help="build a faiss index over extracted embeddings",
+                       description="Build a faiss index chosen by the collection's size (exact below 10,000 clips, "
+                                   "inverted lists beyond, product quantization when --max-memory requires it), "
+                                   "tune its search parameter to --target-recall, and write the parameters and the "
+                                   "recall@10 measured against exact search on held-out queries to OUT/index.json.")
+    p.add_argument("embeddings", help="embedding directory written by `structvl extract`")
+    p.add_argument("--out", required=True, help="index directory")
+    p.add_argument("--index-key", default=None, help="a faiss index factory string instead of the automatic choice")
+    p.add_argument("--target-recall", type=float, default=0.99, help="recall@10 the search parameter must reach")
+    p.add_argument("--max-memory", type=float, default=16.0, help="GiB the index may use")
+    p.add_argument("--queries", type=int, default=1000, help="queries for tuning (half) and measuring (half)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("search", help="search an index by text",
+                       description="Encode each query with the run's text tower and print the top-k clips with "
+                                   "their scores (and segment times for segments of long videos).")
+    p.add_argument("index", help="index directory written by `structvl index`")
+    p.add_argument("queries", nargs="+", metavar="QUERY")
+    p.add_argument("-k", type=int, default=10, help="results per query")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("serve", help="a local web page to search an index",
+                       description="Serve a search page over an index: a query box, results as animated "
+                                   "thumbnails with captions and scores, the videos themselves (only those indexed, "
+                                   "from the indexed root). Binds to 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("index", help="index directory written by `structvl index`")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    p.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="structvl", description=__import__("structvl").__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -369,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting one given before it.
     for command in _all_commands(parser):
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _add_search_commands(sub)
     return parser
 
 

@@ -18,15 +18,18 @@ from structvl.models.video_text import VideoEmbedding
 from structvl.runtime.precision import autocast, autocast_dtype
 
 
-def eval_loader(records, cfg: RunConfig, video_root, tokenizer):
-    """Deterministic loader over records' videos: uniform frames, centre crop, first caption."""
+def eval_loader(records, cfg: RunConfig, video_root, tokenizer, batch_size: int | None = None,
+                num_workers: int | None = None):
+    """Deterministic loader over records' videos: uniform frames, centre crop, first caption. batch_size and
+    num_workers default to the run's eval.batch_size and data.num_workers (at most 2)."""
     dataset = VideoTextDataset(records, video_root, num_frames=cfg.eval.num_frames, sampling=cfg.eval.sampling,
                                transform=VideoTransform(cfg.model.video.image_size, train=False,
                                                         **frame_normalization(cfg.model.video)),
                                backend=cfg.data.backend, caption_mode="first", seed=0,
                                allow_outside_root=cfg.data.allow_outside_root)
-    return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=cfg.eval.batch_size, shuffle=False,
-                            num_workers=min(cfg.data.num_workers, 2), seed=0, drop_last=False)
+    return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=batch_size or cfg.eval.batch_size,
+                            shuffle=False, seed=0, drop_last=False,
+                            num_workers=min(cfg.data.num_workers, 2) if num_workers is None else num_workers)
 
 
 def test_video_root(cfg: RunConfig, data_root: str | Path | None = None) -> Path:
