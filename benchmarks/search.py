@@ -30,13 +30,13 @@ import torch
 
 from structvl.config import load_config, save_config
 from structvl.data.formats import read_annotations
-from structvl.data.text import Tokenizer
 from structvl.engine.checkpoint import save_checkpoint
 from structvl.lab.synth import generate_corpus
+from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import build_model
 from structvl.search.extract import ExtractOptions, extract_embeddings
 from structvl.search.index import build_index, exact_topk, recall_at_k, set_parameters
-from structvl.tasks.evaluate import eval_loader
+from structvl.tasks.eval_data import eval_loader
 
 DIM = 256
 
@@ -129,7 +129,7 @@ def bench_extract(args, work: Path) -> None:
         save_checkpoint(run, 0, {f"model.{k}": v for k, v in model.state_dict().items()}, {})
         save_config(cfg, run / "config.yaml")
     records = read_annotations("jsonl", corpus / "train.jsonl")
-    tokenizer = Tokenizer(cfg.model.text.max_length)
+    tokenizer = build_tokenizer(cfg.model.text)
     print(f"extract: {len(records)} clips of {corpus} ({cfg.eval.num_frames} frames at "
           f"{cfg.model.video.image_size} px), {args.workers} loader workers, demo model")
 
@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--hnsw", action="store_true", help="also build and time an HNSW32 graph")
     parser.add_argument("--no-extract", action="store_true")
     parser.add_argument("--data", default=None, help="structured corpus for the extract part (default: generate one)")
-    parser.add_argument("--clips", type=int, default=400, help="clips of the generated corpus (80% in train)")
+    parser.add_argument("--clips", type=int, default=400, help="clips of the generated corpus (80%% in train)")
     parser.add_argument("--workers", type=int, default=1, help="loader workers for the extract part")
     parser.add_argument("--work", default=None, help="directory for the embeddings and corpus (default: a temp dir)")
     args = parser.parse_args()

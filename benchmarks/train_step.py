@@ -13,8 +13,9 @@ the CUDA ones). Element-wise work, norms and the optimizer are not FLOPs here: t
 MFU counts the model's FLOPs (activation-checkpoint recomputation excluded, counted on the same module with
 checkpointing off); where checkpointing is on, HFU also counts the recomputed forward, which does run.
 
-The step is the trainer's (engine/trainer.py): autocast forward, (scaled) backward, `optimizer_step` (fp16
-unscale, gradient clipping, AdamW as `build_optimizer` makes it), the logit-scale clamp. Batches are synthetic
+The step is the trainer's (engine/trainer.py): autocast forward, (scaled) backward, `unscale_and_clip`
+(fp16 unscale, gradient clipping), the finite check of loss and gradient norm (one sync), AdamW as
+`build_optimizer` makes it, the weights' finite check (one sync), the logit-scale clamp. Batches are synthetic
 tensors: this measures the model step, not the data loader (benchmarks/decode.py).
 
     python benchmarks/train_step.py                          # demo (tiny) and ViT-B/16 configs, fp32 and bf16
@@ -37,9 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 from structvl.config import CONFIG_DIR as CONFIGS
 from structvl.config import load_config
 from structvl.engine.optim import build_optimizer
-from structvl.engine.trainer import optimizer_step
+from structvl.engine.trainer import unscale_and_clip
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
+from structvl.runtime.nonfinite import all_finite
 from structvl.runtime.precision import autocast, grad_scaler, native_bf16, resolved_name
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
@@ -132,7 +134,11 @@ def make_step(module: PretrainingModule, cfg, batch: dict, dtype: torch.dtype | 
         with autocast(device, dtype):
             loss, logs = module(batch)
         scaler.scale(loss).backward()
-        optimizer_step(optimizer, scaler, params, cfg.optim.grad_clip)
+        norm = unscale_and_clip(optimizer, scaler, params, cfg.optim.grad_clip)
+        if bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):  # the trainer's one sync before the step
+            scaler.step(optimizer)
+            scaler.update()
+        all_finite(params)  # the trainer's check of the weights after the step
         module.model.clamp_logit_scale_()
         return loss, logs
 
