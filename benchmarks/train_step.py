@@ -135,9 +135,12 @@ def make_step(module: PretrainingModule, cfg, batch: dict, dtype: torch.dtype | 
             loss, logs = module(batch)
         scaler.scale(loss).backward()
         norm = unscale_and_clip(optimizer, scaler, params, cfg.optim.grad_clip)
-        if bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):  # the trainer's one sync before the step
+        finite = torch.isfinite(loss.detach())
+        if not scaler.is_enabled():  # under fp16 the scaler skips a non-finite gradient itself, as in the trainer
+            finite = finite & torch.isfinite(norm)
+        if bool(finite):  # the trainer's one sync before the step
             scaler.step(optimizer)
-            scaler.update()
+        scaler.update()
         all_finite(params)  # the trainer's check of the weights after the step
         module.model.clamp_logit_scale_()
         return loss, logs

@@ -37,11 +37,12 @@ def test_clip_recipe_pretrains_two_steps_from_an_open_clip_file(open_clip_lib, t
     source = open_clip_model(open_clip_lib)
     torch.save(source.state_dict(), tmp_path / "open_clip.pt")
     out = tmp_path / "run"
-    # temperature 0.005 is a logit scale of 200: the first optimizer step clamps it to 100 (ln 100 in the parameter)
+    # temperature 0.01 is a logit scale of 100, the clamp (model.min_temperature 0.01, CLIP's): the optimizer steps
+    # push it up and the clamp after each brings it back to ln 100 at most
     with pytest.raises(SystemExit) as done:
         main(["pretrain", "--config", "model/clip_vit_b16.yaml", "--out", str(out), *TINY_CLIP,
               f"model.video.init.path={tmp_path / 'open_clip.pt'}", f"data.root={tiny_corpus}",
-              "model.temperature=0.005"])
+              "model.temperature=0.01"])
     assert done.value.code == 0
     saved = load_file(str(out / "checkpoints" / "step_00000002" / "model.safetensors"))
     assert float(saved["log_inv_temperature"]) <= math.log(100) + 1e-6
@@ -58,7 +59,7 @@ def test_clip_recipe_pretrains_two_steps_from_an_open_clip_file(open_clip_lib, t
     ("model.video.init.format=timm", "config key 'model.video.init.path': required with model.video.init.format=timm"),
     ("model.video.init_checkpoint=/x.pt", "config key 'model.video.init_checkpoint' was replaced"),
     ("model.text.init.path=/no/bert", "config key 'model.text.init.path'"),
-    ("model.video.init.format=hf", "config key 'model.video.init.format': 'hf' is not one of"),
+    ("model.video.init.format=hf", "config key 'model.video.init.format': 'hf' is not allowed; expected one of"),
 ])
 def test_wrong_init_is_one_line_exit_2_before_any_work(override, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as done:

@@ -439,7 +439,7 @@ def test_out_that_is_a_file_is_refused(tiny_corpus, tmp_path, capsys):
     out.write_text("mine")
     with pytest.raises(SystemExit) as done:
         main(pretrain_cli(out, tiny_corpus, "--max-steps", "1"))
-    assert done.value.code == 2 and "is a file, not a directory" in capsys.readouterr().err
+    assert done.value.code == 2 and "is a file; expected a directory" in capsys.readouterr().err
     assert out.read_text() == "mine"
 
 

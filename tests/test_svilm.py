@@ -341,7 +341,10 @@ def test_grounding_needs_group_tokens(tiny_corpus):
     from structvl.models.video_text import build_model
     from structvl.objectives.svilm import SpatialGroundingObjective
 
-    cfg = load_config("svilm", TINY + [f"data.root={tiny_corpus}", "model.video.num_group_tokens=0"])
+    with pytest.raises(ConfigError, match="num_group_tokens"):  # refused by the config's checks, before any work
+        load_config("svilm", TINY + [f"data.root={tiny_corpus}", "model.video.num_group_tokens=0"])
+    cfg = load_config("svilm", TINY + [f"data.root={tiny_corpus}"])
+    cfg.model.video.num_group_tokens = 0  # a config built in code, past the checks: the objective refuses it too
     with pytest.raises(ConfigError, match="num_group_tokens"):
         SpatialGroundingObjective(cfg, build_model(cfg.model), None)
 
