@@ -214,8 +214,8 @@ def test_user_mistakes_are_one_line_errors(search_run, tmp_path, capsys, case):
     assert run_cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"structvl {argv[0]}: error: "), err
-    assert {"missing checkpoint": "--checkpoint", "empty collection": "empty collection", "bad k": "-k 0",
-            "long query": "query:", "bad views": "--temporal-views 0"}[case] in err
+    assert {"missing checkpoint": "--checkpoint", "empty collection": "empty collection", "bad k": "argument -k: '0'",
+            "long query": "query:", "bad views": "argument --temporal-views: '0'"}[case] in err
     assert not (tmp_path / "e").exists()  # refused before any work
 
 

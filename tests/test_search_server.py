@@ -123,8 +123,8 @@ def test_server_refuses_bad_queries_with_one_line(collection):
             assert status == 400 and expected in json.loads(body)["error"], (query, body)
 
 
-def test_serve_binds_to_loopback_by_default():
-    assert build_parser().parse_args(["serve", "some/index"]).host == "127.0.0.1"
+def test_serve_binds_to_loopback_by_default(tmp_path):
+    assert build_parser().parse_args(["serve", str(tmp_path)]).host == "127.0.0.1"
 
 
 def _chromium_or_skip():

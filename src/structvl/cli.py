@@ -413,19 +413,19 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
                                    "video tower, and its captions with the text tower, into float16 chunks of "
                                    "--out. Rerun the same command to resume after a crash; unreadable videos are "
                                    "skipped and listed.")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    p.add_argument("--data", required=True, help="annotation file, structured-corpus directory or video directory")
+    p.add_argument("--checkpoint", required=True, type=existing_path, help="run directory or checkpoint directory")
+    p.add_argument("--data", required=True, type=existing_path, help="annotation file, structured-corpus directory or video directory")
     p.add_argument("--format", choices=ANNOTATION_FORMATS, default=None, help="annotation format (default: jsonl)")
-    p.add_argument("--videos", default=None, help="video root for an annotation file (default: its folder)")
-    p.add_argument("--out", required=True, help="embedding directory (made, or resumed)")
-    p.add_argument("--segment", type=float, default=None,
+    p.add_argument("--videos", type=existing_dir, default=None, help="video root for an annotation file (default: its folder)")
+    p.add_argument("--out", required=True, type=output_dir, help="embedding directory (made, or resumed)")
+    p.add_argument("--segment", type=number(0, 10**6, integer=False, lo_open=True), default=None,
                    help="cut windows longer than this many seconds into segments, one entry each")
-    p.add_argument("--stride", type=float, default=None, help="seconds between segment starts (default: --segment)")
-    p.add_argument("--temporal-views", type=int, default=1, help="shifted frame sets per clip, embeddings averaged")
-    p.add_argument("--spatial-crops", type=int, default=1, help="crops along the longer side, embeddings averaged")
-    p.add_argument("--chunk-size", type=int, default=4096, help="clips per chunk (the unit kept after a crash)")
-    p.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default: eval.batch_size)")
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default: the run's data.num_workers)")
+    p.add_argument("--stride", type=number(0, 10**6, integer=False, lo_open=True), default=None, help="seconds between segment starts (default: --segment)")
+    p.add_argument("--temporal-views", type=number(1, 64), default=1, help="shifted frame sets per clip, embeddings averaged")
+    p.add_argument("--spatial-crops", type=number(1, 16), default=1, help="crops along the longer side, embeddings averaged")
+    p.add_argument("--chunk-size", type=number(1, 10**7), default=4096, help="clips per chunk (the unit kept after a crash)")
+    p.add_argument("--batch-size", type=number(1, 10**5), default=None, help="clips per forward pass (default: eval.batch_size)")
+    p.add_argument("--workers", type=number(0, 256), default=None, help="loader workers (default: the run's data.num_workers)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_extract)
@@ -435,21 +435,21 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
                                    "inverted lists beyond, product quantization when --max-memory requires it), "
                                    "tune its search parameter to --target-recall, and write the parameters and the "
                                    "recall@10 measured against exact search on held-out queries to OUT/index.json.")
-    p.add_argument("embeddings", help="embedding directory written by `structvl extract`")
-    p.add_argument("--out", required=True, help="index directory")
+    p.add_argument("embeddings", type=existing_dir, help="embedding directory written by `structvl extract`")
+    p.add_argument("--out", required=True, type=output_dir, help="index directory")
     p.add_argument("--index-key", default=None, help="a faiss index factory string instead of the automatic choice")
-    p.add_argument("--target-recall", type=float, default=0.99, help="recall@10 the search parameter must reach")
-    p.add_argument("--max-memory", type=float, default=16.0, help="GiB the index may use")
-    p.add_argument("--queries", type=int, default=1000, help="queries for tuning (half) and measuring (half)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-recall", type=number(0, 1, integer=False, lo_open=True), default=0.99, help="recall@10 the search parameter must reach")
+    p.add_argument("--max-memory", type=number(0, 10**6, integer=False, lo_open=True), default=16.0, help="GiB the index may use")
+    p.add_argument("--queries", type=number(2, 10**7), default=1000, help="queries for tuning (half) and measuring (half)")
+    p.add_argument("--seed", type=number(0, 2**32 - 1), default=0)
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("search", help="search an index by text",
                        description="Encode each query with the run's text tower and print the top-k clips with "
                                    "their scores (and segment times for segments of long videos).")
-    p.add_argument("index", help="index directory written by `structvl index`")
+    p.add_argument("index", type=existing_dir, help="index directory written by `structvl index`")
     p.add_argument("queries", nargs="+", metavar="QUERY")
-    p.add_argument("-k", type=int, default=10, help="results per query")
+    p.add_argument("-k", type=number(1, 10**5), default=10, help="results per query")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=_cmd_search)
 
@@ -457,9 +457,9 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
                        description="Serve a search page over an index: a query box, results as animated "
                                    "thumbnails with captions and scores, the videos themselves (only those indexed, "
                                    "from the indexed root). Binds to 127.0.0.1 unless --host says otherwise.")
-    p.add_argument("index", help="index directory written by `structvl index`")
+    p.add_argument("index", type=existing_dir, help="index directory written by `structvl index`")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    p.add_argument("--port", type=number(0, 65535), default=8765, help="0 picks a free port")
     p.set_defaults(func=_cmd_serve)
 
 
