@@ -380,6 +380,10 @@ class EvalConfig:
     sampling: str = "uniform"
     batch_size: int = 64
     block_size: int = 1024  # similarity computed block by block: never a whole N x N matrix
+    # Video->text with several captions per video: "video_max" (CLIP4Clip: each gallery video scores its best
+    # caption, the query's video is ranked among videos) or "caption_gallery" (COCO: the query's best caption
+    # is ranked among all captions). See structvl.tasks.retrieval.
+    v2t_multi_caption: str = "video_max"
 
 
 @dataclass

@@ -281,6 +281,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "eval.sampling": Choice(("uniform",)),
         "eval.batch_size": COUNT,
         "eval.block_size": COUNT,
+        "eval.v2t_multi_caption": Choice(("video_max", "caption_gallery")),
         "bases": Items(Text()),
     }
 

@@ -204,7 +204,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
 
     first = next(iter(per_recipe_seed.values()))[0]
     chance = {k.replace("/chance/", "/t2v/"): v for k, v in first.items() if k.startswith("retrieval/chance/")}
-    chance.update({k.replace("/chance/", "/v2t/"): v for k, v in first.items() if k.startswith("retrieval/chance/")})
+    v2t_chance = "retrieval/chance_v2t/" if any(k.startswith("retrieval/chance_v2t/") for k in first) \
+        else "retrieval/chance/"  # a run made before video->text's own chance was reported
+    chance.update({k.replace(v2t_chance, "retrieval/v2t/"): v for k, v in first.items() if k.startswith(v2t_chance)})
     chance.update({c: 50.0 for c in TABLE_COLUMNS if c.startswith("hard_negative/")})
     references = {k: v for per_seed in per_recipe_seed.values() for k, v in per_seed[0].items()}  # any recipe's
     chance.update({c: references[ref] for c, ref in DOWNSTREAM_REFERENCE.items() if ref in references})
