@@ -38,19 +38,21 @@ RECIPES = {
 
 # Single-switch ablations, run only when named (`--recipes baseline,clop_skp,...`): name -> (row label, config).
 # Each is a small file under configs/ablations/ that says what it changes from its paper's recipe; those that go
-# beyond the paper's setup say `[extension]` there.
+# beyond the paper's setup as docs/methods-spec.md describes it open with `# [extension]` there, and their row label
+# ends in `[extension]` (in the table and the report). The others leave out or swap a part of the paper's setup.
 ABLATIONS = {
     "clop_skp": ("+ CLOP SKP only", "ablations/clop_skp.yaml"),
     "clop_kcl_sampling": ("+ CLOP KCL sampling only", "ablations/clop_kcl_sampling.yaml"),
     "clop_kcl_construct": ("+ CLOP KCL construction only", "ablations/clop_kcl_construct.yaml"),
-    "clop_grounded": ("+ CLOP, action swaps + shortcut penalty", "ablations/clop_grounded.yaml"),
-    "clop_motion": ("+ CLOP, action swaps + penalty + SKP on actions from the encoder", "ablations/clop_motion.yaml"),
-    "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder", "ablations/clop_motion_skp.yaml"),
-    "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty",
+    "clop_grounded": ("+ CLOP, action swaps + shortcut penalty [extension]", "ablations/clop_grounded.yaml"),
+    "clop_motion": ("+ CLOP, action swaps + penalty + SKP on actions from the encoder [extension]",
+                    "ablations/clop_motion.yaml"),
+    "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder [extension]", "ablations/clop_motion_skp.yaml"),
+    "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty [extension]",
                               "ablations/clop_motion_construct.yaml"),
-    "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes",
+    "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes [extension]",
                              "ablations/clop_motion_sampling.yaml"),
-    "svilm_span": ("+ S-ViLM, phrases as caption spans", "ablations/svilm_span.yaml"),
+    "svilm_span": ("+ S-ViLM, phrases as caption spans [extension]", "ablations/svilm_span.yaml"),
     "clover_random": ("+ Clover, random-token masking", "ablations/clover_random.yaml"),
     "clover_norank": ("+ Clover, no ranking loss", "ablations/clover_norank.yaml"),
     "clover_mlm_only": ("+ fusion MLM only", "ablations/clover_mlm_only.yaml"),
