@@ -123,3 +123,39 @@ def search_run(tmp_path_factory) -> tuple[Path, Path]:
                                       "train.checkpoint_every=0", "train.precision=fp32", "model.text.max_length=32"])
     run_pretraining(cfg, run)
     return corpus, run
+
+
+# ---------------------------------------------------------------- a headless browser (the page tests)
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Flags for a headless Chromium that starts nothing in the background and needs no GPU or sandbox.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+@pytest.fixture
+def headless_chromium():
+    """start(width, height) -> a selenium driver of Debian's chromium and chromium-driver, headless, its window
+    that size; every driver started is quit after the test. Skipped where they are missing (.ci/run installs
+    them; CI must not skip)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    try:
+        from selenium import webdriver  # the dev extra, needed by the browser tests alone
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium")
+    if missing and not os.environ.get("CI"):
+        pytest.skip(f"browser test needs {missing} (apt-get install chromium chromium-driver; pip install selenium)")
+    assert not missing, f"CI must install {missing}"
+    drivers = []
+
+    def start(width: int, height: int):
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in CHROMIUM_FLAGS + [f"--window-size={width},{height}"]:
+            options.add_argument(flag)
+        drivers.append(webdriver.Chrome(service=Service(CHROMEDRIVER), options=options))
+        return drivers[-1]
+
+    yield start
+    for driver in drivers:
+        driver.quit()

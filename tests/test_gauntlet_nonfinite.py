@@ -67,7 +67,7 @@ def test_retrieval_nonfinite_video_ranks_last_and_is_counted(bad, caplog):
     assert retrieval_metrics(video, text, t2v)["retrieval/t2v/R@1"] == 100.0  # the finite gallery is perfect
     video[1] = bad
     with caplog.at_level(logging.WARNING, logger="structvl"):
-        m = retrieval_metrics(video, text, t2v, block_size=2)
+        m = retrieval_metrics(video, text, t2v, block_size=2, v2t_multi_caption="caption_gallery")
     # t2v: caption 2's own video is garbage -> last (3); the others meet garbage above them -> 2
     assert ranks_blockwise(text, video, [[v] for v in t2v], block_size=3).tolist() == [2, 2, 3, 2]
     assert m["retrieval/t2v/R@1"] == 0.0 and m["retrieval/t2v/MdR"] == 2.0 and m["retrieval/t2v/MnR"] == 2.25

@@ -30,8 +30,8 @@ def test_blockwise_equals_full_and_multi_caption_v2t():
     videos = F.normalize(torch.randn(17, 8, generator=g), dim=1)
     text_to_video = [i % 17 for i in range(40)]  # several captions per video
     texts = F.normalize(videos[text_to_video] + 0.9 * torch.randn(40, 8, generator=g), dim=1)
-    full = retrieval_metrics(videos, texts, text_to_video, block_size=10_000)
-    blocked = retrieval_metrics(videos, texts, text_to_video, block_size=3)
+    full = retrieval_metrics(videos, texts, text_to_video, block_size=10_000, v2t_multi_caption="caption_gallery")
+    blocked = retrieval_metrics(videos, texts, text_to_video, block_size=3, v2t_multi_caption="caption_gallery")
     assert full == blocked
     # v2t by brute force: rank of the best of the video's captions among all captions.
     sims = videos @ texts.t()

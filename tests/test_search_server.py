@@ -9,7 +9,6 @@ import os
 import shutil
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -19,11 +18,6 @@ from structvl.search.extract import extract_embeddings
 from structvl.search.index import index_embeddings
 from structvl.search.query import MAX_QUERY_CHARS, Searcher
 from structvl.search.server import SearchServer
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-# Flags for a headless Chromium that starts nothing in the background and needs no GPU or sandbox.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1100,820"]
 
 
 @contextmanager
@@ -127,24 +121,9 @@ def test_serve_binds_to_loopback_by_default(tmp_path):
     assert build_parser().parse_args(["serve", str(tmp_path)]).host == "127.0.0.1"
 
 
-def _chromium_or_skip():
-    """Selenium driving Debian's chromium and chromium-driver (.ci/run installs them; CI must not skip)."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    try:
-        from selenium import webdriver  # noqa: F401  (the dev extra)
-    except ImportError:
-        missing.append("selenium")
-    if missing and not os.environ.get("CI"):
-        pytest.skip(f"browser test needs {missing} (apt-get install chromium chromium-driver; pip install selenium)")
-    assert not missing, f"CI must install {missing}"
-
-
-def test_page_in_a_headless_browser_shows_result_tiles(search_run, tmp_path):
+def test_page_in_a_headless_browser_shows_result_tiles(search_run, tmp_path, headless_chromium):
     """Type a query into the page in Chromium and see one tile per result, each with a loaded thumbnail, its
     caption and score. STRUCTVL_SEARCH_SCREENSHOT=path saves a screenshot of the page."""
-    _chromium_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -152,31 +131,24 @@ def test_page_in_a_headless_browser_shows_result_tiles(search_run, tmp_path):
     corpus, run = search_run
     extract_embeddings(run, corpus / "test.jsonl", tmp_path / "emb", progress=False)
     index_embeddings(tmp_path / "emb", tmp_path / "idx")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
     query = "a small red circle is moving to the left"
     searcher = Searcher(tmp_path / "idx")
     expected = searcher.search([query], k=10)[0]
     with running(searcher) as server:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        try:
-            driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
-            box = driver.find_element(By.ID, "q")
-            box.send_keys(query)
-            box.send_keys(Keys.ENTER)
-            wait = WebDriverWait(driver, 60)
-            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results figure.tile"))
-            wait.until(lambda d: d.execute_script(
-                "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
-            tiles = driver.find_elements(By.CSS_SELECTOR, "#results figure.tile")
-            assert len(tiles) == 10  # the page's default top 10 of the 12 clips
-            for tile, hit in zip(tiles, expected):  # the search's hits, in its order, with caption and score
-                assert tile.text.startswith(f"#{hit['rank']}  score {hit['score']:.3f}".replace("  ", " "))
-                assert hit["captions"][0] in tile.text and hit["id"] in tile.text
-            assert "10 results" in driver.find_element(By.ID, "status").text
-            if os.environ.get("STRUCTVL_SEARCH_SCREENSHOT"):
-                driver.save_screenshot(os.environ["STRUCTVL_SEARCH_SCREENSHOT"])
-        finally:
-            driver.quit()
+        driver = headless_chromium(1100, 820)  # quit by the fixture
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        box = driver.find_element(By.ID, "q")
+        box.send_keys(query)
+        box.send_keys(Keys.ENTER)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results figure.tile"))
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
+        tiles = driver.find_elements(By.CSS_SELECTOR, "#results figure.tile")
+        assert len(tiles) == 10  # the page's default top 10 of the 12 clips
+        for tile, hit in zip(tiles, expected):  # the search's hits, in its order, with caption and score
+            assert tile.text.startswith(f"#{hit['rank']}  score {hit['score']:.3f}".replace("  ", " "))
+            assert hit["captions"][0] in tile.text and hit["id"] in tile.text
+        assert "10 results" in driver.find_element(By.ID, "status").text
+        if os.environ.get("STRUCTVL_SEARCH_SCREENSHOT"):
+            driver.save_screenshot(os.environ["STRUCTVL_SEARCH_SCREENSHOT"])

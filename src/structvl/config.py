@@ -365,9 +365,6 @@ class CloverConfig:
     # Losses
     rank_margin: float = 5.0  # on the scaled logits (5 = 0.25 in cosine at tau = 0.05)
     focal_gamma: float = 2.0  # MLM softmax focal loss; 0 = cross-entropy
-    # Which fused embedding joins which anchor's pool: "spec" (video anchor: f_vm = fuse(masked V, T); text
-    # anchor: f_tm) or "code" (the released code's wiring: video anchor: f_tm = fuse(V, masked T); text: f_vm).
-    fused_pool: str = "spec"
     eval_max_captions: int = 0  # clover_mlm evaluation: test captions used (0 = all)
 
 
@@ -380,6 +377,10 @@ class EvalConfig:
     sampling: str = "uniform"
     batch_size: int = 64
     block_size: int = 1024  # similarity computed block by block: never a whole N x N matrix
+    # Video->text with several captions per video: "video_max" (CLIP4Clip: each gallery video scores its best
+    # caption, the query's video is ranked among videos) or "caption_gallery" (COCO: the query's best caption
+    # is ranked among all captions). See structvl.tasks.retrieval.
+    v2t_multi_caption: str = "video_max"
 
 
 @dataclass
@@ -416,9 +417,15 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _migrate_renamed(data: dict, source: str) -> dict:
-    """Keys renamed by the pretrained-backbone work (issue 30). Saved run configs of older runs still load:
-    a value that maps one to one is moved to its new key. A video checkpoint under the old key is an error,
-    since the new loader needs its format."""
+    """Keys renamed by the pretrained-backbone work (issue 30) or removed (issue 32: clover.fused_pool). Saved
+    run configs of older runs still load: a value that maps one to one is moved to its new key, and a removed key
+    holding the behaviour that remains is dropped. A video checkpoint under the old key is an error, since the new
+    loader needs its format, and so is `clover.fused_pool: code`, a wiring that no longer exists."""
+    clover = data.get("clover") if isinstance(data.get("clover"), dict) else {}
+    if "fused_pool" in clover:  # removed (issue 32): "spec" was the one wiring, and is the released code's
+        if clover.pop("fused_pool") != "spec":
+            raise ConfigError(f"{source}: config key 'clover.fused_pool' was removed: the released Clover code "
+                              "feeds f_vm to the video anchor, as the spec's wiring (the only one) does")
     model = data.get("model") if isinstance(data.get("model"), dict) else None
     if model is None:
         return data

@@ -272,7 +272,6 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "clover.video_mask_min_aspect": Number(0, 1, lo_open=True),
         "clover.rank_margin": Number(0, 1e3),
         "clover.focal_gamma": Number(0, 100),
-        "clover.fused_pool": Choice(("spec", "code")),
         "clover.eval_max_captions": COUNT0,
         # evaluation: deterministic frames only ("random_segment" draws at random; "fps" has no rate here)
         "eval.split": Text(),
@@ -281,6 +280,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "eval.sampling": Choice(("uniform",)),
         "eval.batch_size": COUNT,
         "eval.block_size": COUNT,
+        "eval.v2t_multi_caption": Choice(("video_max", "caption_gallery")),
         "bases": Items(Text()),
     }
 

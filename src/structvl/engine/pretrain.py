@@ -36,7 +36,7 @@ from structvl.data.shards import ShardedVideoTextDataset
 from structvl.data.text import Tokenizer
 from structvl.data.transforms import VideoTransform
 from structvl.engine.checkpoint import latest_checkpoint, load_model_weights
-from structvl.engine.run_dir import check_run_dir, prepare_run_dir
+from structvl.engine.run_dir import check_run_dir, prepare_run_dir, record_code
 from structvl.engine.trainer import Trainer
 from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import VideoTextModel, build_model
@@ -229,6 +229,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwri
     if info.is_main:
         prepare_run_dir(run_dir, action)
         save_config(cfg, run_dir / "config.yaml")
+        record_code(run_dir, resumed=action == "resume")  # which code made the run (a demo reuses only its own)
         if prepare_data is not None:
             prepare_data(cfg)
     barrier()

@@ -10,10 +10,15 @@ and - the old run's later step numbers sorting after the new ones - pruned the n
   Nothing is deleted: a run's checkpoints can cost GPU-days, and a rename on the same filesystem is instant
   and free, so deleting it is left to the user, who is told where it went;
 * otherwise `ConfigError`, naming the directory, what it holds and both flags, before any work starts.
+
+`run_info.json` records which code made the run (`runtime.provenance.code_fingerprint`: package version and
+source hash) when it starts, and which code resumed it when that was other code; `same_code` tells a caller that
+reuses finished runs (`structvl demo`) whether the current code made it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,11 +26,14 @@ from omegaconf import OmegaConf
 
 from structvl.config import ConfigError, RunConfig, resolved_yaml
 from structvl.engine.checkpoint import CheckpointError, has_checkpoints, latest_checkpoint
+from structvl.runtime.provenance import code_fingerprint
 
 log = logging.getLogger("structvl")
 
 # What `structvl pretrain` writes into its run directory; any of them there means the directory holds a run.
-RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "metrics.json", "tensorboard", "knowledge_vocab.json")
+RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "metrics.json", "tensorboard", "knowledge_vocab.json",
+             "run_info.json")
+RUN_INFO = "run_info.json"
 
 
 def run_files(run_dir: Path) -> list[str]:
@@ -84,3 +92,30 @@ def same_config(cfg: RunConfig, run_dir: Path) -> bool:
     """Whether `run_dir` holds a run whose saved config.yaml is `cfg` (fully resolved)."""
     path = Path(run_dir) / "config.yaml"
     return path.exists() and OmegaConf.create(resolved_yaml(cfg)) == OmegaConf.load(path)
+
+
+def record_code(run_dir: Path, resumed: bool = False) -> dict:
+    """Record the current code in `run_dir/run_info.json` (main rank): {"code": fingerprint} for a new run; a
+    resumed run made by other code also lists the resuming code under "resumed_by". Returns the record."""
+    path = Path(run_dir) / RUN_INFO
+    current = code_fingerprint()
+    info = json.loads(path.read_text(encoding="utf-8")) if resumed and path.exists() else {}
+    if "code" not in info:
+        info["code"] = current
+    elif current != info["code"] and current not in info.setdefault("resumed_by", []):
+        info["resumed_by"].append(current)
+    path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return info
+
+
+def same_code(run_dir: Path) -> bool:
+    """Whether the current code made the run in `run_dir`, alone: its run_info.json names this package version
+    and source hash and no other code resumed it (a run without the record was made by older code)."""
+    path = Path(run_dir) / RUN_INFO
+    if not path.exists():
+        return False
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return info.get("code") == code_fingerprint() and not info.get("resumed_by")

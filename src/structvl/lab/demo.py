@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from structvl.config import load_config, resolved_yaml
 from structvl.engine.checkpoint import load_run_model
-from structvl.engine.run_dir import same_config
+from structvl.engine.run_dir import same_code, same_config
 from structvl.lab.report import examples_section, grounding_section, write_report
 from structvl.lab.synth.corpus import structured_corpus
 from structvl.models.text_encoder import build_tokenizer
@@ -38,19 +38,21 @@ RECIPES = {
 
 # Single-switch ablations, run only when named (`--recipes baseline,clop_skp,...`): name -> (row label, config).
 # Each is a small file under configs/ablations/ that says what it changes from its paper's recipe; those that go
-# beyond the paper's setup say `[extension]` there.
+# beyond the paper's setup as docs/methods-spec.md describes it open with `# [extension]` there, and their row label
+# ends in `[extension]` (in the table and the report). The others leave out or swap a part of the paper's setup.
 ABLATIONS = {
     "clop_skp": ("+ CLOP SKP only", "ablations/clop_skp.yaml"),
     "clop_kcl_sampling": ("+ CLOP KCL sampling only", "ablations/clop_kcl_sampling.yaml"),
     "clop_kcl_construct": ("+ CLOP KCL construction only", "ablations/clop_kcl_construct.yaml"),
-    "clop_grounded": ("+ CLOP, action swaps + shortcut penalty", "ablations/clop_grounded.yaml"),
-    "clop_motion": ("+ CLOP, action swaps + penalty + SKP on actions from the encoder", "ablations/clop_motion.yaml"),
-    "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder", "ablations/clop_motion_skp.yaml"),
-    "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty",
+    "clop_grounded": ("+ CLOP, action swaps + shortcut penalty [extension]", "ablations/clop_grounded.yaml"),
+    "clop_motion": ("+ CLOP, action swaps + penalty + SKP on actions from the encoder [extension]",
+                    "ablations/clop_motion.yaml"),
+    "clop_motion_skp": ("+ CLOP SKP only, on actions from the encoder [extension]", "ablations/clop_motion_skp.yaml"),
+    "clop_motion_construct": ("+ CLOP KCL construction only, action swaps + penalty [extension]",
                               "ablations/clop_motion_construct.yaml"),
-    "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes",
+    "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes [extension]",
                              "ablations/clop_motion_sampling.yaml"),
-    "svilm_span": ("+ S-ViLM, phrases as caption spans", "ablations/svilm_span.yaml"),
+    "svilm_span": ("+ S-ViLM, phrases as caption spans [extension]", "ablations/svilm_span.yaml"),
     "clover_random": ("+ Clover, random-token masking", "ablations/clover_random.yaml"),
     "clover_norank": ("+ Clover, no ranking loss", "ablations/clover_norank.yaml"),
     "clover_mlm_only": ("+ fusion MLM only", "ablations/clover_mlm_only.yaml"),
@@ -119,9 +121,10 @@ def write_json_merged(path: Path, metrics: dict) -> None:
 
 
 def finished_run_metrics(cfg, run_dir: Path) -> dict | None:
-    """The metrics of a run this demo finished before (pre-training + downstream) with the same resolved config,
-    else None: an interrupted demo resumes where it stopped, and the full table can be assembled from recipes
-    run in separate invocations (same --out). A changed config or an unfinished run is trained again."""
+    """The metrics of a run this demo finished before (pre-training + downstream) with the same resolved config
+    and the same code (package version and source hash, `engine.run_dir.same_code`), else None: an interrupted
+    demo resumes where it stopped, and the full table can be assembled from recipes run in separate invocations
+    (same --out). A changed config, other code or an unfinished run is trained again."""
 
     metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
     if not (metrics_path.exists() and config_path.exists()):
@@ -130,7 +133,22 @@ def finished_run_metrics(cfg, run_dir: Path) -> dict | None:
     if not metrics.pop("demo/finished", None):
         return None
     same = OmegaConf.create(resolved_yaml(cfg)) == OmegaConf.load(config_path)
-    return metrics if same else None
+    return metrics if same and same_code(run_dir) else None
+
+
+def recipe_run(cfg, run_dir: Path, data: Path) -> dict:
+    """One recipe and seed: the metrics of the run finished before with this config and code, else pre-train and
+    evaluate it (resuming an unfinished run of this config and code; a run of another config or made by other
+    code is moved aside to `.replaced-N` and made anew, engine/run_dir.py)."""
+    metrics = finished_run_metrics(cfg, run_dir)
+    if metrics is not None:
+        print("      finished before with this exact config and code: its metrics are reused", flush=True)
+        return metrics
+    resume = same_config(cfg, run_dir) and same_code(run_dir)
+    metrics = pretrain_and_evaluate(cfg, run_dir, resume=resume, overwrite=True)
+    metrics.update(downstream_metrics(run_dir, data, metrics))
+    write_json_merged(run_dir / "metrics.json", {"demo/finished": 1.0})
+    return metrics
 
 
 def aggregate(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
@@ -164,8 +182,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
     recipe (e.g. `train.max_steps=150` for a shorter ablation budget). A corpus at `data` generated with other
     arguments is refused unless `use_existing_data` (run on it as it is) or `overwrite_data` (replace it).
-    A run directory of a recipe that holds an unfinished run of the same config resumes it; one that holds a
-    run of another config is moved aside (engine/run_dir.py), never deleted."""
+    A run directory of a recipe that holds an unfinished run of the same config and code resumes it; one that
+    holds a run of another config or made by other code (`same_code`) is moved aside (engine/run_dir.py), never
+    deleted."""
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t_start = time.perf_counter()
@@ -191,20 +210,16 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
             print(f"[2/3] pre-training '{label}' seed {seed} -> {run_dir}", flush=True)
             cfg = load_config(config, [f"data.root={data}", f"train.seed={seed}"]
                               + (QUICK_OVERRIDES if quick else []) + list(overrides or []))
-            metrics = finished_run_metrics(cfg, run_dir)
-            if metrics is None:
-                metrics = pretrain_and_evaluate(cfg, run_dir, resume=same_config(cfg, run_dir), overwrite=True)
-                metrics.update(downstream_metrics(run_dir, data, metrics))
-                write_json_merged(run_dir / "metrics.json", {"demo/finished": 1.0})
-            else:
-                print("      finished before with this exact config: its metrics are reused", flush=True)
+            metrics = recipe_run(cfg, run_dir, data)
             per_recipe_seed.setdefault(label, []).append(metrics)
             runs.setdefault(label, []).append(run_dir)
         rows[label] = aggregate(per_recipe_seed[label])
 
     first = next(iter(per_recipe_seed.values()))[0]
     chance = {k.replace("/chance/", "/t2v/"): v for k, v in first.items() if k.startswith("retrieval/chance/")}
-    chance.update({k.replace("/chance/", "/v2t/"): v for k, v in first.items() if k.startswith("retrieval/chance/")})
+    v2t_chance = "retrieval/chance_v2t/" if any(k.startswith("retrieval/chance_v2t/") for k in first) \
+        else "retrieval/chance/"  # a run made before video->text's own chance was reported
+    chance.update({k.replace(v2t_chance, "retrieval/v2t/"): v for k, v in first.items() if k.startswith(v2t_chance)})
     chance.update({c: 50.0 for c in TABLE_COLUMNS if c.startswith("hard_negative/")})
     references = {k: v for per_seed in per_recipe_seed.values() for k, v in per_seed[0].items()}  # any recipe's
     chance.update({c: references[ref] for c, ref in DOWNSTREAM_REFERENCE.items() if ref in references})

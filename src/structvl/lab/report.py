@@ -73,7 +73,8 @@ def similarity_heatmap_figure(sims: np.ndarray, captions: list[str]) -> str:
 def bar_chart_figure(rows: dict[str, dict[str, tuple[float, float]]], keys: list[str], title: str,
                      chance: float | None = None) -> str:
     """Grouped bars: one group per metric key, one bar per recipe (row), error bars = std over seeds."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(keys) * max(1, len(rows)) / 2 + 2), 3.2))
+    # at most 11 inches wide (about 1200 px at the report's 110 dpi): many recipes make thinner bars, not a wider page
+    fig, ax = plt.subplots(figsize=(min(11.0, max(5.0, 1.1 * len(keys) * max(1, len(rows)) / 2 + 2)), 3.2))
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(keys))
     for i, (label, values) in enumerate(rows.items()):
@@ -167,25 +168,54 @@ def grounding_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 3
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th:first-child,td:first-child{text-align:left}.row{display:flex;gap:10px;flex-wrap:wrap}
+table{border-collapse:collapse;font-size:13px;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th:first-child,td:first-child{text-align:left}th{overflow-wrap:anywhere;vertical-align:bottom}
+td{white-space:nowrap}td.recipe{white-space:normal;overflow-wrap:anywhere;min-width:12em}
+h3{font-size:14px;margin:1em 0 .3em}img{max-width:100%;height:auto}.row{display:flex;gap:10px;flex-wrap:wrap}
 figure{margin:0;font-size:11px;max-width:300px}figure img{image-rendering:pixelated;width:280px}
 .hit img{outline:3px solid #2a2}.miss img{outline:3px solid #c33}.query{font-weight:600;margin-bottom:2px}
 .note{color:#555;font-size:13px}"""
 
 
+# The results table is split into tables of at most this many metric columns, each beside the recipe column, so
+# that it fits a 1280-px window (tests/test_report_layout.py): a "mean ± std" cell is about 85 px wide.
+TABLE_MAX_COLUMNS = 8
+TABLE_SECTIONS = (("retrieval/", "Zero-shot retrieval"), ("hard_negative/", "Hard-negative accuracy"),
+                  ("", "Downstream tasks and each paper's own measures"))
+
+
+def column_groups(columns: list[str]) -> list[tuple[str, list[str]]]:
+    """(heading, columns) of each table: the columns by section (TABLE_SECTIONS), in their order, cut into runs of
+    at most TABLE_MAX_COLUMNS."""
+    sections: dict[str, list[str]] = {}
+    for c in columns:
+        sections.setdefault(next(title for prefix, title in TABLE_SECTIONS if c.startswith(prefix)), []).append(c)
+    groups = []
+    for title, cols in sections.items():
+        parts = [cols[i:i + TABLE_MAX_COLUMNS] for i in range(0, len(cols), TABLE_MAX_COLUMNS)]
+        groups += [(title if len(parts) == 1 else f"{title} ({n}/{len(parts)})", part)
+                   for n, part in enumerate(parts, 1)]
+    return groups
+
+
 def results_table_html(rows: dict[str, dict[str, tuple[float, float]]], columns: list[str],
                        chance: dict[str, float]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for label, values in rows.items():
-        cells = "".join(
-            f"<td>{values[c][0]:.1f} &plusmn; {values[c][1]:.1f}</td>" if c in values else "<td>&ndash;</td>"
-            for c in columns)
-        body.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
-    chance_cells = "".join(f"<td>{chance[c]:.1f}</td>" if c in chance else "<td></td>" for c in columns)
-    body.append(f"<tr><td><i>chance</i></td>{chance_cells}</tr>")
-    return f"<table><tr><th>recipe</th>{head}</tr>{''.join(body)}</table>"
+    """The results as one table per column group (`column_groups`), every recipe a row of each; headers break
+    after each "/" so that long metric names wrap instead of widening the page."""
+    tables = []
+    for title, group in column_groups(columns):
+        head = "".join(f"<th>{html.escape(c).replace('/', '/<wbr>')}</th>" for c in group)
+        body = []
+        for label, values in rows.items():
+            cells = "".join(
+                f"<td>{values[c][0]:.1f} &plusmn; {values[c][1]:.1f}</td>" if c in values else "<td>&ndash;</td>"
+                for c in group)
+            body.append(f"<tr><td class='recipe'>{html.escape(label)}</td>{cells}</tr>")
+        chance_cells = "".join(f"<td>{chance[c]:.1f}</td>" if c in chance else "<td></td>" for c in group)
+        body.append(f"<tr><td class='recipe'><i>chance</i></td>{chance_cells}</tr>")
+        tables.append(f"<h3>{html.escape(title)}</h3><table class='results'><tr><th>recipe</th>{head}</tr>"
+                      f"{''.join(body)}</table>")
+    return "".join(tables)
 
 
 def search_command_html(rows: dict[str, dict[str, tuple[float, float]]], runs: dict[str, list[Path]]) -> str:

@@ -7,7 +7,7 @@ All embeddings L2-normalised; similarities are cosine x the model's logit scale 
 
 Objectives (each switched and weighted in the config's `objectives:`; Clover sums them with weight 1):
     clover_align  "exclusive NCE" with both anchors: ExNCE(v; t, tm, f_vm) + ExNCE(t; v, vm, f_tm) (see
-                  `exclusive_nce`; `clover.fused_pool: code` swaps the fused items, as the released code wires them).
+                  `exclusive_nce`; the released code wires f_vm to the video anchor too, mlm_ssl_V_head).
     clover_rank   MarginRankingLoss(margin 5) on the scaled logits: s(v_i, t_i) > s(v_i, tm_i) + margin and
                   s(t_i, v_i) > s(t_i, vm_i) + margin - the complete pair must beat the semantically masked one.
     clover_mlm    softmax focal loss (gamma 2) on the masked tokens of fuse(V, T masked).
@@ -281,13 +281,10 @@ class CloverAlignObjective(_CloverObjective):
     def forward(self, batch, outputs, model) -> dict:
         p = self.clover.passes(batch, outputs, model)
         scale = model.logit_scale
-        f_vm = p.fused_masked_video()
-        f_tm = p.fused_masked_text()
-        video_pool_fused, text_pool_fused = (f_vm, f_tm) if self.clover.cfg.fused_pool == "spec" else (f_tm, f_vm)
         v_anchor = exclusive_nce(outputs.video.embed, [outputs.text.embed, p.masked_text()[0].embed,
-                                                       video_pool_fused], scale)
+                                                       p.fused_masked_video()], scale)  # f_vm
         t_anchor = exclusive_nce(outputs.text.embed, [outputs.video.embed, p.masked_video().embed,
-                                                      text_pool_fused], scale)
+                                                      p.fused_masked_text()], scale)  # f_tm
         return {"loss": v_anchor["loss"] + t_anchor["loss"], "video_anchor": v_anchor["loss"].detach(),
                 "text_anchor": t_anchor["loss"].detach()}
 

@@ -40,7 +40,7 @@ log = logging.getLogger("structvl")
 # (the "blind" text-only head is its own row: how far the question alone gets).
 REFERENCES = {
     "finetune_retrieval/t2v/R@1": "finetune_retrieval/chance/R@1",
-    "finetune_retrieval/v2t/R@1": "finetune_retrieval/chance/R@1",
+    "finetune_retrieval/v2t/R@1": "finetune_retrieval/chance_v2t/R@1",
     "mcqa/accuracy": "mcqa/chance",
     "mcqa/zeroshot_accuracy": "mcqa/chance",
     "openqa/accuracy": "openqa/majority_accuracy",

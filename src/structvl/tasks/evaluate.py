@@ -42,7 +42,8 @@ def evaluate_retrieval(model, cfg: RunConfig, tokenizer, records, video_root, de
             texts.append(caption)
             text_to_video.append(position)
     text_embed = embed_texts(model, tokenizer, texts, device, autocast_dtype=autocast)
-    out = retrieval_metrics(video_embed, text_embed, text_to_video, cfg.eval.block_size, prefix)
+    out = retrieval_metrics(video_embed, text_embed, text_to_video, cfg.eval.block_size, prefix,
+                            cfg.eval.v2t_multi_caption)
     out[f"{prefix}/skipped_videos"] = float(len(records) - len(kept))
     return out
 
@@ -125,7 +126,10 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
         n = int(metrics.get("retrieval/num_videos", 0))
         lines.append(f"zero-shot retrieval ({n} videos)      R@1    R@5   R@10    MdR    MnR")
         for name, prefix in (("text -> video", "retrieval/t2v"), ("video -> text", "retrieval/v2t"),
-                             ("chance", "retrieval/chance")):
+                             ("chance (text -> video)", "retrieval/chance"),
+                             ("chance (video -> text)", "retrieval/chance_v2t")):
+            if f"{prefix}/MnR" not in metrics:  # runs made before chance_v2t was reported
+                continue
             row = [metrics[f"{prefix}/R@{k}"] for k in (1, 5, 10)] + [metrics[f"{prefix}/MdR"], metrics[f"{prefix}/MnR"]]
             lines.append(f"  {name:<32}" + "".join(f"{v:7.1f}" for v in row))
     own = sorted(k.split("/")[1] for k in metrics

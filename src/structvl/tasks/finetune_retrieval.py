@@ -41,7 +41,7 @@ from structvl.tasks.evaluate import evaluate_retrieval
 from structvl.tasks.features import has_fusion
 from structvl.tasks.finetuning import finetune_run_config, train_module
 from structvl.tasks.heads import loss_summary
-from structvl.tasks.retrieval import chance_metrics, metrics_from_ranks, pessimistic_ranks
+from structvl.tasks.retrieval import chance_metrics, max_per_group, metrics_from_ranks, pessimistic_ranks
 from structvl.tasks.task_config import read_task_records, video_root
 
 log = logging.getLogger("structvl")
@@ -175,13 +175,26 @@ def evaluate_with_rerank(module: RetrievalFinetuneModule, records, tokenizer, ta
     video_to_texts = [[] for _ in kept]
     for m, v in enumerate(text_to_video):
         video_to_texts[v].append(m)
+    def v2t_video_scores(q, top):  # video_max: each candidate video scores its best caption's match
+        captions = [video_to_texts[int(v)] for v in top]
+        probs = match(torch.full((sum(map(len, captions)),), q), torch.tensor([m for c in captions for m in c]))
+        return torch.stack([part.max() for part in probs.split([len(c) for c in captions])])
+
     k, tally = task.rerank_top_k, NonFiniteTally(prefix)
+    if run_cfg.eval.v2t_multi_caption == "video_max":  # the rule of tasks.retrieval's module docstring
+        best, bad = max_per_group(sims.t(), torch.as_tensor(text_to_video), len(kept))
+        # a video with a non-finite caption score ranks above the query's own video, scored on its finite ones
+        video_sims = best.masked_fill(bad & ~torch.eye(len(kept), dtype=torch.bool), float("nan"))
+        v2t = rerank_ranks(video_sims, [[v] for v in range(len(kept))], k, v2t_video_scores, tally)
+        v2t_chance = chance_metrics(len(kept), f"{prefix}/chance_v2t")
+    else:
+        v2t = rerank_ranks(sims.t().contiguous(), video_to_texts, k, v2t_scores, tally)
+        v2t_chance = chance_metrics(len(texts), f"{prefix}/chance_v2t", [len(t) for t in video_to_texts])
     out = {**metrics_from_ranks(rerank_ranks(sims, [[v] for v in text_to_video], k, t2v_scores, tally),
-                                f"{prefix}/t2v"),
-           **metrics_from_ranks(rerank_ranks(sims.t().contiguous(), video_to_texts, k, v2t_scores, tally),
-                                f"{prefix}/v2t")}
+                                f"{prefix}/t2v"), **metrics_from_ranks(v2t, f"{prefix}/v2t")}
     tally.report(out)
     out.update(chance_metrics(len(kept), f"{prefix}/chance"))
+    out.update(v2t_chance)
     out[f"{prefix}/num_videos"], out[f"{prefix}/num_captions"] = float(len(kept)), float(len(texts))
     return out
 

@@ -1,13 +1,22 @@
 """Text<->video retrieval: embeddings computed once, ranks computed block by block.
 
 A gallery of N videos and M captions never materialises the M x N similarity matrix: queries are scored
-`block_size` at a time and only each query's rank is kept. Several captions per video are handled both
-ways (text->video: the caption's own video is the target; video->text: the best-ranked of its captions
-counts, the usual MSR-VTT convention). Ranks are 1-based; ties count against the query (a positive ranked
-equal to a negative is not "first"), so a constant model cannot score above chance. A non-finite similarity
-is the worst possible: a positive scored NaN is no candidate for the query's best, a negative scored NaN ranks
-above the positive, so a model that outputs NaN ranks every query last (and the metrics say how many
-similarities were not finite, see `structvl.runtime.nonfinite`).
+`block_size` at a time and only each query's rank is kept. Text->video: each caption is a query and its own video
+the one target among the N videos. Video->text with several captions per video follows one of two rules
+(`eval.v2t_multi_caption`):
+
+* `video_max` (the default; CLIP4Clip's multi-sentence rule, `tensor_video_to_text_sim` then `compute_metrics`):
+  a video query scores every gallery video by the best of that video's captions, and the query's own video is
+  ranked among the N videos: one positive among N, the same chance levels as text->video.
+* `caption_gallery` (the COCO rule): a video query is scored against all M captions, and its best-ranked caption
+  counts. With c captions of its own among M, chance is the best of c random positions (`chance_metrics`).
+
+Ranks are 1-based and ties are pessimistic: a positive scored equal to a negative ranks below it (is not "first"),
+so a constant model cannot score above chance. A non-finite similarity is the worst possible: a positive scored
+NaN is no candidate for the query's best, a negative scored NaN ranks above the positive, so a model that outputs
+NaN ranks every query last (and the metrics say how many similarities were not finite, see
+`structvl.runtime.nonfinite`). Under `video_max` a gallery video with a non-finite caption score ranks above the
+positive, and the positive video scores the best of its finite captions.
 """
 
 from __future__ import annotations
@@ -20,32 +29,65 @@ from structvl.runtime.nonfinite import NonFiniteTally
 from structvl.runtime.precision import autocast
 
 RECALL_KS = (1, 5, 10)
+V2T_RULES = ("video_max", "caption_gallery")  # eval.v2t_multi_caption, see the module docstring
 
 
 def ranks_blockwise(queries: torch.Tensor, gallery: torch.Tensor, positives: list[list[int]],
-                    block_size: int = 1024, tally: NonFiniteTally | None = None) -> np.ndarray:
+                    block_size: int = 1024, tally: NonFiniteTally | None = None,
+                    gallery_owner: torch.Tensor | None = None) -> np.ndarray:
     """1-based rank of the best-ranked positive gallery item for every query (memory: block x N).
-    tally: counts the non-finite similarities seen (each ranked as the worst, see the module docstring)."""
+    tally: counts the non-finite similarities seen (each ranked as the worst, see the module docstring).
+    gallery_owner: (N,) group of each gallery item (a caption's video); each group then scores the max over its
+    items and the positives and ranks are over groups (`video_max`)."""
     ranks = np.empty(len(queries), dtype=np.int64)
+    groups = None if gallery_owner is None else int(gallery_owner.max()) + 1
     for start in range(0, len(queries), block_size):
         stop = min(start + block_size, len(queries))
         sims = queries[start:stop].float() @ gallery.float().t()  # (b, N): the only matrix held
+        if groups is not None:
+            sims, bad = max_per_group(sims, gallery_owner, groups, tally)
+        else:
+            sims, bad = finite_or_worst(sims, tally)
         is_pos = torch.zeros_like(sims, dtype=torch.bool)
         for row, q in enumerate(range(start, stop)):
             is_pos[row, positives[q]] = True
-        ranks[start:stop] = pessimistic_ranks(sims, is_pos, tally).numpy()
+        ranks[start:stop] = ranks_with_bad(sims, is_pos, bad).numpy()
     return ranks
+
+
+def finite_or_worst(sims: torch.Tensor, tally: NonFiniteTally | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities with each non-finite one set to -inf, the mask of those), counted in `tally`."""
+    bad = ~torch.isfinite(sims)
+    if tally is not None:
+        tally.nonfinite += int(bad.sum())
+        tally.seen += sims.numel()
+    return sims.masked_fill(bad, float("-inf")), bad
+
+
+def max_per_group(sims: torch.Tensor, owner: torch.Tensor, groups: int,
+                  tally: NonFiniteTally | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b, M) item similarities -> (b, groups): each group's best finite item (-inf if none) and whether any of
+    its items was non-finite (the block's (b, groups) matrix is all that is added)."""
+    sims, bad = finite_or_worst(sims, tally)
+    index = owner.to(sims.device)[None].expand_as(sims)
+    best = sims.new_full((len(sims), groups), float("-inf")).scatter_reduce(1, index, sims, "amax")
+    any_bad = torch.zeros(len(sims), groups, dtype=torch.bool, device=sims.device)
+    any_bad = any_bad.scatter_reduce(1, index, bad, "amax")
+    return best, any_bad
+
+
+def ranks_with_bad(sims: torch.Tensor, is_pos: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """(b, N) similarities (non-finite already -inf), positive masks, non-finite masks -> each row's 1-based rank
+    of its best positive; a negative scored >= it (a tie counts against the query) or non-finite ranks above it."""
+    best_pos = sims.masked_fill(~is_pos, float("-inf")).max(dim=1).values
+    return 1 + (((sims >= best_pos[:, None]) | bad) & ~is_pos).sum(dim=1)
 
 
 def pessimistic_ranks(sims: torch.Tensor, is_pos: torch.Tensor, tally: NonFiniteTally | None = None) -> torch.Tensor:
     """(b, N) similarities and positive masks -> each row's 1-based rank of its best finite positive; every
     negative scored >= it or not finite ranks above it (a row without a finite positive ranks last)."""
-    bad = ~torch.isfinite(sims)
-    if tally is not None:
-        tally.nonfinite += int(bad.sum())
-        tally.seen += sims.numel()
-    best_pos = sims.masked_fill(~is_pos | bad, float("-inf")).max(dim=1).values
-    return 1 + (((sims >= best_pos[:, None]) | bad) & ~is_pos).sum(dim=1)
+    clean, bad = finite_or_worst(sims, tally)
+    return ranks_with_bad(clean, is_pos, bad)
 
 
 def metrics_from_ranks(ranks: np.ndarray, prefix: str) -> dict[str, float]:
@@ -55,17 +97,40 @@ def metrics_from_ranks(ranks: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def chance_metrics(num_videos: int, prefix: str = "retrieval/chance") -> dict[str, float]:
-    """Expected metrics of a random ranking over a gallery of `num_videos` (one positive per query)."""
-    out = {f"{prefix}/R@{k}": 100.0 * min(k, num_videos) / num_videos for k in RECALL_KS}
-    out[f"{prefix}/MdR"] = (num_videos + 1) / 2
-    out[f"{prefix}/MnR"] = (num_videos + 1) / 2
+def chance_metrics(gallery_size: int, prefix: str = "retrieval/chance",
+                   positives: list[int] | None = None) -> dict[str, float]:
+    """Expected metrics of a random ranking over a gallery of `gallery_size` items. positives: how many
+    positives each query has (default one each); a query's rank is that of its best positive, so with c of
+    them P(rank > r) = C(N - c, r) / C(N, r). R@K and MnR are the means over queries of each query's expected
+    value; MdR is the median of the queries' pooled rank distribution (the midpoint where it is exactly half, as
+    np.median gives for a large sample: (N + 1) / 2 for one positive)."""
+    n = gallery_size
+    counts = np.bincount(np.asarray(positives if positives is not None else [1], dtype=np.int64))
+    r = np.arange(n + 1, dtype=np.float64)
+    survival = np.zeros(n + 1)  # pooled P(rank > r), r = 0..N
+    for c, queries in enumerate(counts):
+        if queries and c:
+            s = np.ones(n + 1)
+            for i in range(c):  # P(all c positives land after position r)
+                s *= np.clip((n - r - i) / (n - i), 0.0, None)
+            survival += queries * s
+    survival /= counts[1:].sum()
+    out = {f"{prefix}/R@{k}": 100.0 * (1.0 - survival[min(k, n)]) for k in RECALL_KS}
+    cdf = 1.0 - survival
+    first = int(np.argmax(cdf >= 0.5 - 1e-12))
+    out[f"{prefix}/MdR"] = first + 0.5 if abs(cdf[first] - 0.5) < 1e-12 else float(first)
+    out[f"{prefix}/MnR"] = float(survival[:n].sum())  # E[rank] = sum over r >= 0 of P(rank > r)
     return out
 
 
 def retrieval_metrics(video_embed: torch.Tensor, text_embed: torch.Tensor, text_to_video: list[int],
-                      block_size: int = 1024, prefix: str = "retrieval") -> dict[str, float]:
-    """video_embed (N, E), text_embed (M, E) L2-normalised; text_to_video[m] = index of caption m's video."""
+                      block_size: int = 1024, prefix: str = "retrieval",
+                      v2t_multi_caption: str = "video_max") -> dict[str, float]:
+    """video_embed (N, E), text_embed (M, E) L2-normalised; text_to_video[m] = index of caption m's video.
+    v2t_multi_caption: the video->text rule (module docstring). `{prefix}/chance/*` is text->video's chance,
+    `{prefix}/chance_v2t/*` video->text's under the chosen rule."""
+    if v2t_multi_caption not in V2T_RULES:
+        raise ValueError(f"v2t_multi_caption must be one of {V2T_RULES}, not {v2t_multi_caption!r}")
     video_to_texts: list[list[int]] = [[] for _ in range(len(video_embed))]
     for m, v in enumerate(text_to_video):
         video_to_texts[v].append(m)
@@ -73,10 +138,17 @@ def retrieval_metrics(video_embed: torch.Tensor, text_embed: torch.Tensor, text_
         raise ValueError("every gallery video needs at least one caption for video->text retrieval")
     tally = NonFiniteTally(prefix)
     t2v = ranks_blockwise(text_embed, video_embed, [[v] for v in text_to_video], block_size, tally)
-    v2t = ranks_blockwise(video_embed, text_embed, video_to_texts, block_size, tally)
+    if v2t_multi_caption == "video_max":
+        v2t = ranks_blockwise(video_embed, text_embed, [[v] for v in range(len(video_embed))], block_size, tally,
+                              gallery_owner=torch.as_tensor(text_to_video, dtype=torch.long))
+        v2t_chance = chance_metrics(len(video_embed), f"{prefix}/chance_v2t")
+    else:
+        v2t = ranks_blockwise(video_embed, text_embed, video_to_texts, block_size, tally)
+        v2t_chance = chance_metrics(len(text_embed), f"{prefix}/chance_v2t", [len(t) for t in video_to_texts])
     out = {**metrics_from_ranks(t2v, f"{prefix}/t2v"), **metrics_from_ranks(v2t, f"{prefix}/v2t")}
     tally.report(out)
     out.update(chance_metrics(len(video_embed), f"{prefix}/chance"))
+    out.update(v2t_chance)
     out[f"{prefix}/num_videos"] = float(len(video_embed))
     out[f"{prefix}/num_captions"] = float(len(text_embed))
     return out

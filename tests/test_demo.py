@@ -1,0 +1,37 @@
+"""The demo's rows say what they are: an ablation that goes beyond its paper's setup is an [extension] in its
+config file and in its row label, which is what the table and the report print."""
+
+import pytest
+
+from structvl.config import resolve_config_path
+from structvl.lab.demo import ABLATIONS, RECIPES, aggregate, format_table
+from structvl.lab.report import results_table_html
+
+EXTENSION = "[extension]"
+
+
+def opening_comment(config: str) -> str:
+    lines = resolve_config_path(config).read_text(encoding="utf-8").splitlines()
+    return " ".join(line for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_a_row_is_an_extension_exactly_when_its_config_says_so(name):
+    label, config = ABLATIONS[name]
+    comment = opening_comment(config)
+    assert comment.startswith("# "), f"{config} opens without a comment saying what it changes"
+    assert comment.startswith(f"# {EXTENSION}") == label.endswith(EXTENSION), (name, label, comment)
+
+
+def test_the_papers_recipes_are_not_extensions():
+    assert not any(EXTENSION in label or opening_comment(config).startswith(f"# {EXTENSION}")
+                   for label, config in RECIPES.values())
+
+
+def test_the_table_and_the_report_print_the_tag():
+    label = ABLATIONS["clop_motion_skp"][0]
+    rows = {RECIPES["baseline"][0]: aggregate([{"retrieval/t2v/R@1": 10.0}]),
+            label: aggregate([{"retrieval/t2v/R@1": 12.0}])}
+    table = format_table(rows, {"retrieval/t2v/R@1": 1.0})
+    assert any(line.startswith(label) and line.rstrip().endswith("±0.0") for line in table.splitlines())
+    assert f"{label}</td>" in results_table_html(rows, ["retrieval/t2v/R@1"], {})
