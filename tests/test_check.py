@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from structvl.data.check import check_dataset, format_report
-from structvl.data.formats import write_jsonl
+from structvl.data.formats.jsonl import write_jsonl
 from structvl.data.records import VideoRecord
 
 from helpers import write_video

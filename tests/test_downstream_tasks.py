@@ -112,7 +112,7 @@ def test_qa_labels_stay_aligned_with_items(corpus, run_cfg, tmp_path):
     import random
 
     from structvl.data.formats import read_annotations
-    from structvl.data.formats_qa import write_mcqa_csv, write_openqa_json
+    from structvl.data.formats.qa import write_mcqa_csv, write_openqa_json
 
     answers = ["red", "two", "star", "up"]
     for split in ("train", "test"):

@@ -9,17 +9,13 @@ import logging
 import pytest
 
 from structvl.cli import ANNOTATION_FORMATS
-from structvl.data.formats import (
-    AnnotationError,
-    annotation_readers,
-    read_annotations,
-    read_class_list,
-    read_msvd_mapping,
-    write_jsonl,
-    write_localization_json,
-)
-from structvl.data.formats_qa import write_mcqa_csv, write_openqa_json
-from structvl.data.records import VideoRecord
+from structvl.data.formats import annotation_readers, read_annotations
+from structvl.data.formats.classification import read_class_list
+from structvl.data.formats.jsonl import write_jsonl
+from structvl.data.formats.localization import write_localization_json
+from structvl.data.formats.msvd import read_msvd_mapping
+from structvl.data.formats.qa import write_mcqa_csv, write_openqa_json
+from structvl.data.records import AnnotationError, VideoRecord
 
 
 def test_every_cli_format_has_a_reader():

@@ -1,4 +1,4 @@
-"""HowTo100M-style ASR segments (structvl.data.formats_pretrain.read_howto100m): caption.json's
+"""HowTo100M-style ASR segments (structvl.data.formats.pretrain.read_howto100m): caption.json's
 {video_id: {start, end, text}} becomes one clip record per segment, with its window; damage is skipped or named."""
 
 from __future__ import annotations

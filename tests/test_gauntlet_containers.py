@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from structvl.data.check import check_dataset
-from structvl.data.formats import write_jsonl
+from structvl.data.formats.jsonl import write_jsonl
 from structvl.data.records import VideoRecord
 from structvl.data.video import DECORD_MISREADS, DecordReader, PyAVReader, open_video, open_video_bytes, probe_video
 

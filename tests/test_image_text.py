@@ -1,4 +1,4 @@
-"""Image-text pairs (structvl.data.formats_pretrain.read_image_text, structvl.data.images) as one-frame clips, from
+"""Image-text pairs (structvl.data.formats.pretrain.read_image_text, structvl.data.images) as one-frame clips, from
 CSV/TSV files and from webdataset shards, and `data.mix` (structvl.data.mix): every batch from one source, the
 sources in the configured ratio over many batches, resumed exactly."""
 

@@ -6,6 +6,9 @@ imports): `structvl --help` and argument errors must answer at once, without loa
 A user's mistake (an argument out of range, a path that is not there or cannot be written, a config key
 outside what it allows, a malformed annotation) is one line on stderr naming it, with exit code 2, before
 any work starts; a traceback means a bug. `structvl --debug ...` shows the traceback of a user error too.
+
+The file is longer than most (~530 lines) because it lists every subcommand's arguments, grouped as data,
+training and search commands, each handler a few lines; argument types and checks are in `cli_args.py`.
 """
 
 from __future__ import annotations

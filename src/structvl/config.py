@@ -7,6 +7,9 @@ with the key named (and the file it came from), and a value outside what its key
 rate of inf, a reversed range; `structvl.config_checks`) with the key, the value and what is allowed.
 
 Every objective's weight lives in one dict, `objectives`; a weight of 0 turns the objective off.
+
+The file is longer than most (~530 lines) because it is the schema: every key a run config may hold, read in
+one place top to bottom; what each value may be is in `config_checks.py`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from structvl.config import frame_normalization
 from structvl.data.dataset import VideoTextCollator, VideoTextDataset
-from structvl.data.formats import read_class_list
+from structvl.data.formats.classification import read_class_list
 from structvl.data.transforms import VideoTransform
 from structvl.models.text_encoder import build_tokenizer
 from structvl.runtime.nonfinite import NonFiniteTally

@@ -18,12 +18,14 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import random
 import sqlite3
 import sys
+import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -36,6 +38,11 @@ if TYPE_CHECKING:
 
 PROGRESS_MIN_CAPTIONS = 2000  # below this, parsing takes about a second: no progress bar
 __all__ = ["KnowledgeCache", "caption_key", "default_cache_version", "knowledge_for"]
+T = TypeVar("T")
+# Retries of a busy database sleep this long at first, doubling up to the cap; a private generator jitters them
+# (so processes that collided do not retry in step) without touching the global `random` state a seed fixes.
+RETRY_FIRST_SLEEP, RETRY_MAX_SLEEP = 0.01, 1.0
+_jitter = random.Random()
 
 
 def default_cache_version() -> str:
@@ -56,6 +63,16 @@ _SCHEMA = (
     ("CREATE TABLE IF NOT EXISTS swaps (key TEXT NOT NULL, context TEXT NOT NULL, data TEXT NOT NULL, "
      "PRIMARY KEY (key, context))"),
 )
+_SCHEMA_NAMES = {"knowledge", "meta", "labels", "labels_by_count", "swaps"}
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether `error` says another connection holds the lock (worth waiting for), not that the file is
+    read-only, corrupt or missing a table."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return str(error).startswith(("database is locked", "database table is locked", "database is busy"))
 
 
 class KnowledgeCache:
@@ -65,12 +82,15 @@ class KnowledgeCache:
     it was extracted with; a row of another version counts as missing (and is overwritten when re-parsed), so
     changing the rules or the spaCy model invalidates the cache by itself.
 
-    Concurrency: the database is in WAL mode, so any number of processes read while one writes, and every
-    write (`put_many`, `put_rows`, ...) is one short transaction; a writer that finds the database locked
-    waits up to `timeout` seconds for its turn (sqlite's busy timeout), so the shards of `structvl knowledge
-    --shard i/n` and training loader workers can all write to one cache. WAL needs the processes on one
-    host (shared memory): for shards on several machines give each its own `--cache` and merge them with
-    `merge_from` (`structvl knowledge --merge`).
+    Concurrency: the database is switched to WAL mode once, by whichever process creates it, so any number of
+    processes read while one writes. Every write (`put_many`, `put_rows`, ...) is one short transaction that
+    starts with BEGIN IMMEDIATE, taking the write lock before it reads anything. Every connection waits up to
+    `timeout` seconds for a lock (sqlite's busy timeout); where sqlite answers "database is locked" at once
+    instead of waiting (switching a new file to WAL while another process is creating it, a reader meeting
+    the last writer's cleanup of the WAL), the statement or whole transaction is retried with growing sleeps
+    until `timeout` has passed. So the shards of `structvl knowledge --shard i/n` and training loader workers
+    can all write to one cache. WAL needs the processes on one host (shared memory): for shards on several
+    machines give each its own `--cache` and merge them with `merge_from` (`structvl knowledge --merge`).
 
     Picklable: the connection is re-opened lazily in each process (sqlite connections must not cross a fork).
     """
@@ -90,21 +110,46 @@ class KnowledgeCache:
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None or self._connection_pid != os.getpid():
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=self.timeout)
-            connection.execute("PRAGMA journal_mode=WAL")
+            # isolation_level=None: no implicit transactions; the writes below open their own (BEGIN IMMEDIATE).
+            connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            self._retry(lambda: _use_wal(connection))
             connection.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last commit
-            with connection:
-                for statement in _SCHEMA:
-                    connection.execute(statement)
+            tables = {name for name, in self._retry(lambda: connection.execute(
+                "SELECT name FROM sqlite_master").fetchall())}
+            if not _SCHEMA_NAMES <= tables:  # checked first, so a read-only cache that has them still opens
+                self._retry(lambda: _transaction(connection, lambda c: [c.execute(s) for s in _SCHEMA]))
             self._connection, self._connection_pid = connection, os.getpid()
         return self._connection
 
+    def _retry(self, attempt: Callable[[], T]) -> T:
+        """attempt(), again after a sleep each time sqlite answers busy, until `timeout` seconds have passed."""
+        deadline = time.monotonic() + self.timeout
+        sleep = RETRY_FIRST_SLEEP
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as e:
+                if not _busy(e) or time.monotonic() + sleep > deadline:
+                    raise
+            time.sleep(sleep * _jitter.uniform(0.5, 1.5))
+            sleep = min(2 * sleep, RETRY_MAX_SLEEP)
+
+    def _read(self, query: str, params: Sequence = ()) -> list[tuple]:
+        """Every row of one query (fetched whole, so no read transaction stays open), retried while busy."""
+        connection = self._connect()
+        return self._retry(lambda: connection.execute(query, params).fetchall())
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """work(connection) as one write transaction, all of it or none of it, retried whole while busy (every
+        write here replaces rows, so running it again gives the same result)."""
+        connection = self._connect()
+        return self._retry(lambda: _transaction(connection, work))
+
     def _select_in(self, query: str, keys: Sequence[str], *params) -> Iterable[tuple]:
         """Rows of `query` (ending in "IN ({})") for `keys`, a chunk of keys per statement."""
-        connection = self._connect()
         for i in range(0, len(keys), self._QUERY_CHUNK):
             chunk = keys[i:i + self._QUERY_CHUNK]
-            yield from connection.execute(query.format(",".join("?" * len(chunk))), [*params, *chunk])
+            yield from self._read(query.format(",".join("?" * len(chunk))), [*params, *chunk])
 
     # ------------------------------------------------------------ knowledge rows
     def get_many(self, captions: Iterable[str]) -> dict[str, CaptionKnowledge]:
@@ -132,29 +177,26 @@ class KnowledgeCache:
     def put_rows(self, rows: Iterable[tuple[str, str, str]]) -> None:
         """Write (key, caption, knowledge JSON) rows, as `parse.parse_rows` makes them, in one transaction."""
         data = [(key, self.version, text) for key, _, text in rows]
-        connection = self._connect()
-        with connection:  # one transaction: all rows or none
-            connection.executemany("INSERT OR REPLACE INTO knowledge (key, version, data) VALUES (?, ?, ?)", data)
+        self._write(lambda c: c.executemany("INSERT OR REPLACE INTO knowledge (key, version, data) VALUES (?, ?, ?)",
+                                            data))
 
     def __len__(self) -> int:
-        return self._connect().execute("SELECT COUNT(*) FROM knowledge WHERE version = ?",
-                                       [self.version]).fetchone()[0]
+        return self._read("SELECT COUNT(*) FROM knowledge WHERE version = ?", [self.version])[0][0]
 
     # ------------------------------------------------------------ named blobs, corpus counts, labels
     def put_meta(self, name: str, value) -> None:
         blob = zlib.compress(json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8"))
-        connection = self._connect()
-        with connection:
-            connection.execute("INSERT OR REPLACE INTO meta (name, data) VALUES (?, ?)", [self._name(name), blob])
+        self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta (name, data) VALUES (?, ?)",
+                                        [self._name(name), blob]))
 
     def get_meta(self, name: str):
-        row = self._connect().execute("SELECT data FROM meta WHERE name = ?", [self._name(name)]).fetchone()
-        return None if row is None else json.loads(zlib.decompress(row[0]).decode("utf-8"))
+        rows = self._read("SELECT data FROM meta WHERE name = ?", [self._name(name)])
+        return json.loads(zlib.decompress(rows[0][0]).decode("utf-8")) if rows else None
 
     def meta_names(self, prefix: str) -> list[str]:
         """Names of this version's blobs that start with `prefix`."""
         full = self._name(prefix)
-        rows = self._connect().execute("SELECT name FROM meta WHERE substr(name, 1, ?) = ?", [len(full), full])
+        rows = self._read("SELECT name FROM meta WHERE substr(name, 1, ?) = ?", [len(full), full])
         return sorted(name[len(self._name("")):] for name, in rows)
 
     def _name(self, name: str) -> str:
@@ -163,19 +205,20 @@ class KnowledgeCache:
     def put_label_counts(self, corpus: str, counts: Mapping[str, Mapping[str, int]]) -> None:
         """Replace `corpus`'s label counts ({type: {label: captions}})."""
         corpus = self._name(corpus)
-        connection = self._connect()
-        with connection:
+        rows = [(corpus, kind, label, n) for kind, labels in counts.items() for label, n in labels.items()]
+
+        def replace(connection: sqlite3.Connection) -> None:
             connection.execute("DELETE FROM labels WHERE corpus = ?", [corpus])
-            connection.executemany("INSERT INTO labels (corpus, type, label, count) VALUES (?, ?, ?, ?)",
-                                   [(corpus, kind, label, n) for kind, labels in counts.items()
-                                    for label, n in labels.items()])
+            connection.executemany("INSERT INTO labels (corpus, type, label, count) VALUES (?, ?, ?, ?)", rows)
+
+        self._write(replace)
 
     def top_labels(self, corpus: str, kind: str, limit: int, min_count: int = 1,
                    exclude: Iterable[str] = ()) -> list[tuple[str, int]]:
         """`corpus`'s `limit` most frequent `kind` labels counted in >= min_count captions, not in `exclude`,
         ties alphabetical (KnowledgeVocab.build's order): an index scan of `limit` rows, whatever the corpus."""
         exclude = set(exclude)
-        rows = self._connect().execute(
+        rows = self._read(
             "SELECT label, count FROM labels WHERE corpus = ? AND type = ? AND count >= ? "
             "ORDER BY count DESC, label LIMIT ?", [self._name(corpus), kind, min_count, limit + len(exclude)])
         return [(label, n) for label, n in rows if label not in exclude][:limit]
@@ -186,9 +229,8 @@ class KnowledgeCache:
         rows = [(caption_key(caption), self._name(context), json.dumps([caption, list(map(list, rows))],
                                                                        ensure_ascii=False))
                 for caption, rows in swaps.items()]
-        connection = self._connect()
-        with connection:
-            connection.executemany("INSERT OR REPLACE INTO swaps (key, context, data) VALUES (?, ?, ?)", rows)
+        self._write(lambda c: c.executemany("INSERT OR REPLACE INTO swaps (key, context, data) VALUES (?, ?, ?)",
+                                            rows))
 
     def get_swaps(self, context: str, captions: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
         """{caption: [(swapped caption, type), ...]} of those `captions` with swaps under `context`."""
@@ -208,18 +250,21 @@ class KnowledgeCache:
         source = Path(other) / self.FILENAME
         if not source.is_file():
             raise FileNotFoundError(f"no knowledge cache in {other} ({source} does not exist)")
+
+        def copy(connection: sqlite3.Connection) -> int:
+            before = connection.total_changes
+            connection.execute("INSERT OR REPLACE INTO knowledge SELECT * FROM other.knowledge")
+            copied = connection.total_changes - before
+            for table in ("meta", "labels", "swaps"):
+                connection.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM other.{table}")
+            return copied
+
         connection = self._connect()
         connection.execute("ATTACH DATABASE ? AS other", [str(source)])
         try:
-            with connection:
-                before = connection.total_changes
-                connection.execute("INSERT OR REPLACE INTO knowledge SELECT * FROM other.knowledge")
-                copied = connection.total_changes - before
-                for table in ("meta", "labels", "swaps"):
-                    connection.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM other.{table}")
+            return self._write(copy)
         finally:
             connection.execute("DETACH DATABASE other")
-        return copied
 
     def close(self) -> None:
         if self._connection is not None and self._connection_pid == os.getpid():
@@ -237,6 +282,25 @@ class KnowledgeCache:
 
     def __repr__(self) -> str:
         return f"KnowledgeCache('{self.cache_dir}', version='{self.version}')"
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Switch the database to WAL unless it is already (the mode is stored in the file: set once, by its maker)."""
+    if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _transaction(connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """work(connection) between BEGIN IMMEDIATE and COMMIT; rolled back if anything in it fails."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(connection)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
 
 
 def knowledge_for(captions: Sequence[str], cache: KnowledgeCache | None = None, *, batch_size: int = 256,

@@ -12,6 +12,9 @@ Three pre-training objectives read caption structure, all of it produced here by
 All spans are character offsets into the caption exactly as given, so `caption[start:end]` is the element's
 text and the tokenizer's offsets line up with them.
 
+This module stays whole (~430 lines, the rule book below included) so that each rule and the function
+that applies it are read together; the record, the parse repairs, the grammar and the cache are apart.
+
 Extraction rules (on spaCy's dependency parse; labels are lower-cased)
 ---------------------------------------------------------------------
 objects      every NOUN / PROPN that heads its phrase (not a compound/amod/nmod/nummod modifier of another

@@ -32,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from structvl.config import load_config
-from structvl.data.formats import read_annotations, read_class_list
+from structvl.data.formats import read_annotations
+from structvl.data.formats.classification import read_class_list
 from structvl.engine.checkpoint import load_run_model
 from structvl.lab.diagnostics.knowledge_probe import clip_labels
 from structvl.models.video_encoder import VideoEncoder

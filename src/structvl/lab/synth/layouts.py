@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structvl.data.formats_qa import write_mcqa_csv
+from structvl.data.formats.qa import write_mcqa_csv
 from structvl.data.records import VideoRecord
 from structvl.lab.synth.evalsets import hard_negatives, multiple_choice, open_questions
 from structvl.lab.synth.plan import STREAM_EVAL, Caption, Clip, UntrimmedVideo
@@ -205,7 +205,7 @@ def write_localization(files: CorpusFiles, videos: list[UntrimmedVideo], fps: in
     """localization/activitynet13.json (ActivityNet-1.3 temporal action localization ground truth) and
     localization/activitynet_captions_{split}.json (ActivityNet Captions dense-captioning layout). Both name
     videos by id; the files are untrimmed/{id}.mp4. Each ActivityNet-1.3 entry also carries that file name
-    as "video" (relative to untrimmed/), which `structvl.data.formats.read_localization` prefers to its
+    as "video" (relative to untrimmed/), which `structvl.data.formats.localization.read_localization` prefers to its
     ActivityNet default of 'v_{id}.mp4'."""
     database = {
         v.video_id: {"subset": ACTIVITYNET_SUBSETS[v.split], "duration": _seconds(v.num_frames, fps), "url": "",

@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from structvl.data.formats import (
-    AnnotationError,
+from structvl.data.formats.common import (
     atomic_text_writer,
     field_value,
     load_json,
-    read_msvd_mapping,
     read_table,
     require,
     skip_item,
     to_number,
 )
-from structvl.data.records import VideoRecord
+from structvl.data.formats.msvd import read_msvd_mapping
+from structvl.data.records import AnnotationError, VideoRecord
 
 __all__ = ["read_activitynetqa", "read_mcqa", "read_nextqa", "read_openqa", "read_tgifqa", "write_mcqa_csv",
            "write_openqa_json"]

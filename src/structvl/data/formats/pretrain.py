@@ -1,5 +1,5 @@
 """Readers of the web-scale pre-training corpora that are not clip-caption benchmarks (registered in
-`formats.annotation_readers`; the rules every reader follows are in formats.py's docstring):
+`structvl.data.formats.ANNOTATION_READERS`; the rules every reader follows are in that package's docstring):
 
     howto100m   ASR segments, HowTo100M's `caption.json`: {video_id: {"start": [...], "end": [...], "text": [...]}},
                 one record per segment: the video's [start, end] window with the spoken text as its caption
@@ -14,8 +14,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from structvl.data.formats import (
-    AnnotationError,
+from structvl.data.formats.common import (
     clean_caption,
     load_json,
     read_table,
@@ -24,7 +23,7 @@ from structvl.data.formats import (
     text_lines,
     to_number,
 )
-from structvl.data.records import VideoRecord
+from structvl.data.records import AnnotationError, VideoRecord
 
 
 def read_howto100m(path: Path, issues: list, *, video_ext: str = "mp4") -> list[VideoRecord]:
