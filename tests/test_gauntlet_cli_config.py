@@ -321,8 +321,8 @@ def test_every_run_config_key_has_a_rule():
 
 def test_every_protocol_key_has_a_rule():
     leaves = leaf_keys(FinetuneConfig)
-    free = {k for k in leaves if k.split(".")[-1] in ("options", "train_options", "test_options", "train", "test",
-                                                      "videos")}  # reader options and files: checked on reading
+    free = {k for k in leaves if k.split(".")[-1] in ("options", "train_options", "test_options", "val_options",
+                                                      "train", "test", "val", "videos")}  # checked on reading
     unruled = {k for k, t in leaves.items() if t is not bool and k not in free and k not in TASK_RULES}
     assert unruled == set()
     assert set(TASK_RULES) <= set(leaves)

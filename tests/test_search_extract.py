@@ -23,6 +23,7 @@ from structvl.search.extract import ExtractOptions, extract_embeddings, plan_ent
 from structvl.search.index import index_embeddings
 from structvl.search.query import Searcher
 from structvl.search.store import EmbeddingStore
+from structvl.tasks.eval_data import eval_annotations
 from structvl.tasks.evaluate import eval_loader, load_run_model
 from structvl.tasks.retrieval import embed_texts, embed_videos, metrics_from_ranks, ranks_blockwise
 
@@ -81,7 +82,7 @@ def test_exact_search_ranks_as_eval_retrieval(search_run, tmp_path, dtype):
     # The evaluation's own embeddings and ranks, recomputed the way `structvl eval` computes them.
     model, cfg, _ = load_run_model(run)
     tokenizer = Tokenizer(cfg.model.text.max_length)
-    records = read_annotations(cfg.data.format, corpus / cfg.eval.split)
+    records = read_annotations(cfg.data.format, corpus / eval_annotations(cfg))
     autocast = autocast_dtype(cfg.train.precision, torch.device("cpu"))
     video, kept = embed_videos(model, eval_loader(records, cfg, corpus, tokenizer), torch.device("cpu"), autocast)
     text = embed_texts(model, tokenizer, captions, torch.device("cpu"), autocast_dtype=autocast)

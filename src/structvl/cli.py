@@ -286,7 +286,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         load_config(known[name][1], list(args.overrides))
     return run_demo(out=args.out, quick=args.quick, data=args.data, seeds=args.seeds, recipes=recipes,
                     overrides=args.overrides, use_existing_data=args.use_existing_data,
-                    overwrite_data=args.overwrite_data)
+                    overwrite_data=args.overwrite_data, split=args.split, generalize=args.generalize)
 
 
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
@@ -320,6 +320,9 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=output_file, default=None, help="metrics.json path (default: beside the checkpoint)")
     p.add_argument("--config", default="finetune/structured",
                    help="downstream protocol file (configs/finetune/*.yaml) for the downstream tasks")
+    p.add_argument("--split", choices=["test", "val"], default=None,
+                   help="the structured corpus's split to evaluate on (default: the run's eval.split); choices are "
+                        "made on val, results reported on test")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="protocol overrides, e.g. openqa.epochs=5")
     p.set_defaults(func=_cmd_eval)
 
@@ -355,6 +358,12 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
                    help="replace a corpus at --data generated with other arguments by the demo's own")
     p.add_argument("--quick", action="store_true", help="same pipeline on a 400-clip corpus at 60 steps (smoke test)")
     p.add_argument("--seeds", type=number(1, 100), default=1, help="seeds per recipe; the table shows mean ± std")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="evaluation split: make every choice (weights, options, budgets, which ablation is a paper's "
+                        "recipe) on val (runs and report in OUT-val); report test, once per recipe (default)")
+    p.add_argument("--generalize", action="store_true",
+                   help="also evaluate each trained model zero-shot (retrieval, hard negatives) on an unseen corpus "
+                        "generated beside --data (DATA-unseen: the next seed, held-out colour-shape pairs)")
     p.add_argument("--recipes", default=None,
                    help="comma-separated recipe names (default: all; see structvl.lab.demo.RECIPES)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

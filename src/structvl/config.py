@@ -374,8 +374,13 @@ class CloverConfig:
 # ----------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalConfig:
-    split: str = "eval/retrieval_test.jsonl"  # retrieval annotations (relative to data.root)
-    hard_negatives: Optional[str] = "eval/hard_negatives.jsonl"
+    # "test" | "val": that split of the structured corpus, its retrieval and hard-negative sets and the downstream
+    # protocol files of that split (choices are made on val, results reported on test); any other value is a
+    # retrieval annotation file relative to data.root. See structvl.tasks.eval_data.
+    split: str = "test"
+    # "auto": the split's own hard negatives (eval/hard_negatives.jsonl for test, eval/hard_negatives_val.jsonl for
+    # val; for an annotation file eval/hard_negatives.jsonl when it exists); else a file under data.root; null: none.
+    hard_negatives: Optional[str] = "auto"
     num_frames: int = 8
     sampling: str = "uniform"
     batch_size: int = 64

@@ -2,6 +2,12 @@
 
 corpus (generated if absent) -> pre-train each recipe for each seed -> zero-shot retrieval and hard-negative
 accuracy -> a table on stdout, `metrics.json` and `report.html` in the output directory.
+
+Choices are made on val, results reported on test: `--split val` evaluates every measure (retrieval, hard
+negatives, the papers' measures, the downstream protocol) on the corpus's val split, in OUT-val, and is the table to
+look at when choosing a weight, an option, a budget or which ablation is a paper's recipe; the default `--split
+test` makes the reported table, once per recipe. `--generalize` adds zero-shot retrieval and hard negatives of each
+trained model on an unseen corpus (another seed, held-out colour-shape pairs; `unseen_corpus_arguments`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from structvl.lab.report import examples_section, grounding_section, write_repor
 from structvl.lab.synth.corpus import structured_corpus
 from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.downstream import run_suite
-from structvl.tasks.evaluate import hold_eval_clips, pretrain_and_evaluate
+from structvl.tasks.evaluate import evaluate_model, hold_eval_clips, pretrain_and_evaluate
 from structvl.tasks.finetuning import pick_device
 from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
 from structvl.tasks.task_config import load_task_config
@@ -94,6 +100,37 @@ DOWNSTREAM_REFERENCE = {"mcqa/accuracy": "mcqa/chance", "openqa/accuracy": "open
                         "temporal/scene_change_acc": "temporal/scene_change_chance"}  # random frame labels
 
 
+# --generalize: each trained model, zero-shot, on an unseen corpus: another seed, and colour-shape pairs that never
+# appear in its training split (`structvl synth --holdout-compositions`; they are shown in its test split only). Only
+# retrieval and hard negatives (no head is trained there), as the columns `unseen:<column>`.
+UNSEEN_PREFIX = "unseen:"
+UNSEEN_COLUMNS = ["retrieval/t2v/R@1", "retrieval/t2v/R@5", "retrieval/v2t/R@1", "hard_negative/overall",
+                  "hard_negative/shape", "hard_negative/colour", "hard_negative/size", "hard_negative/action",
+                  "hard_negative/relation"]
+
+
+def unseen_corpus_arguments(corpus: dict) -> dict:
+    """The unseen corpus of a demo corpus: the same size and clips, the next seed, held-out compositions, no
+    untrimmed videos (only retrieval and hard negatives are measured on it)."""
+    return {**corpus, "seed": corpus["seed"] + 1, "holdout_compositions": True, "num_untrimmed": 0}
+
+
+def unseen_metrics(run_dir: Path, unseen: Path, split: str) -> dict[str, float]:
+    """Zero-shot retrieval and hard negatives of a finished run on the unseen corpus's `split`, keys prefixed with
+    UNSEEN_PREFIX; kept in the run's metrics.json and reused from there (a run trained again rewrites that file)."""
+    path = Path(run_dir) / "metrics.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if any(k.startswith(UNSEEN_PREFIX) for k in saved):
+        return {k: v for k, v in saved.items() if k.startswith(UNSEEN_PREFIX)}
+    model, cfg, _ = load_run_model(run_dir)
+    cfg.eval.split = split
+    device = pick_device(cfg)
+    metrics = evaluate_model(model.to(device), cfg, build_tokenizer(cfg.model.text), device, data_root=unseen)
+    out = {f"{UNSEEN_PREFIX}{k}": v for k, v in metrics.items()}
+    write_json_merged(path, out)
+    return out
+
+
 def downstream_metrics(run_dir: Path, data: Path, pretrain_metrics: dict) -> dict[str, float]:
     """Run the downstream suite (DOWNSTREAM_CONFIG) on a finished run, and S-ViLM's grounding / scene-change
     evaluation where pre-training did not already (it works for any model, so the baseline is measured on the
@@ -158,8 +195,14 @@ def aggregate(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
             for k in sorted(keys) if all(isinstance(m[k], (int, float)) for m in per_seed)}
 
 
+def table_columns(rows: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """TABLE_COLUMNS, then the unseen corpus's (--generalize), those any row has."""
+    known = TABLE_COLUMNS + [f"{UNSEEN_PREFIX}{c}" for c in UNSEEN_COLUMNS]
+    return [c for c in known if any(c in r for r in rows.values())]
+
+
 def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[str, float]) -> str:
-    columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
+    columns = table_columns(rows)
     short = [c.replace("retrieval/", "").replace("hard_negative/blind/", "hn_blind/")
              .replace("hard_negative/static/", "hn_static/").replace("hard_negative/balanced/", "hn_bal/")
              .replace("hard_negative/", "hn/")
@@ -168,33 +211,48 @@ def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[s
              .replace("pointing_best_patch", "best_patch").replace("temporal/scene_change_acc", "scene_chg")
              .replace("clover_mlm/", "mlm/") for c in columns]
     width = max(len(label) for label in list(rows) + ["chance"]) + 2
-    lines = ["".join([f"{'recipe':<{width}}"] + [f"{s:>14}" for s in short])]
+    cell = [max(14, len(s) + 1) for s in short]
+    lines = ["".join([f"{'recipe':<{width}}"] + [f"{s:>{w}}" for s, w in zip(short, cell)])]
     for label, values in rows.items():
-        cells = [f"{values[c][0]:>8.1f}±{values[c][1]:<5.1f}" if c in values else f"{'-':>14}" for c in columns]
+        cells = [f"{values[c][0]:>{w - 6}.1f}±{values[c][1]:<5.1f}" if c in values else f"{'-':>{w}}"
+                 for c, w in zip(columns, cell)]
         lines.append(f"{label:<{width}}" + "".join(cells))
-    lines.append(f"{'chance':<{width}}" + "".join(f"{chance.get(c, float('nan')):>14.1f}" for c in columns))
+    lines.append(f"{'chance':<{width}}" + "".join(f"{chance.get(c, float('nan')):>{w}.1f}"
+                                                 for c, w in zip(columns, cell)))
     return "\n".join(lines)
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Path = "data/structured",
              seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None,
-             use_existing_data: bool = False, overwrite_data: bool = False) -> int:
+             use_existing_data: bool = False, overwrite_data: bool = False, split: str = "test",
+             generalize: bool = False) -> int:
     """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
     recipe (e.g. `train.max_steps=150` for a shorter ablation budget). A corpus at `data` generated with other
     arguments is refused unless `use_existing_data` (run on it as it is) or `overwrite_data` (replace it).
     A run directory of a recipe that holds an unfinished run of the same config and code resumes it; one that
     holds a run of another config or made by other code (`same_code`) is moved aside (engine/run_dir.py), never
-    deleted."""
+    deleted. split: "test" (the reported table) or "val" (the table choices are made on; its runs and report go to
+    OUT-val, so a val table never replaces the test one). generalize: also the unseen corpus's columns
+    (`unseen_metrics`)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t_start = time.perf_counter()
     out, data = Path(out), Path(data)
+    if split != "test":
+        out = out.with_name(f"{out.name}-{split}")
     if quick:
         data = data.with_name(data.name + "-quick")
     corpus = QUICK_CORPUS if quick else FULL_CORPUS
     print(f"[1/3] structured corpus at {data}", flush=True)
     corpus = structured_corpus(data, {**corpus, "seed": 0}, use_existing_data, overwrite_data,
                                hint="pass --use-existing-data to run the demo on it, or --overwrite-data to replace it")
+    unseen = data.with_name(f"{data.name}-unseen")
+    if generalize:  # made (or reused, when complete with these arguments) before any training
+        print(f"[1/3] unseen corpus at {unseen}", flush=True)
+        structured_corpus(unseen, unseen_corpus_arguments(corpus), overwrite=overwrite_data,
+                          hint="pass --overwrite-data to replace it")
 
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     runs: dict[str, list[Path]] = {}
@@ -208,9 +266,13 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
         for seed in range(seeds):
             run_dir = out / name / f"seed{seed}"
             print(f"[2/3] pre-training '{label}' seed {seed} -> {run_dir}", flush=True)
-            cfg = load_config(config, [f"data.root={data}", f"train.seed={seed}"]
+            cfg = load_config(config, [f"data.root={data}", f"train.seed={seed}", f"eval.split={split}"]
                               + (QUICK_OVERRIDES if quick else []) + list(overrides or []))
             metrics = recipe_run(cfg, run_dir, data)
+            if generalize:
+                metrics = {**metrics, **unseen_metrics(run_dir, unseen, split)}
+            else:  # a run reused from a --generalize demo: its unseen columns are not part of this table
+                metrics = {k: v for k, v in metrics.items() if not k.startswith(UNSEEN_PREFIX)}
             per_recipe_seed.setdefault(label, []).append(metrics)
             runs.setdefault(label, []).append(run_dir)
         rows[label] = aggregate(per_recipe_seed[label])
@@ -221,10 +283,14 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
         else "retrieval/chance/"  # a run made before video->text's own chance was reported
     chance.update({k.replace(v2t_chance, "retrieval/v2t/"): v for k, v in first.items() if k.startswith(v2t_chance)})
     chance.update({c: 50.0 for c in TABLE_COLUMNS if c.startswith("hard_negative/")})
+    if generalize:  # a random ranking of the unseen corpus's videos; 50% for its hard negatives
+        chance.update({f"{UNSEEN_PREFIX}{c}": 50.0 if c.startswith("hard_negative/") else
+                       first.get(f"{UNSEEN_PREFIX}{c}".replace("/t2v/", "/chance/").replace("/v2t/", "/chance_v2t/"),
+                                 float("nan")) for c in UNSEEN_COLUMNS})
     references = {k: v for per_seed in per_recipe_seed.values() for k, v in per_seed[0].items()}  # any recipe's
     chance.update({c: references[ref] for c, ref in DOWNSTREAM_REFERENCE.items() if ref in references})
 
-    print("[3/3] evaluation (zero-shot, test split)", flush=True)
+    print(f"[3/3] evaluation (zero-shot, {split} split)", flush=True)
     table = format_table(rows, chance)
     print(table)
     baseline_label = next(iter(rows))
@@ -242,9 +308,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
         group_model, group_cfg, _ = load_run_model(run_dirs[0])
         if group_cfg.model.video.num_group_tokens:
             examples += grounding_section(group_model, group_cfg, build_tokenizer(group_cfg.model.text), data)
-    columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
-    notes = (f"Corpus: {data} ({corpus['num_clips']} clips). Seeds: {seeds}. Chance for retrieval is a random "
-             f"ranking of the {int(first.get('retrieval/num_videos', 0))} test videos; for hard negatives 50%. "
+    columns = table_columns(rows)
+    notes = (f"Corpus: {data} ({corpus['num_clips']} clips), evaluated on its {split} split. Seeds: {seeds}. Chance "
+             f"for retrieval is a random ranking of the {int(first.get('retrieval/num_videos', 0))} {split} videos; for hard negatives 50%. "
              f"Downstream ({DOWNSTREAM_CONFIG}, frozen encoder): MC-QA chance is one of five captions, open QA's "
              f"reference is the most frequent training answer, localization's a random detector.")
     report = write_report(out / "report.html", "structvl demo: pre-training on the structured corpus", rows,

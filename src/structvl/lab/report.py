@@ -23,7 +23,7 @@ from structvl.data.formats import read_annotations
 from structvl.data.sampling import sample_frame_indices
 from structvl.data.video import open_video
 from structvl.engine.logger import read_metrics_jsonl
-from structvl.tasks.eval_data import eval_loader
+from structvl.tasks.eval_data import eval_annotations, eval_loader
 from structvl.tasks.grounding import boxes_to_input, clip_groundings
 from structvl.tasks.retrieval import embed_texts, embed_videos
 
@@ -103,7 +103,7 @@ def _display_frames(path: Path, num_frames: int, backend: str) -> np.ndarray:
 def examples_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 8, top_k: int = 3) -> str:
     """Heatmap over the first test clips and, for a few captions, the top-k retrieved clips."""
 
-    records = read_annotations(cfg.data.format, data_root / cfg.eval.split)[: max(num_clips, 24)]
+    records = read_annotations(cfg.data.format, data_root / eval_annotations(cfg))[: max(num_clips, 24)]
     video_root = Path(cfg.data.videos) if cfg.data.videos else data_root
     device = next(model.parameters()).device
     video_embed, kept = embed_videos(model, eval_loader(records, cfg, video_root, tokenizer), device)
@@ -131,7 +131,7 @@ def grounding_section(model, cfg, tokenizer, data_root: Path, num_clips: int = 3
     """S-ViLM: for a few test clips, each noun phrase with the patches of the group it picks tinted on the
     frames (one frame per encoder time step), and the phrase's object box outlined in white."""
 
-    records = [r for r in read_annotations(cfg.data.format, data_root / cfg.eval.split)[:32]
+    records = [r for r in read_annotations(cfg.data.format, data_root / eval_annotations(cfg))[:32]
                if r.meta.get("phrases") and r.meta.get("objects")][:num_clips]
     if not records or not cfg.model.video.num_group_tokens:
         return ""
@@ -181,6 +181,7 @@ figure{margin:0;font-size:11px;max-width:300px}figure img{image-rendering:pixela
 # that it fits a 1280-px window (tests/test_report_layout.py): a "mean ± std" cell is about 85 px wide.
 TABLE_MAX_COLUMNS = 8
 TABLE_SECTIONS = (("retrieval/", "Zero-shot retrieval"), ("hard_negative/", "Hard-negative accuracy"),
+                  ("unseen:", "Unseen corpus (another seed, held-out colour-shape pairs): zero-shot"),
                   ("", "Downstream tasks and each paper's own measures"))
 
 
@@ -241,7 +242,10 @@ def write_report(path: Path, title: str, rows, columns, chance, runs: dict[str, 
         figures.append(f'<img src="{bar_chart_figure(rows, retrieval_keys, "zero-shot retrieval (%)")}">')
     if factor_keys:
         figures.append(f'<img src="{bar_chart_figure(rows, factor_keys, "hard-negative accuracy (%)", 50.0)}">')
-    other_keys = [c for c in columns if not c.startswith(("retrieval/", "hard_negative/"))]
+    unseen_keys = [c for c in columns if c.startswith("unseen:")]
+    if unseen_keys:
+        figures.append(f'<img src="{bar_chart_figure(rows, unseen_keys, "unseen corpus, zero-shot (%)")}">')
+    other_keys = [c for c in columns if not c.startswith(("retrieval/", "hard_negative/", "unseen:"))]
     if other_keys:  # downstream tasks and each paper's own measure (each read against its chance in the table)
         figures.append(f'<img src="{bar_chart_figure(rows, other_keys, "downstream and structure metrics (%)")}">')
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

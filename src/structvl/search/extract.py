@@ -44,6 +44,7 @@ from structvl.engine.checkpoint import latest_checkpoint
 from structvl.runtime.precision import autocast, autocast_dtype, dtype_name
 from structvl.search.store import DTYPES, EmbeddingStore, file_sha256
 from structvl.tasks.downstream import pick_device
+from structvl.tasks.eval_data import eval_annotations
 from structvl.tasks.evaluate import eval_loader, load_run_model
 from structvl.tasks.features import ClipViews, collate_views
 from structvl.tasks.retrieval import embed_texts, embed_videos
@@ -82,7 +83,7 @@ def read_collection(data: str | Path, fmt: str | None, videos: str | Path | None
     if not data.exists():
         raise ConfigError(f"--data {data}: no such file or directory")
     if data.is_dir() and (data / "corpus.json").exists():
-        records, root, kind = read_annotations(cfg.data.format, data / cfg.eval.split), data, "corpus"
+        records, root, kind = read_annotations(cfg.data.format, data / eval_annotations(cfg)), data, "corpus"
     elif data.is_dir():  # the directory is the video root (--videos is for annotation files)
         root, kind = data, "directory"
         records = [VideoRecord(video_id=str(p.relative_to(data)), video=str(p.relative_to(data)))

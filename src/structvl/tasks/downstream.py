@@ -14,7 +14,6 @@ run's metrics.json.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -25,6 +24,7 @@ import torch
 from structvl.engine.checkpoint import load_run_model
 from structvl.models.text_encoder import build_tokenizer, paragraph_tokenizer
 from structvl.runtime.precision import autocast_dtype
+from structvl.tasks.eval_data import eval_split_name
 from structvl.tasks.evaluate import evaluate_retrieval
 from structvl.tasks.features import FeatureCache
 from structvl.tasks.finetune_retrieval import paragraph_records, run_finetune_retrieval
@@ -32,7 +32,7 @@ from structvl.tasks.finetuning import pick_device
 from structvl.tasks.localization import run_localization
 from structvl.tasks.qa import run_mcqa, run_openqa
 from structvl.tasks.recognition import run_recognition
-from structvl.tasks.task_config import TASKS, load_task_config, read_task_records, video_root
+from structvl.tasks.task_config import TASKS, load_task_config, on_split, read_task_records, video_root
 
 log = logging.getLogger("structvl")
 
@@ -65,7 +65,7 @@ def run_task(name: str, model, run_cfg, task_cfg, root, *, finetune: bool = Fals
     cache = cache or FeatureCache(model, device, batch_size=task_cfg.batch_size, num_workers=task_cfg.num_workers,
                                   autocast_dtype=autocast_dtype(run_cfg.train.precision, device))
     tokenizer = tokenizer or build_tokenizer(run_cfg.model.text)
-    task = copy.deepcopy(getattr(task_cfg, name))
+    task = on_split(getattr(task_cfg, name), eval_split_name(run_cfg))  # eval.split=val: the protocol's val files
     seed = task_cfg.seed
     if name == "retrieval":
         if not finetune:  # the frozen protocol for retrieval is the zero-shot one of `structvl eval`
@@ -131,6 +131,7 @@ def downstream_from_cli(args, finetune: bool) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     task_cfg = load_task_config(args.config, list(getattr(args, "overrides", []) or []))  # checked before any work
     model, run_cfg, run_dir = load_run_model(args.checkpoint)
+    run_cfg.eval.split = getattr(args, "split", None) or run_cfg.eval.split  # `structvl eval --split val|test`
     root = Path(args.data or task_cfg.root or run_cfg.data.root)
     device = pick_device(run_cfg)
     model.to(device)

@@ -1,5 +1,12 @@
-"""The test clips every zero-shot evaluation reads: the run's `eval.split`, a deterministic loader over them, and
-`EvalClips`, which decodes and encodes them once for all the measures of one model."""
+"""The clips every zero-shot evaluation reads: the run's `eval.split`, a deterministic loader over them, and
+`EvalClips`, which decodes and encodes them once for all the measures of one model.
+
+`eval.split` names one of the structured corpus's evaluation splits (`EVAL_SPLITS`: "val" for every choice,
+"test" for the reported numbers; `structvl synth` writes both in full), or is a retrieval annotation file
+relative to the corpus root (another dataset, or a run config saved before split names existed). The split's
+name selects its retrieval clips, its hard negatives (`eval.hard_negatives: auto`) and, in
+`structvl.tasks.task_config.on_split`, the downstream protocol files of that split.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +39,35 @@ def eval_loader(records, cfg: RunConfig, video_root, tokenizer, batch_size: int 
                             num_workers=min(cfg.data.num_workers, 2) if num_workers is None else num_workers)
 
 
+# The structured corpus's evaluation files of each split, relative to its root (lab/synth/layouts.py writes them).
+EVAL_SPLITS = {
+    "test": {"retrieval": "eval/retrieval_test.jsonl", "hard_negatives": "eval/hard_negatives.jsonl"},
+    "val": {"retrieval": "eval/retrieval_val.jsonl", "hard_negatives": "eval/hard_negatives_val.jsonl"},
+}
+# `eval.hard_negatives: auto` with `eval.split` an annotation file: the test split's file, read when it exists.
+DEFAULT_HARD_NEGATIVES = EVAL_SPLITS["test"]["hard_negatives"]
+
+
+def eval_split_name(cfg: RunConfig) -> str | None:
+    """"val" or "test" when `eval.split` names a split of the structured corpus, None for an annotation file."""
+    return cfg.eval.split if cfg.eval.split in EVAL_SPLITS else None
+
+
+def eval_annotations(cfg: RunConfig) -> str:
+    """The retrieval annotation file of `eval.split`, relative to the corpus root."""
+    name = eval_split_name(cfg)
+    return EVAL_SPLITS[name]["retrieval"] if name else cfg.eval.split
+
+
+def hard_negatives_file(cfg: RunConfig) -> str | None:
+    """The hard-negative file to read (relative to the corpus root), or None: `eval.hard_negatives` as given, or
+    with "auto" the split's own file (the test split's for an annotation file)."""
+    if cfg.eval.hard_negatives != "auto":
+        return cfg.eval.hard_negatives or None
+    name = eval_split_name(cfg)
+    return EVAL_SPLITS[name]["hard_negatives"] if name else DEFAULT_HARD_NEGATIVES
+
+
 def test_video_root(cfg: RunConfig, data_root: str | Path | None = None) -> Path:
     """Where the corpus's videos are: `data.videos`, else the corpus directory (`data_root` or `data.root`)."""
     return Path(cfg.data.videos) if cfg.data.videos else Path(data_root or cfg.data.root)
@@ -39,7 +75,7 @@ def test_video_root(cfg: RunConfig, data_root: str | Path | None = None) -> Path
 
 def test_records(cfg: RunConfig, data_root: str | Path | None = None) -> list:
     """The records of `eval.split` under `data_root` (default: the run's `data.root`)."""
-    return read_annotations(cfg.data.format, Path(data_root or cfg.data.root) / cfg.eval.split)
+    return read_annotations(cfg.data.format, Path(data_root or cfg.data.root) / eval_annotations(cfg))
 
 
 def _to_cpu(out: VideoEmbedding) -> VideoEmbedding:

@@ -20,7 +20,7 @@ from structvl.engine.pretrain import run_pretraining
 from structvl.models.text_encoder import build_tokenizer
 from structvl.runtime.distributed import barrier, cleanup
 from structvl.runtime.precision import autocast_dtype
-from structvl.tasks.eval_data import EvalClips, eval_loader, test_video_root
+from structvl.tasks.eval_data import EvalClips, eval_annotations, eval_loader, hard_negatives_file, test_video_root
 from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
 from structvl.tasks.hard_negative import hard_negative_metrics
 from structvl.tasks.knowledge_prediction import evaluate_knowledge_prediction
@@ -50,15 +50,16 @@ def evaluate_retrieval(model, cfg: RunConfig, tokenizer, records, video_root, de
 
 def evaluate_model(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
                    data_root: str | Path | None = None, clips: EvalClips | None = None) -> dict[str, float]:
-    """Retrieval on `eval.split` and, when the corpus has them, hard negatives on `eval.hard_negatives`.
+    """Retrieval on `eval.split` and, when the corpus has them, that split's hard negatives (`eval.hard_negatives`).
     clips: the split's clips for this model (`hold_eval_clips`); by default made here when the split fits."""
     root = Path(data_root or cfg.data.root)
     video_root = test_video_root(cfg, root)
     clips = clips if clips is not None else hold_eval_clips(model, cfg, tokenizer, device, root)
-    records = clips.records if clips is not None else read_annotations(cfg.data.format, root / cfg.eval.split)
+    records = clips.records if clips is not None else read_annotations(cfg.data.format, root / eval_annotations(cfg))
     metrics = evaluate_retrieval(model, cfg, tokenizer, records, video_root, device, clips=clips)
-    if cfg.eval.hard_negatives and (root / cfg.eval.hard_negatives).exists():
-        metrics.update(hard_negative_metrics(model, cfg, tokenizer, root / cfg.eval.hard_negatives, video_root,
+    hard_negatives = hard_negatives_file(cfg)
+    if hard_negatives and (root / hard_negatives).exists():
+        metrics.update(hard_negative_metrics(model, cfg, tokenizer, root / hard_negatives, video_root,
                                              device, eval_loader, clips=clips))
     return metrics
 
@@ -157,6 +158,7 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
 
 def evaluate_from_cli(args) -> int:
     model, cfg, run_dir = load_run_model(args.checkpoint)
+    cfg.eval.split = getattr(args, "split", None) or cfg.eval.split  # --split val|test
     tokenizer = build_tokenizer(cfg.model.text)
     data = Path(args.data)
     if data.is_dir():  # a structured-corpus directory: its eval split (+ hard negatives for that task)

@@ -52,7 +52,7 @@ from structvl.models.video_encoder import VideoEncoderOutput
 from structvl.objectives.svilm import cut_and_paste, embed_phrases, reverse_steps
 from structvl.runtime.nonfinite import NonFiniteTally
 from structvl.runtime.precision import autocast, autocast_dtype
-from structvl.tasks.eval_data import eval_loader
+from structvl.tasks.eval_data import eval_annotations, eval_loader
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
@@ -60,7 +60,7 @@ def _autocast(cfg: RunConfig, device: torch.device):
 
 
 def _all_test_records(cfg: RunConfig, data_root: Path):
-    return read_annotations(cfg.data.format, data_root / cfg.eval.split)
+    return read_annotations(cfg.data.format, data_root / eval_annotations(cfg))
 
 
 def _test_records(cfg: RunConfig, data_root: Path):

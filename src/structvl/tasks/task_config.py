@@ -11,6 +11,7 @@ Paths are relative to the dataset root (`root`, or `--data` on the command line)
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +28,19 @@ TASKS = ("retrieval", "mcqa", "openqa", "recognition", "localization")
 
 @dataclass
 class TaskData:
-    """A task's annotation files. `options` are the format reader's keyword options (for both splits);
-    `train_options` / `test_options` add split-specific ones (e.g. `subset: training` of one json)."""
+    """A task's annotation files. `options` are the format reader's keyword options (for every split);
+    `train_options` / `test_options` / `val_options` add split-specific ones (e.g. `subset: training` of one json).
+    `val` is the validation split's file, read in place of `test` when the run evaluates on val (`eval.split=val`,
+    `on_split`): every choice is made there, and test is read once per result."""
     format: str = "jsonl"
     train: Optional[str] = None
     test: str = ""
+    val: Optional[str] = None
     videos: Optional[str] = None  # video root, relative to the dataset root; default: the root
     options: dict = field(default_factory=dict)
     train_options: dict = field(default_factory=dict)
     test_options: dict = field(default_factory=dict)
+    val_options: dict = field(default_factory=dict)
     max_train: int = 0  # keep only the first N training items (0 = all): a budget knob for CPU demos
 
 
@@ -137,12 +142,29 @@ def load_task_config(path: str | Path, overrides: list[str] | None = None) -> Fi
         data = tree[task]["data"]
         accepted = [p.name for p in inspect.signature(readers[data["format"]]).parameters.values()
                     if p.kind is p.KEYWORD_ONLY]
-        for group in ("options", "train_options", "test_options"):
+        for group in ("options", "train_options", "test_options", "val_options"):
             unknown = [name for name in data[group] if name not in accepted]
             if unknown:
                 raise ConfigError(f"{path}: config key '{task}.data.{group}.{unknown[0]}': format "
                                   f"{data['format']!r} has no such option; options: {', '.join(accepted) or 'none'}")
     return OmegaConf.to_object(cfg)
+
+
+def on_split(task, split: str | None):
+    """A copy of a task section (RetrievalTask, QATask, ...) whose test files are those of `split`: "val" reads
+    `data.val` with `data.val_options` wherever a runner reads the test split; "test" or None (an `eval.split`
+    that names an annotation file) leaves it as it is. ConfigError when the protocol has no val file for the task:
+    a choice made on val must never silently read test."""
+    task = copy.deepcopy(task)
+    if split in (None, "test"):
+        return task
+    if split != "val":
+        raise ValueError(f"unknown evaluation split {split!r}")
+    if not task.data.val:
+        raise ConfigError(f"eval.split is 'val' but the downstream protocol gives this task no 'val' annotation "
+                          f"file (its test file: {task.data.test}); add data.val to evaluate it on val")
+    task.data.test, task.data.test_options = task.data.val, dict(task.data.val_options)
+    return task
 
 
 def read_task_records(data: TaskData, root: str | Path, split: str) -> list:

@@ -24,7 +24,7 @@ import torch
 from structvl.data.formats import read_annotations
 from structvl.engine.checkpoint import load_run_model
 from structvl.models.text_encoder import build_tokenizer
-from structvl.tasks.eval_data import eval_loader
+from structvl.tasks.eval_data import eval_annotations, eval_loader
 from structvl.tasks.retrieval import embed_texts, embed_videos, ranks_blockwise
 
 APPEARANCE = ("shape", "colour", "size")
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     objects = {r.video_id: r.meta["objects"] for r in read_annotations("jsonl", corpus / "test.jsonl")}
     for run in argv[1:]:
         model, cfg, _ = load_run_model(run)
-        records = read_annotations(cfg.data.format, corpus / cfg.eval.split)
+        records = read_annotations(cfg.data.format, corpus / eval_annotations(cfg))
         tokenizer = build_tokenizer(cfg.model.text)
         video_embed, kept = embed_videos(model.eval(), eval_loader(records, cfg, corpus, tokenizer), torch.device("cpu"))
         kept_records = [records[i] for i in kept]

@@ -21,16 +21,21 @@ Layout of `out_dir` (video paths in native records are relative to `out_dir`):
     untrimmed_{train,val,test}.jsonl  untrimmed records: segments [{start, end, label}], duration, one caption
                                       per segment (captions[k] describes segments[k])
     msrvtt/MSRVTT_data.json           MSR-VTT layout of the trimmed clips (split train/validate/test)
-    msrvtt/MSRVTT_JSFUSION_test.csv   one caption per test video (the 1k-A protocol)
+    msrvtt/MSRVTT_JSFUSION_{test,val}.csv   one caption per test (val) video (the 1k-A protocol)
     msrvtt/{train,val,test}_list.txt  video ids per split
     msrvtt/videos/video{N}.mp4        relative symlinks to ../../videos/{clip_id}.mp4
-    eval/retrieval_test.jsonl         one caption per test clip (native)
-    eval/hard_negatives.jsonl         {video_id, video, msrvtt_id, caption, negatives: {shape, colour, size,
+    eval/retrieval_{test,val}.jsonl   one caption per test (val) clip (native)
+    eval/hard_negatives.jsonl         test's {video_id, video, msrvtt_id, caption, negatives: {shape, colour, size,
                                       action, relation: [captions differing in exactly that factor]},
                                       changes: {factor: [[old value, new value] per negative]}}
-    eval/mc_test.csv                  MSRVTT-MC layout (tab-separated key vid_key video_id a1..a5 answer),
+    eval/hard_negatives_val.jsonl     the same for val
+    eval/mc_{test,val}.csv            MSRVTT-MC layout (tab-separated key vid_key video_id a1..a5 answer),
                                       answer 0-based
-    eval/openqa_{train,test}.json     MSRVTT-QA layout [{answer, id, question, video_id: N}]
+    eval/openqa_{train,val,test}.json MSRVTT-QA layout [{answer, id, question, video_id: N}]
+
+Val carries the same evaluation sets as test, from its own clips: choices (weights, options, budgets) are made on
+val (`eval.split=val`, `structvl demo --split val`), numbers are reported on test. With --holdout-compositions only
+test shows held-out colour-shape pairs: choosing on them would leak the generalisation test into the selection.
     actions/classes.txt, actions/{train,val,test}.jsonl   action recognition (clips with an unambiguous label)
     localization/activitynet13.json   ActivityNet-1.3 localization ground truth for the untrimmed videos
     localization/activitynet_captions_{train,val,test}.json   ActivityNet Captions layout

@@ -1,6 +1,16 @@
 """`generate_corpus`: plan, render and encode every video in parallel, then write all annotation files
 and, last, the manifest `corpus.json`.
 
+Validation: the corpus has always planned a val split (10% of the clips and untrimmed videos, `plan.split_sizes`),
+each clip from its own random stream (corpus seed, kind, split, index) and in its own files
+(videos/val_{k}.mp4, msrvtt/videos/video{N} with N of its own). Since version 1.1 it also carries test's whole
+evaluation suite (retrieval, hard negatives, MC and open QA, and as before recognition, localization and dense
+captions). Val was not drawn out of train, nor appended as new clips: either would have changed train's or test's
+content (a re-split moves clips, appended clips shift the MSR-VTT numbering); writing val's sets from val's own
+clips, and its MC items from a random stream of their own (`plan.STREAM_EVAL_VAL`), leaves every train and test
+file byte-identical for the same arguments (tests/test_synth_validation.py checks the digests). No clip and no video
+file is shared between splits: val's clips are disjoint from train's and test's by construction.
+
 The manifest is the commit point. While a corpus is being written the directory holds an `.incomplete`
 marker (naming the arguments) and no manifest, so a half-written corpus is never mistaken for a finished one.
 A call whose arguments match an existing manifest returns at once without touching anything.
@@ -25,6 +35,7 @@ from tqdm import tqdm
 
 from structvl.config import ConfigError
 from structvl.lab.synth.layouts import (
+    EVAL_FILES,
     MC_ANSWER_BASE,
     CorpusFiles,
     link_msrvtt_videos,
@@ -47,7 +58,10 @@ from structvl.lab.synth.scene import render_frames
 from structvl.lab.synth.video import encode_mp4
 from structvl.lab.synth.vocab import vocabularies
 
-GENERATOR_VERSION = "1.0"
+# 1.1: the val split carries the full evaluation suite (its own retrieval, hard-negative, MC, open-QA and 1k-A files);
+# every file 1.0 wrote is byte-identical for the same arguments (but the version in msrvtt/MSRVTT_data.json). A 1.0
+# corpus is refused (CorpusConflict) rather than used without val sets.
+GENERATOR_VERSION = "1.1"
 MANIFEST = "corpus.json"
 INCOMPLETE_MARKER = ".incomplete"
 OWNED_DIRS = ("videos", "untrimmed", "msrvtt", "eval", "actions", "localization")
@@ -243,13 +257,16 @@ def _annotation_guide() -> dict:
         "test": {"file": "test.jsonl", "format": "jsonl", "videos": "."},
         "untrimmed": {"files": [f"untrimmed_{s}.jsonl" for s in SPLITS], "format": "jsonl", "videos": "."},
         "msrvtt": {"file": "msrvtt/MSRVTT_data.json", "format": "msrvtt", "videos": "msrvtt/videos",
-                   "test_1k_a": "msrvtt/MSRVTT_JSFUSION_test.csv", "train_list": "msrvtt/train_list.txt"},
-        "retrieval_test": {"file": "eval/retrieval_test.jsonl", "format": "jsonl", "videos": "."},
-        "hard_negatives": {"file": "eval/hard_negatives.jsonl", "videos": "."},
-        "mc_test": {"file": "eval/mc_test.csv", "format": "mcqa", "videos": "msrvtt/videos",
-                    "answer_base": MC_ANSWER_BASE},
-        "openqa": {"files": ["eval/openqa_train.json", "eval/openqa_test.json"], "format": "openqa",
-                   "videos": "msrvtt/videos", "video_id": "N of msrvtt/videos/video{N}.mp4"},
+                   "test_1k_a": EVAL_FILES["test"]["retrieval_1k_a"], "val_1k_a": EVAL_FILES["val"]["retrieval_1k_a"],
+                   "train_list": "msrvtt/train_list.txt"},
+        **{f"retrieval_{s}": {"file": EVAL_FILES[s]["retrieval"], "format": "jsonl", "videos": "."}
+           for s in ("test", "val")},
+        "hard_negatives": {"file": EVAL_FILES["test"]["hard_negatives"], "videos": "."},
+        "hard_negatives_val": {"file": EVAL_FILES["val"]["hard_negatives"], "videos": "."},
+        **{f"mc_{s}": {"file": EVAL_FILES[s]["mc"], "format": "mcqa", "videos": "msrvtt/videos",
+                       "answer_base": MC_ANSWER_BASE} for s in ("test", "val")},
+        "openqa": {"files": ["eval/openqa_train.json", EVAL_FILES["val"]["openqa"], EVAL_FILES["test"]["openqa"]],
+                   "format": "openqa", "videos": "msrvtt/videos", "video_id": "N of msrvtt/videos/video{N}.mp4"},
         "action_recognition": {"classes": "actions/classes.txt",
                                "files": [f"actions/{s}.jsonl" for s in SPLITS], "format": "jsonl", "videos": ".",
                                "note": "use these native records (label field); no Kinetics csv is written, "

@@ -21,8 +21,9 @@ import numpy as np
 from structvl.data.formats.qa import write_mcqa_csv
 from structvl.data.records import VideoRecord
 from structvl.lab.synth.evalsets import hard_negatives, multiple_choice, open_questions
-from structvl.lab.synth.plan import STREAM_EVAL, Caption, Clip, UntrimmedVideo
+from structvl.lab.synth.plan import EVALUATED_SPLITS, STREAM_EVAL, STREAM_EVAL_VAL, Caption, Clip, UntrimmedVideo
 from structvl.lab.synth.vocab import ACTIONS
+from structvl.tasks.eval_data import EVAL_SPLITS
 
 MSRVTT_SPLIT_NAMES = {"train": "train", "val": "validate", "test": "test"}
 ACTIVITYNET_SUBSETS = {"train": "training", "val": "validation", "test": "testing"}
@@ -114,7 +115,7 @@ def write_native(files: CorpusFiles, clips: list[Clip], videos: list[UntrimmedVi
 
 # ----------------------------------------------------------------------------- MSR-VTT
 def write_msrvtt(files: CorpusFiles, clips: list[Clip], fps: int, version: str) -> None:
-    """MSRVTT_data.json (all splits), the JSFusion 1k-A style test csv (one caption per test video) and
+    """MSRVTT_data.json (all splits), the JSFusion 1k-A style csv of test and of val (one caption per video) and
     the split lists. `category` is the clip's action class index (actions/classes.txt order)."""
     clips = sorted(clips, key=lambda c: c.msrvtt_index)
     videos = [{"video_id": f"video{c.msrvtt_index}", "category": ACTIONS.index(c.action_label), "url": "",
@@ -125,10 +126,11 @@ def write_msrvtt(files: CorpusFiles, clips: list[Clip], fps: int, version: str) 
     info = {"contributor": "structvl.lab.synth", "description": "synthetic structured video-text corpus",
             "version": version, "categories": list(ACTIONS)}
     files.json("msrvtt/MSRVTT_data.json", {"info": info, "videos": videos, "sentences": sentences})
-    test = [c for c in clips if c.split == "test"]
-    files.csv("msrvtt/MSRVTT_JSFUSION_test.csv", ["key", "vid_key", "video_id", "sentence"],
-              [[f"ret{k}", f"msr{c.msrvtt_index}", f"video{c.msrvtt_index}", c.captions[0].text]
-               for k, c in enumerate(test)])
+    for split in ("test", "val"):
+        chosen = [c for c in clips if c.split == split]
+        files.csv(EVAL_FILES[split]["retrieval_1k_a"], ["key", "vid_key", "video_id", "sentence"],
+                  [[f"ret{k}", f"msr{c.msrvtt_index}", f"video{c.msrvtt_index}", c.captions[0].text]
+                   for k, c in enumerate(chosen)])
     for split in ("train", "val", "test"):
         files.text(f"msrvtt/{split}_list.txt",
                    "".join(f"video{c.msrvtt_index}\n" for c in clips if c.split == split))
@@ -153,35 +155,55 @@ def link_msrvtt_videos(root: Path, clips: list[Clip]) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluation sets
-def write_eval(files: CorpusFiles, clips: list[Clip], fps: int, seed: int) -> dict[str, int]:
-    """eval/: retrieval, hard negatives and multiple choice from the test split; open QA from train and test.
-    Returns the number of items per file."""
-    test = [c for c in clips if c.split == "test"]
-    files.jsonl("eval/retrieval_test.jsonl", [clip_record(c, fps, first_caption_only=True).to_dict() for c in test])
+# Per evaluation split: the files its sets go to (retrieval and hard negatives as `structvl.tasks.eval_data` reads
+# them), the MSR-VTT-style key prefix of its MC items and the random stream that draws them. Test's names and
+# stream are those of the corpus before val had its sets, so test's files did not change when val's were added.
+EVAL_FILES = {
+    split: {"retrieval": EVAL_SPLITS[split]["retrieval"], "hard_negatives": EVAL_SPLITS[split]["hard_negatives"],
+            "mc": f"eval/mc_{split}.csv", "openqa": f"eval/openqa_{split}.json",
+            "retrieval_1k_a": f"msrvtt/MSRVTT_JSFUSION_{split}.csv"}
+    for split in EVALUATED_SPLITS}
+MC_STREAMS = {"test": STREAM_EVAL, "val": STREAM_EVAL_VAL}
 
+
+def write_eval(files: CorpusFiles, clips: list[Clip], fps: int, seed: int) -> dict[str, int]:
+    """eval/: for each of val and test, retrieval, hard negatives, multiple choice and open QA of its clips (and
+    open QA of train, the answer head's training set). Returns the number of items per file."""
+    counts: dict[str, int] = {}
+    for split in ("test", "val"):  # test first: its counts keep their historical keys
+        counts.update(_write_split_eval(files, [c for c in clips if c.split == split], split, fps, seed))
+    for split in ("train", "test", "val"):
+        questions = [(question, answer, c.msrvtt_index)
+                     for c in clips if c.split == split for question, answer in open_questions(c.facts)]
+        path = f"eval/openqa_{split}.json" if split == "train" else EVAL_FILES[split]["openqa"]
+        files.json(path, [{"answer": answer, "id": qid, "question": question, "video_id": video}
+                          for qid, (question, answer, video) in enumerate(questions)])
+        counts[f"openqa_{split}"] = len(questions)
+    return counts
+
+
+def _write_split_eval(files: CorpusFiles, split_clips: list[Clip], split: str, fps: int,
+                      seed: int) -> dict[str, int]:
+    """Retrieval (one caption per clip), hard negatives and multiple choice of one evaluation split."""
+    names = EVAL_FILES[split]
+    files.jsonl(names["retrieval"], [clip_record(c, fps, first_caption_only=True).to_dict() for c in split_clips])
     rows, mc_items = [], []
-    for k, clip in enumerate(test):
+    for k, clip in enumerate(split_clips):
         caption, msrvtt_id = clip.captions[0], f"video{clip.msrvtt_index}"
         negatives, changes = hard_negatives(clip.scene, clip.facts, caption.wording)
         rows.append({"video_id": clip.clip_id, "video": clip.video, "msrvtt_id": msrvtt_id,
                      "caption": caption.text, "negatives": negatives, "changes": changes})
-        candidates, answer = multiple_choice(np.random.default_rng([seed, STREAM_EVAL, k]), caption.text, negatives)
+        rng = np.random.default_rng([seed, MC_STREAMS[split], k])
+        candidates, answer = multiple_choice(rng, caption.text, negatives)
         mc_items.append(VideoRecord(video_id=msrvtt_id, video=f"{msrvtt_id}.mp4", candidates=candidates,
                                     answer=answer, meta={"key": f"mc{k}", "vid_key": f"msr{clip.msrvtt_index}"}))
-    files.jsonl("eval/hard_negatives.jsonl", rows)
+    files.jsonl(names["hard_negatives"], rows)
     # The MSRVTT-MC layout is written by the reader's own module, so the two cannot drift apart.
-    files.external("eval/mc_test.csv", lambda path: write_mcqa_csv(mc_items, path, answer_base=MC_ANSWER_BASE))
-
-    counts = {"retrieval_test": len(test), "hard_negatives": len(rows),
-              "hard_negative_captions": sum(len(v) for r in rows for v in r["negatives"].values()),
-              "mc_test": len(mc_items)}
-    for split in ("train", "test"):
-        questions = [(question, answer, c.msrvtt_index)
-                     for c in clips if c.split == split for question, answer in open_questions(c.facts)]
-        files.json(f"eval/openqa_{split}.json", [{"answer": answer, "id": qid, "question": question, "video_id": video}
-                                                 for qid, (question, answer, video) in enumerate(questions)])
-        counts[f"openqa_{split}"] = len(questions)
-    return counts
+    files.external(names["mc"], lambda path: write_mcqa_csv(mc_items, path, answer_base=MC_ANSWER_BASE))
+    suffix = "" if split == "test" else f"_{split}"
+    return {f"retrieval_{split}": len(split_clips), f"hard_negatives{suffix}": len(rows),
+            f"hard_negative_captions{suffix}": sum(len(v) for r in rows for v in r["negatives"].values()),
+            f"mc_{split}": len(mc_items)}
 
 
 # ----------------------------------------------------------------------------- actions and localization

@@ -17,8 +17,12 @@ from structvl.lab.synth.vocab import ACTIONS, COLOURS, SHAPES
 SPLITS = ("train", "val", "test")
 EVAL_FRACTION = 0.1  # of the clips (and of the untrimmed videos) for each of val and test
 
-# Independent random streams of one corpus seed.
-STREAM_HOLDOUT, STREAM_CLIPS, STREAM_UNTRIMMED, STREAM_EVAL = range(4)
+# Independent random streams of one corpus seed. STREAM_EVAL draws the test split's multiple-choice items and
+# STREAM_EVAL_VAL the val split's: a stream of its own, so adding val's evaluation sets left test's unchanged.
+STREAM_HOLDOUT, STREAM_CLIPS, STREAM_UNTRIMMED, STREAM_EVAL, STREAM_EVAL_VAL = range(5)
+# The splits that carry the full evaluation suite (retrieval, hard negatives, QA, recognition, localization):
+# val for every choice (weights, options, budgets), test for the reported numbers.
+EVALUATED_SPLITS = ("val", "test")
 
 NUM_OBJECTS = {1: 0.3, 2: 0.45, 3: 0.25}
 P_SINGLE_ACTOR = 0.35  # multi-object clips where every object but the first stays still
@@ -140,6 +144,8 @@ def _captions(rng: np.random.Generator, scene: Scene, count: int) -> list[Captio
 def plan_clip(seed: int, split: str, index: int, msrvtt_index: int, frame: int, num_frames: int,
               heldout: list[tuple[str, str]]) -> Clip:
     rng = np.random.default_rng([seed, STREAM_CLIPS, SPLITS.index(split), index])
+    # Held-out compositions appear in test only: val is for choices, and a choice made on the held-out pairs would
+    # leak the compositional-generalisation test into the selection.
     allowed = ALL_COMPOSITIONS if split == "test" else [c for c in ALL_COMPOSITIONS if c not in heldout]
     forced = None
     if split == "test" and heldout and index % HELDOUT_EVERY == 0:
