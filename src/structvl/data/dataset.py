@@ -40,6 +40,18 @@ log = logging.getLogger("structvl.data")
 CAPTION_MODES = ("random", "expand", "first")
 
 
+def check_clip_options(sampling: str, target_fps: float | None, caption_mode: str, backend: str) -> None:
+    """The frame sampling, caption choice and decoder a clip dataset (this one or the sharded one) is given."""
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
+    if sampling == "fps" and not target_fps:
+        raise ValueError("sampling 'fps' needs target_fps")
+    if caption_mode not in CAPTION_MODES:
+        raise ValueError(f"unknown caption_mode {caption_mode!r}; expected one of {CAPTION_MODES}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+
+
 class VideoTextDataset(Dataset):
     """Clips with one caption each, decoded, sampled and transformed.
 
@@ -59,14 +71,7 @@ class VideoTextDataset(Dataset):
                  sampling: str = "random_segment", target_fps: float | None = None, *,
                  transform: VideoTransform, backend: str = "pyav", caption_mode: str = "random", seed: int = 0,
                  require_captions: bool = False, allow_outside_root: bool = False):
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
-        if sampling == "fps" and not target_fps:
-            raise ValueError("sampling 'fps' needs target_fps")
-        if caption_mode not in CAPTION_MODES:
-            raise ValueError(f"unknown caption_mode {caption_mode!r}; expected one of {CAPTION_MODES}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+        check_clip_options(sampling, target_fps, caption_mode, backend)
         self.records = list(records)
         self.video_root = None if video_root is None else Path(video_root)
         self.num_frames, self.sampling, self.target_fps = num_frames, sampling, target_fps

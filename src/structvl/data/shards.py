@@ -62,13 +62,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from structvl.data.dataset import CAPTION_MODES
+from structvl.data.dataset import check_clip_options
 from structvl.data.images import IMAGE_MEMBERS, ImageDecodeError, decode_image, image_clip
 from structvl.data.records import VideoRecord, has_caption, window_problem
-from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
+from structvl.data.sampling import sample_frame_indices
 from structvl.data.shard_writer import SIZES_FILE, write_shards
 from structvl.data.transforms import VideoTransform
-from structvl.data.video import BACKENDS, VideoDecodeError, open_video_bytes
+from structvl.data.video import VideoDecodeError, open_video_bytes
 
 __all__ = ["SIZES_FILE", "ShardedVideoTextDataset", "count_samples", "expand_urls", "shard_sizes", "write_shards"]
 log = logging.getLogger("structvl.data")
@@ -158,14 +158,7 @@ class ShardedVideoTextDataset(IterableDataset):
                  target_fps: float | None = None, *, transform: VideoTransform, backend: str = "pyav",
                  caption_mode: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 0, shuffle_shards: bool = True, require_captions: bool = False):
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
-        if sampling == "fps" and not target_fps:
-            raise ValueError("sampling 'fps' needs target_fps")
-        if caption_mode not in CAPTION_MODES:
-            raise ValueError(f"unknown caption_mode {caption_mode!r}; expected one of {CAPTION_MODES}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+        check_clip_options(sampling, target_fps, caption_mode, backend)
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if shuffle_buffer < 0:
