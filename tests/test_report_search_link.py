@@ -25,7 +25,12 @@ def test_report_names_the_best_recipes_run():
     assert search_command_html({"x": {"hard_negative/overall": (70.0, 0.0)}}, {"x": [Path("r")]}) == ""
 
 
-def test_make_search_runs_structvl_extract_index_serve():
+def test_make_search_runs_structvl_extract_index_serve(tmp_path, monkeypatch):
+    # The arguments name existing paths (the CLI checks them): lay out what `make demo` and the first two
+    # commands leave behind, in a scratch directory.
+    monkeypatch.chdir(tmp_path)
+    for folder in ("runs/demo/clop/seed0/search/embeddings", "runs/demo/clop/seed0/search/index", "data/structured"):
+        (tmp_path / folder).mkdir(parents=True)
     text = MAKEFILE.read_text()
     recipe = re.search(r"^search:.*\n((?:\t.*\n)+)", text, re.M).group(1)
     variables = {"VENV": ".venv", "RUN": "runs/demo/clop/seed0", "DATA": "data/structured"}

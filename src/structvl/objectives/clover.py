@@ -281,10 +281,11 @@ class CloverAlignObjective(_CloverObjective):
     def forward(self, batch, outputs, model) -> dict:
         p = self.clover.passes(batch, outputs, model)
         scale = model.logit_scale
-        v_anchor = exclusive_nce(outputs.video.embed, [outputs.text.embed, p.masked_text()[0].embed,
-                                                       p.fused_masked_video()], scale)  # f_vm
-        t_anchor = exclusive_nce(outputs.text.embed, [outputs.video.embed, p.masked_video().embed,
-                                                      p.fused_masked_text()], scale)  # f_tm
+        # The fused passes first: unbatched, each pass draws its masks when first asked for, and the batched
+        # path (objectives/passes.py) draws them in this order too.
+        f_vm, f_tm = p.fused_masked_video(), p.fused_masked_text()
+        v_anchor = exclusive_nce(outputs.video.embed, [outputs.text.embed, p.masked_text()[0].embed, f_vm], scale)
+        t_anchor = exclusive_nce(outputs.text.embed, [outputs.video.embed, p.masked_video().embed, f_tm], scale)
         return {"loss": v_anchor["loss"] + t_anchor["loss"], "video_anchor": v_anchor["loss"].detach(),
                 "text_anchor": t_anchor["loss"].detach()}
 
