@@ -18,16 +18,17 @@ def _cpu_has_bf16(monkeypatch, supported: bool) -> None:
 
 
 @pytest.mark.parametrize("supported", [True, False])
-def test_auto_takes_bf16_only_where_the_cpu_computes_it(monkeypatch, supported):
+def test_auto_keeps_fp32_on_a_cpu_without_amx(monkeypatch, supported):
+    """AVX512-BF16 alone is native bf16 (no emulation warning) but slower than fp32: auto keeps fp32."""
     _cpu_has_bf16(monkeypatch, supported)
     assert native_bf16("cpu") is supported
-    assert autocast_dtype("auto", "cpu") == (torch.bfloat16 if supported else None)
-    assert resolved_name("auto", "cpu") == ("bf16" if supported else "fp32")
+    assert autocast_dtype("auto", "cpu") is None
+    assert resolved_name("auto", "cpu") == "fp32"
     assert autocast_dtype("fp32", "cpu") is None
     assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # an explicit choice is kept
 
 
-def test_amx_alone_counts_as_native(monkeypatch):
+def test_auto_takes_bf16_on_a_cpu_with_amx(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert autocast_dtype("auto", "cpu") == torch.bfloat16

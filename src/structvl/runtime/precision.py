@@ -1,8 +1,10 @@
 """`train.precision` -> the autocast dtype, decided in one place for training and every evaluation loop.
 
-"auto" (the default) takes bf16 where the device computes it in hardware and fp32 elsewhere. On a CPU without
-AVX512-BF16 or AMX, bf16 autocast is emulated and several times slower than fp32; with them bf16 matmuls are
-the faster (benchmarks/train_step.py prints both peaks and what `auto` picks), so no fixed choice suits both.
+"auto" (the default) takes bf16 where it is the faster (`fast_bf16`): a CUDA GPU with bf16, a CPU with AMX tiles;
+fp32 elsewhere. On a CPU without AVX512-BF16 or AMX, bf16 autocast is emulated and several times slower than fp32;
+with AVX512-BF16 alone it is native but oneDNN's bf16 matmuls still measured slower than fp32's (a 2-core Xeon:
+141 vs 262 GFLOP/s, demo step 1.61 vs 1.18 s; docs/findings.md, Performance), so no fixed choice suits every
+CPU (benchmarks/train_step.py prints both peaks and what `auto` picks).
 The resolved precision is logged and recorded in the run's metrics.json (`train/bf16`, `train/fp16`), because
 bf16 and fp32 runs of the same config give different numbers.
 
@@ -37,6 +39,15 @@ def native_bf16(device: torch.device | str) -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 autocast is faster than fp32 on `device`, which `auto` picks it on: a GPU computing bf16 in
+    hardware, or a CPU with AMX tiles (a CPU with AVX512-BF16 alone computes it natively, but slower; see above)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return native_bf16(device)
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The dtype to autocast to on `device` for config value `precision`; None means plain fp32."""
     if precision not in PRECISIONS:
@@ -45,12 +56,11 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         return None
     if precision == "fp16":
         return torch.float16
-    native = native_bf16(device)
     if precision == "bf16":
-        if not native:
+        if not native_bf16(device):
             _warn_emulated(torch.device(device).type)
         return torch.bfloat16
-    return torch.bfloat16 if native else None
+    return torch.bfloat16 if fast_bf16(device) else None
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None):
