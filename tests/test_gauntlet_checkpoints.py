@@ -253,13 +253,6 @@ def test_pruning_never_deletes_the_new_checkpoint_nor_a_later_step(tmp_path):
 
 
 # ----------------------------------------------------------------------------- resume: latest or checkpoints broken
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckcorpus")
-    generate_corpus(root, num_clips=40, num_untrimmed=3, size=32, num_frames=8, seed=3, workers=1, progress=False)
-    return root
-
-
 def cfg(root, *extra):
     return load_config("demo", TINY + [f"data.root={root}", "train.precision=fp32", "train.checkpoint_every=2",
                                        "train.keep_checkpoints=10", *extra])

@@ -225,15 +225,6 @@ def test_masked_word_accuracy_counts_a_nonfinite_logit_as_a_miss(corpus):
 
 
 # ----------------------------------------------------------------------------- training
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-    from structvl.lab.synth import generate_corpus
-
-    root = tmp_path_factory.mktemp("nftrain")
-    generate_corpus(root, num_clips=40, num_untrimmed=3, size=32, num_frames=8, seed=3, workers=1, progress=False)
-    return root
-
-
 def train_cfg(root, *extra):
     return load_config("demo", TINY + [f"data.root={root}", "train.precision=fp32", "train.keep_checkpoints=10",
                                        *extra])
