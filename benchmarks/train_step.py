@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 from structvl.config import CONFIG_DIR as CONFIGS
 from structvl.config import load_config
 from structvl.engine.optim import build_optimizer
-from structvl.engine.trainer import unscale_and_clip
+from structvl.engine.trainer import finite_flag, unscale_and_clip
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 from structvl.runtime.nonfinite import all_finite
@@ -135,10 +135,7 @@ def make_step(module: PretrainingModule, cfg, batch: dict, dtype: torch.dtype | 
             loss, logs = module(batch)
         scaler.scale(loss).backward()
         norm = unscale_and_clip(optimizer, scaler, params, cfg.optim.grad_clip)
-        finite = torch.isfinite(loss.detach())
-        if not scaler.is_enabled():  # under fp16 the scaler skips a non-finite gradient itself, as in the trainer
-            finite = finite & torch.isfinite(norm)
-        if bool(finite):  # the trainer's one sync before the step
+        if bool(finite_flag(loss.detach(), norm, scaler)):  # the trainer's one sync before the step
             scaler.step(optimizer)
         scaler.update()
         all_finite(params)  # the trainer's check of the weights after the step

@@ -68,6 +68,13 @@ def unscale_and_clip(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradSca
     return norm
 
 
+def finite_flag(loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """The device flag a step is taken on: the loss finite and, unless fp16's scaler skips non-finite gradients
+    itself, the gradient norm too (no sync of its own)."""
+    finite = torch.isfinite(loss)
+    return finite if scaler.is_enabled() else finite & torch.isfinite(grad_norm)
+
+
 def wrap_distributed(module: nn.Module, cfg: RunConfig, info: DistInfo) -> nn.Module:
     """DDP by default; FSDP2 (`fully_shard`, each transformer block a unit) for models too big to replicate."""
     if not info.enabled:
@@ -258,9 +265,7 @@ class Trainer:
                     clips_since += batch["video"].shape[0] * self.info.world_size
                 grad_norm = unscale_and_clip(self.optimizer, self.scaler, list(self.module.parameters()),
                                              cfg.optim.grad_clip)
-                finite = torch.isfinite(loss_sum)
-                if not self.scaler.is_enabled():  # under fp16 the scaler skips non-finite gradients itself
-                    finite = finite & torch.isfinite(grad_norm)
+                finite = finite_flag(loss_sum, grad_norm, self.scaler)
                 if not self._all_ranks_ok(bool(finite)):  # the step's one sync before the weights move
                     consecutive += 1
                     self._skip_step(float(loss_sum) / cfg.optim.accumulate, float(grad_norm), consecutive)
