@@ -1,6 +1,8 @@
 """Every attention of the model goes through `F.scaled_dot_product_attention` (so a GPU can pick its flash or
 memory-efficient kernels): the video blocks (joint, and divided's temporal + spatial steps), S-ViLM's grouping
-blocks, Clover's fusion layers and the text tower. Counted per layer in one forward of a model with all of them."""
+blocks, Clover's fusion layers and the text tower. Counted per layer in one forward of a model with all of them.
+The one exception is asked for: `model.video.matmul_attention_max_len` sends the video's short sequences to
+two matmuls and a soft-max (`matmul_attention`), which must give SDPA's result."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from structvl.config import load_config
-from structvl.models.video_encoder import Attention
+from structvl.models.video_encoder import Attention, VideoEncoder
 from structvl.models.video_text import build_model
 from structvl.runtime import precision
 
@@ -87,3 +89,31 @@ def test_video_attention_under_autocast_runs_in_the_dtype_the_cpu_is_fastest_in(
     assert seen == [torch.bfloat16 if amx else torch.float32, torch.float32]
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("attention", ["joint", "divided"])
+def test_short_sequences_leave_sdpa_only_when_asked_and_give_its_result(attention, monkeypatch, one_thread):
+    """With matmul_attention_max_len=2, divided attention's temporal step (2 tubelets) runs as matmuls and its
+    spatial step (17 tokens) and joint attention (33 tokens) stay on SDPA; the encoder's output, with a padded
+    clip's frame mask and its gradients, is SDPA's to float accuracy."""
+    base = TINY + [f"model.video.attention={attention}", "model.video.depth=2"]
+    frames = torch.ones(2, 4, dtype=torch.bool)
+    frames[1, 2:] = False  # the second clip's last tubelet is padding
+    video = torch.randn(2, 4, 3, 32, 32)
+    outputs, grads = [], []
+    sdpa = F.scaled_dot_product_attention
+    for max_len in (0, 2):
+        cfg = load_config("demo", base + [f"model.video.matmul_attention_max_len={max_len}"])
+        torch.manual_seed(0)
+        encoder = VideoEncoder(cfg.model.video).train()
+        calls = []
+        monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: calls.append(q.shape[-2]) or
+                            sdpa(q, *a, **k))
+        out = encoder(video, frames)
+        (out.pooled.square().sum() + out.tokens.sum()).backward()
+        expected = {"joint": [33, 33], "divided": [2, 17, 2, 17]}[attention]
+        assert calls == (expected if max_len == 0 else [n for n in expected if n > max_len])
+        outputs.append(torch.cat([out.pooled.flatten(), out.tokens.flatten()]))
+        grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)

@@ -164,6 +164,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "model.video.heads": Number(1, 1024, integer=True),
         "model.video.mlp_ratio": Number(0, 64, lo_open=True),
         "model.video.attention": Choice(("joint", "divided")),
+        "model.video.matmul_attention_max_len": Number(0, 1 << 20, integer=True),
         "model.video.pooling": Choice(("cls", "mean")),
         "model.video.drop_path": Number(0, 1, hi_open=True),
         "model.video.token_keep": Number(0, 1, lo_open=True),

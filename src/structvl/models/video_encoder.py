@@ -9,7 +9,8 @@ patch positions goes through the blocks (FLIP/UMT token dropping) and N is the n
 Every attention is `F.scaled_dot_product_attention` on the fused QKV projection's output viewed per head (no
 copy; its output's transpose back is a view too), so each device picks its fastest kernel (flash attention on
 GPUs). Under bf16/fp16 autocast on a CPU without AMX it runs in fp32, where that CPU's kernel is the faster
-(`runtime.precision.attention_in_fp32`).
+(`runtime.precision.attention_in_fp32`). Sequences of at most `model.video.matmul_attention_max_len` tokens (divided
+attention's temporal step) can instead run as two matmuls and a soft-max (`matmul_attention`).
 
 Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...). An image
 model (open_clip, timm or transformers' CLIP) is loaded into it by models/pretrained/, whose parts images don't
@@ -31,10 +32,20 @@ from structvl.models.grouping import GroupingBlock
 from structvl.runtime.precision import attention_in_fp32
 
 
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v written out: for short sequences, where a fused kernel's tiles are mostly padding.
+    Under autocast the matmuls run in the autocast dtype and the soft-max in fp32, as autocast does everywhere."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1).to(v.dtype) @ v
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, matmul_max_len: int = 0):
         super().__init__()
         self.heads = heads
+        self.matmul_max_len = matmul_max_len  # model.video.matmul_attention_max_len
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
@@ -43,7 +54,9 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         # key_padding_mask: (b, n) True = attend. SDPA wants a boolean mask broadcastable to (b, h, n, n).
         mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
-        if q.dtype != torch.float32 and attention_in_fp32(q.device.type):  # a CPU's faster kernel (see there)
+        if n <= self.matmul_max_len:
+            out = matmul_attention(q, k, v, mask)
+        elif q.dtype != torch.float32 and attention_in_fp32(q.device.type):  # a CPU's faster kernel (see there)
             with torch.autocast(q.device.type, enabled=False):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
         else:
@@ -84,17 +97,17 @@ class Block(nn.Module):
     """Pre-norm transformer block. `divided=True` adds a temporal attention before the spatial one."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, divided: bool,
-                 act: str = "gelu", eps: float = 1e-5):
+                 act: str = "gelu", eps: float = 1e-5, matmul_max_len: int = 0):
         super().__init__()
         self.divided = divided
         if divided:
             self.temporal_norm = nn.LayerNorm(dim, eps=eps)
-            self.temporal_attn = Attention(dim, heads)
+            self.temporal_attn = Attention(dim, heads, matmul_max_len)
             # Zero-init the temporal output so an inflated image ViT starts as a per-frame image model.
             nn.init.zeros_(self.temporal_attn.proj.weight)
             nn.init.zeros_(self.temporal_attn.proj.bias)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, matmul_max_len)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
         self.drop_path = DropPath(drop_path)
@@ -160,7 +173,8 @@ class VideoEncoder(nn.Module):
         self.time_embed = nn.Parameter(torch.zeros(1, self.time, cfg.width))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(cfg.width, cfg.heads, cfg.mlp_ratio, rate, cfg.attention == "divided", cfg.act, cfg.layer_norm_eps)
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio, rate, cfg.attention == "divided", cfg.act, cfg.layer_norm_eps,
+                  cfg.matmul_attention_max_len)
             for rate in rates)
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
