@@ -60,13 +60,13 @@ def test_recall_at_k_counts_the_shared_neighbours():
 
 def test_index_chosen_by_size_and_memory():
     assert choose_index_key(9_999, 256) == "Flat"
-    assert ivf_lists(1_000_000) == 4096  # the power of two nearest 4 sqrt(N)
-    assert choose_index_key(1_000_000, 256) == "IVF4096,SQfp16"
-    assert choose_index_key(20_000_000, 256) == "IVF16384,SQfp16"
-    assert choose_index_key(300_000_000, 256) == "IVF65536_HNSW32,PQ32x8np"  # 12 GB of codes in 16 GiB
+    assert ivf_lists(1_000_000) == 8192  # the power of two nearest 8 sqrt(N)
+    assert choose_index_key(1_000_000, 256) == "IVF8192,SQfp16"
+    assert choose_index_key(20_000_000, 256) == "IVF32768,SQfp16"
+    assert choose_index_key(300_000_000, 256) == "IVF131072_HNSW32,PQ32x8np"  # 12 GB of codes in 16 GiB
     # Over the memory budget: product quantization, the largest code that fits.
-    assert choose_index_key(1_000_000, 256, max_memory=100 * 2**20) == "IVF4096,PQ64x8np"
-    assert choose_index_key(1_000_000, 256, max_memory=30 * 2**20) == "IVF4096,PQ16x8np"
+    assert choose_index_key(1_000_000, 256, max_memory=100 * 2**20) == "IVF8192,PQ64x8np"
+    assert choose_index_key(1_000_000, 256, max_memory=30 * 2**20) == "IVF8192,PQ16x8np"
     with pytest.raises(ConfigError, match="--max-memory"):
         choose_index_key(1_000_000, 256, max_memory=2**20)
     assert 39 * ivf_lists(12_000) <= 12_000  # never more lists than k-means can train

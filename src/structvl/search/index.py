@@ -7,12 +7,16 @@ vectors as stored (`SQfp16`) is preferred, because on 2 CPU cores it builds seve
 and still meets the latency targets (docs/findings.md, "search"). `choose_index_key`:
 
     N < flat_threshold (10,000)     "Flat": exact inner product (no training; an exact scan is cheap)
-    vectors fit max_memory          "IVF{nlist},SQfp16", nlist the power of two nearest 4 sqrt(N) (autofaiss's
-                                    rule), its coarse quantizer an HNSW graph from 2^16 lists on. SQfp16 keeps
-                                    each vector exactly as extracted, so a visited vector scores as in exact
-                                    search: the only approximation is which lists are visited (nprobe).
+    vectors fit max_memory          "IVF{nlist},SQfp16", nlist the power of two nearest 8 sqrt(N), its coarse
+                                    quantizer an HNSW graph from 2^16 lists on. SQfp16 keeps each vector exactly
+                                    as extracted, so a visited vector scores as in exact search: the only
+                                    approximation is which lists are visited (nprobe).
     otherwise                       "IVF{nlist},PQ{m}x8np", the largest code of m bytes that fits (no OPQ
                                     rotation: its training costs minutes on 2 cores; recall is reported)
+
+8 sqrt(N) lists is twice autofaiss's 4 sqrt(N): at 1M clustered vectors 4,096 lists needed nprobe 256 for
+recall@10 0.99 (17 ms a query at batch 1,000), 8,192 lists nprobe 1 (0.17 ms); k-means on 39 points a list
+(faiss's minimum) and 10 iterations is most of the build (docs/findings.md, "Search").
 
 The search parameter (nprobe, or efSearch for an HNSW index given by --index-key) is the smallest power of two
 whose recall@10 against exact search reaches `target_recall` on half of the queries; recall@10 is then measured
@@ -40,13 +44,14 @@ from structvl.search.store import EmbeddingStore, atomic_write_bytes, file_sha25
 FLAT_THRESHOLD = 10_000
 DEFAULT_MAX_MEMORY = 16 * 2**30
 RECALL_K = 10
+TRAIN_POINTS_PER_LIST = 39  # k-means training sample per list: faiss's minimum (its cost grows with lists x points)
 ADD_BLOCK = 65_536  # vectors converted to float32 and added at a time (bounds the peak memory of a build)
 
 
 def ivf_lists(n: int) -> int:
-    """The power of two nearest 4 sqrt(n), at least 256 lists, and at most n / 39 (faiss's k-means wants 39
+    """The power of two nearest 8 sqrt(n), at least 256 lists, and at most n / 39 (faiss's k-means wants 39
     training points per centroid)."""
-    nlist = 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
+    nlist = 2 ** round(math.log2(8 * math.sqrt(max(n, 1))))
     return int(max(min(nlist, 2 ** int(math.log2(max(n // 39, 1)))), 1 if n < 256 * 39 else 256))
 
 
@@ -126,7 +131,7 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, query_rows: np.ndarray
         ivf = _ivf(index)
         if ivf is not None:
             ivf.cp.niter = 10  # k-means iterations (faiss's default is 25): the build's longest part
-        size = min(n, 64 * ivf.nlist if ivf is not None else 100_000)
+        size = min(n, TRAIN_POINTS_PER_LIST * ivf.nlist if ivf is not None else 100_000)
         sample = np.sort(rng.choice(n, size=size, replace=False))
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
     for start in range(0, n, ADD_BLOCK):
