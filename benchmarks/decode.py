@@ -11,6 +11,14 @@ module is present, else ~200 tiny mp4s written here. Both are cached in a tempor
 
     python benchmarks/decode.py                       # ~200 clips, 3 timed passes each
     python benchmarks/decode.py --clips 500 --repeat 5
+    python benchmarks/decode.py --realistic           # clips like users' web video, sparse 8 and 16 frames
+
+--realistic: clips as web video comes (640x360, 30 fps, 15-60 s, H.264 with B-frames and a keyframe every 250
+frames, written here once and cached), read with the sparse sampling of pre-training (8 and 16 frames spread
+over the whole clip, so every frame sits in its own GOP and costs a seek plus up to 249 decoded frames). The
+reference is decord's `get_batch` with one decoding thread; PyAV runs one thread too, and each loader row one
+worker process, so every row is per core. The loader resizes to `--realistic-size` (224, the ViT-B input). The
+last lines turn the loader's clips/s per core into the cores one GPU needs at a given step rate (`--gpu-rate`).
 """
 
 from __future__ import annotations
@@ -74,8 +82,60 @@ def benchmark_clips(data_dir: Path, count: int) -> list[Path]:
     return clips
 
 
-def uniform_indices(num_frames: int, fps: float) -> list[int]:
-    return sample_frame_indices(num_frames, fps, NUM_FRAMES, "uniform")[0].tolist()
+REALISTIC = {"width": 640, "height": 360, "fps": 30, "gop": 250, "seconds": (15, 60)}
+# The ViT-B/16 step on one H200 (docs/findings.md, "The ViT-B/16 step on one H200"): eager bf16, and compiled
+# without activation checkpointing (the CLIP recipe).
+GPU_RATES = {"ViT-B/16 bf16 eager, H200": 108.3, "ViT-B/16 bf16 compiled, no checkpointing, H200": 227.2}
+
+
+def write_realistic_clip(path: Path, seconds: float, seed: int) -> None:
+    """A clip as web video comes: 640x360 at 30 fps, H.264 (libx264 defaults: B-frames, CABAC) with a keyframe
+    every 250 frames and none at scene cuts, of moving textured content, so the decoder does real work."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    w, h, fps = REALISTIC["width"], REALISTIC["height"], REALISTIC["fps"]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    texture = rng.integers(0, 40, (h, w, 1), dtype=np.uint8)  # fixed grain: costs bits like real detail does
+    boxes = rng.uniform([0, 0, 40, 30, -4, -3], [w, h, 160, 120, 4, 3], (4, 6))  # x, y, w, h, dx, dy
+    colours = rng.integers(0, 256, (4, 3), dtype=np.uint8)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with av.open(str(tmp), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"g": str(REALISTIC["gop"]), "sc_threshold": "0",
+                                                                  "preset": "veryfast", "crf": "23"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for t in range(round(seconds * fps)):
+            phase = t / fps
+            frame = np.empty((h, w, 3), np.uint8)
+            frame[..., 0] = 128 + 100 * np.sin(xx / 57 + phase)
+            frame[..., 1] = 128 + 100 * np.sin(yy / 41 - 0.7 * phase)
+            frame[..., 2] = 128 + 100 * np.sin((xx + yy) / 93 + 0.3 * phase)
+            frame += texture
+            for (x, y, bw, bh, dx, dy), colour in zip(boxes, colours):
+                x0, y0 = int(x + dx * t) % w, int(y + dy * t) % h
+                frame[y0:y0 + int(bh), x0:x0 + int(bw)] = colour
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+
+
+def realistic_clips(data_dir: Path, count: int) -> list[Path]:
+    """`count` clips of 15 to 60 s (evenly spread) under `data_dir/realistic`, written on the first run."""
+    root = data_dir / "realistic"
+    root.mkdir(parents=True, exist_ok=True)
+    low, high = REALISTIC["seconds"]
+    clips = []
+    for i, seconds in enumerate(np.linspace(low, high, count)):
+        path = root / f"web{i:03d}_{seconds:.0f}s.mp4"
+        if not path.exists():
+            write_realistic_clip(path, float(seconds), seed=i)
+        clips.append(path)
+    return clips
+
+
+def uniform_indices(num_frames: int, fps: float, count: int = NUM_FRAMES) -> list[int]:
+    return sample_frame_indices(num_frames, fps, count, "uniform")[0].tolist()
 
 
 def time_passes(repeat: int, one_pass, *args) -> float:
@@ -90,18 +150,19 @@ def time_passes(repeat: int, one_pass, *args) -> float:
     return best
 
 
-def plain_decord(paths: list[Path]) -> None:
+def plain_decord(paths: list[Path], count: int = NUM_FRAMES, threads: int = 0) -> None:
+    """threads: decord's decoding threads (0: its default, all cores)."""
     import decord
 
     for path in paths:
-        reader = decord.VideoReader(str(path))
-        reader.get_batch(uniform_indices(len(reader), reader.get_avg_fps())).asnumpy()
+        reader = decord.VideoReader(str(path), num_threads=threads)
+        reader.get_batch(uniform_indices(len(reader), reader.get_avg_fps(), count)).asnumpy()
 
 
-def reader_only(paths: list[Path], backend: str) -> None:
+def reader_only(paths: list[Path], backend: str, count: int = NUM_FRAMES) -> None:
     for path in paths:
         with open_video(path, backend) as reader:
-            reader.get_frames(uniform_indices(reader.num_frames, reader.fps))
+            reader.get_frames(uniform_indices(reader.num_frames, reader.fps, count))
 
 
 def null_tokenizer(texts: list[str]) -> dict:
@@ -110,9 +171,10 @@ def null_tokenizer(texts: list[str]) -> dict:
     return {"input_ids": ids, "attention_mask": ids}
 
 
-def make_loader(paths: list[Path], backend: str, workers: int, batch_size: int, size: int):
+def make_loader(paths: list[Path], backend: str, workers: int, batch_size: int, size: int,
+                num_frames: int = NUM_FRAMES):
     records = [VideoRecord(video_id=p.stem, video=str(p), captions=["a clip"]) for p in paths]
-    dataset = VideoTextDataset(records, None, num_frames=NUM_FRAMES, sampling="uniform",
+    dataset = VideoTextDataset(records, None, num_frames=num_frames, sampling="uniform",
                                transform=VideoTransform(size, train=False), backend=backend, caption_mode="first")
     return build_dataloader(dataset, VideoTextCollator(null_tokenizer), batch_size=batch_size, shuffle=False,
                             num_workers=workers, seed=0, drop_last=False, timeout=120)
@@ -124,6 +186,34 @@ def loader_pass(loader) -> None:
             raise RuntimeError(f"benchmark clips failed to decode: {batch['skipped'][:3]}")
 
 
+def realistic(args) -> None:
+    """The --realistic table: per-core clips/s of sparse sampling on web-like clips, against decord."""
+    started = time.perf_counter()
+    paths = realistic_clips(args.data, args.realistic_clips)
+    with open_video(paths[0]) as reader:
+        shape = f"{reader.width}x{reader.height} at {reader.fps:.0f} fps, {reader.codec}"
+    seconds = [open_video(p).duration for p in paths]
+    print(f"{len(paths)} clips ({shape}, {min(seconds):.0f}-{max(seconds):.0f} s, keyframe every "
+          f"{REALISTIC['gop']} frames; ready in {time.perf_counter() - started:.0f} s), best of {args.repeat} "
+          f"passes, one core per row (decoder threads 1, loader workers 1), loader output {args.realistic_size} px")
+    print(f"{'frames':>6}  {'configuration':<32}{'clips/s/core':>13}{'vs decord get_batch':>22}")
+    per_core = {}
+    for count in (8, 16):
+        rows = [("decord get_batch (reference)", time_passes(args.repeat, plain_decord, paths, count, 1))]
+        rows.append(("pyav reader only", time_passes(args.repeat, reader_only, paths, "pyav", count)))
+        loader = make_loader(paths, "pyav", 1, 4, args.realistic_size, count)
+        rows.append(("pyav loader, 1 worker", time_passes(args.repeat, loader_pass, loader)))
+        del loader
+        rows[0] = (rows[0][0], min(rows[0][1], time_passes(args.repeat, plain_decord, paths, count, 1)))
+        reference = len(paths) / rows[0][1]
+        for name, took in rows:
+            print(f"{count:>6}  {name:<32}{len(paths) / took:>13.2f}{len(paths) / took / reference:>21.2f}x")
+        per_core[count] = len(paths) / rows[2][1]
+    for name, rate in GPU_RATES.items():
+        print(f"cores one GPU needs for {name} at {rate:.0f} clips/s: "
+              + ", ".join(f"{rate / per_core[c]:.0f} ({c} frames a clip)" for c in per_core))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=200, help="number of clips per pass")
@@ -133,6 +223,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="output crop size of the loader's transform")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "structvl-bench-decode",
                         help="where the benchmark clips are cached")
+    parser.add_argument("--realistic", action="store_true", help="web-like clips, sparse 8 and 16 frames (above)")
+    parser.add_argument("--realistic-clips", type=int, default=8, help="--realistic: clips, 15 to 60 s")
+    parser.add_argument("--realistic-size", type=int, default=224, help="--realistic: the loader's output size")
     args = parser.parse_args()
 
     try:
@@ -140,6 +233,9 @@ def main() -> None:
     except ImportError:
         raise SystemExit("this benchmark compares against decord: pip install decord") from None
     torch.set_num_threads(1)  # loader workers run single-threaded torch too; keep the main process comparable
+    if args.realistic:
+        realistic(args)
+        return
     paths = benchmark_clips(args.data, args.clips)
     with open_video(paths[0]) as reader:
         shape = f"{reader.width}x{reader.height}, {reader.num_frames} frames"
