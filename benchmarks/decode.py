@@ -18,7 +18,8 @@ frames, written here once and cached), read with the sparse sampling of pre-trai
 over the whole clip, so every frame sits in its own GOP and costs a seek plus up to 249 decoded frames). The
 reference is decord's `get_batch` with one decoding thread; PyAV runs one thread too, and each loader row one
 worker process, so every row is per core. The loader resizes to `--realistic-size` (224, the ViT-B input). The
-last lines turn the loader's clips/s per core into the cores one GPU needs at a given step rate (`--gpu-rate`).
+last lines turn the loader's clips/s per core into the cores one GPU needs at the ViT-B step rates measured on an
+H200 (`GPU_RATES`).
 """
 
 from __future__ import annotations
@@ -190,9 +191,11 @@ def realistic(args) -> None:
     """The --realistic table: per-core clips/s of sparse sampling on web-like clips, against decord."""
     started = time.perf_counter()
     paths = realistic_clips(args.data, args.realistic_clips)
-    with open_video(paths[0]) as reader:
-        shape = f"{reader.width}x{reader.height} at {reader.fps:.0f} fps, {reader.codec}"
-    seconds = [open_video(p).duration for p in paths]
+    seconds = []
+    for path in paths:
+        with open_video(path) as reader:
+            seconds.append(reader.duration)
+            shape = f"{reader.width}x{reader.height} at {reader.fps:.0f} fps, {reader.codec}"
     print(f"{len(paths)} clips ({shape}, {min(seconds):.0f}-{max(seconds):.0f} s, keyframe every "
           f"{REALISTIC['gop']} frames; ready in {time.perf_counter() - started:.0f} s), best of {args.repeat} "
           f"passes, one core per row (decoder threads 1, loader workers 1), loader output {args.realistic_size} px")
@@ -202,13 +205,14 @@ def realistic(args) -> None:
         rows = [("decord get_batch (reference)", time_passes(args.repeat, plain_decord, paths, count, 1))]
         rows.append(("pyav reader only", time_passes(args.repeat, reader_only, paths, "pyav", count)))
         loader = make_loader(paths, "pyav", 1, 4, args.realistic_size, count)
-        rows.append(("pyav loader, 1 worker", time_passes(args.repeat, loader_pass, loader)))
+        loader_seconds = time_passes(args.repeat, loader_pass, loader)
+        rows.append(("pyav loader, 1 worker", loader_seconds))
         del loader
+        per_core[count] = len(paths) / loader_seconds
         rows[0] = (rows[0][0], min(rows[0][1], time_passes(args.repeat, plain_decord, paths, count, 1)))
         reference = len(paths) / rows[0][1]
         for name, took in rows:
             print(f"{count:>6}  {name:<32}{len(paths) / took:>13.2f}{len(paths) / took / reference:>21.2f}x")
-        per_core[count] = len(paths) / rows[2][1]
     for name, rate in GPU_RATES.items():
         print(f"cores one GPU needs for {name} at {rate:.0f} clips/s: "
               + ", ".join(f"{rate / per_core[c]:.0f} ({c} frames a clip)" for c in per_core))

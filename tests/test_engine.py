@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from structvl.engine.pretrain import run_pretraining
+from structvl.runtime.precision import fast_bf16
 from structvl.tasks.evaluate import pretrain_and_evaluate
 
 from helpers import TINY, tiny_cfg
@@ -26,7 +27,6 @@ def test_tiny_run_loss_falls_and_metrics_written(tiny_corpus, tmp_path):
                 "hard_negative/static/action", "hard_negative/balanced/action"):
         assert key in saved and key in metrics
     # demo.yaml's train.precision=auto: bf16 exactly where it is the faster (AMX), and the run says which
-    from structvl.runtime.precision import fast_bf16
     assert saved["train/bf16"] == float(fast_bf16("cpu"))
     assert (tmp_path / "run" / "config.yaml").exists()
     assert (tmp_path / "run" / "checkpoints" / "latest").exists()

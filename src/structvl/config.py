@@ -80,8 +80,8 @@ class VideoEncoderConfig:
     attention: str = "joint"  # "joint" space-time attention or "divided" (time then space, TimeSformer)
     # Attention over at most this many tokens (divided attention's temporal step: one sequence of T' tokens per
     # patch position) is computed as two matmuls and a soft-max instead of the fused kernel: a flash kernel pads
-    # each of those B*N tiny sequences to its tile, which on a GPU made the temporal attention cost more than the
-    # spatial one (docs/findings.md, "Performance"). 0 = the fused kernel everywhere. Same maths either way.
+    # each of those B*N tiny sequences to its tile (docs/findings.md, "The ViT-B/16 step on one H200", has what
+    # is measured so far). 0 = the fused kernel everywhere. Same maths either way.
     matmul_attention_max_len: int = 0
     # The clip vector: the final [CLS] state ("cls", ViT) or the mean of the valid patch states ("mean", the
     # global average pool of Video Swin, Clover's video encoder, and VideoMAE).

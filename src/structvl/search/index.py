@@ -14,9 +14,10 @@ and still meets the latency targets (docs/findings.md, "search"). `choose_index_
     otherwise                       "IVF{nlist},PQ{m}x8np", the largest code of m bytes that fits (no OPQ
                                     rotation: its training costs minutes on 2 cores; recall is reported)
 
-8 sqrt(N) lists is twice autofaiss's 4 sqrt(N): at 1M clustered vectors 4,096 lists needed nprobe 256 for
-recall@10 0.99 (17 ms a query at batch 1,000), 8,192 lists nprobe 1 (0.17 ms); k-means on 39 points a list
-(faiss's minimum) and 10 iterations is most of the build (docs/findings.md, "Search").
+8 sqrt(N) lists is twice autofaiss's 4 sqrt(N): with fewer lists than the collection has clusters, a list mixes
+clusters and a query's neighbours spread over many lists, so the probes needed for recall 0.99 (and the latency)
+grow. k-means on 39 points a list (faiss's minimum) and 10 iterations is most of the build. Measured at 1M
+vectors in docs/findings.md, "Search".
 
 The search parameter (nprobe, or efSearch for an HNSW index given by --index-key) is the smallest power of two
 whose recall@10 against exact search reaches `target_recall` on half of the queries; recall@10 is then measured
