@@ -205,7 +205,9 @@ def isolated_run(config: str, overrides: list[str], cfg, run_dir: Path, data: Pa
     the runs one after another keeps the heap each run's evaluation grew (glibc returns little of it), every
     loader worker it forks later inherits that heap, and a run's numbers could depend on process-wide state an
     earlier run left behind (thread and backend settings). A run in its own process starts from the same state
-    whichever runs came before, and gives its memory back when it ends. `cfg` is `load_config(config, overrides)`,
+    whichever runs came before, and gives its memory back when it ends; and the source hash a run records
+    (read from the files when it starts) is that of the code its process imported then, even when the files
+    are edited while a long demo runs. `cfg` is `load_config(config, overrides)`,
     already checked in this process, so a mistake in it fails before any child starts."""
     metrics = finished_run_metrics(cfg, run_dir)
     if metrics is not None and (unseen is None or any(k.startswith(UNSEEN_PREFIX) for k in metrics)):
