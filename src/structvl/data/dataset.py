@@ -267,8 +267,9 @@ def die_with_parent(worker_id: int = 0) -> None:
     """A loader worker's `worker_init_fn`: on Linux, have the kernel SIGKILL this worker when the process that
     started it exits. A worker whose parent is killed (SIGKILL, the out-of-memory killer, a second Ctrl-C during
     shutdown) can otherwise block for ever flushing its result queue to a pipe nobody reads, holding the memory
-    it shares with the dead parent: an interrupted `structvl demo` left such a worker holding 6 GB. Elsewhere a
-    no-op."""
+    it shares with the dead parent: an interrupted `structvl demo` left such a worker holding 6 GB. (Linux sends
+    it when the *thread* that started the worker exits; every loader here is iterated from the main thread.)
+    Elsewhere a no-op."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1  # <linux/prctl.h>
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)

@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from structvl.config import load_config, resolved_yaml
+from structvl.data.dataset import die_with_parent
 from structvl.engine.checkpoint import load_run_model
 from structvl.engine.run_dir import same_code, same_config
 from structvl.lab.report import examples_section, grounding_section, write_report
@@ -191,7 +192,9 @@ def recipe_run(cfg, run_dir: Path, data: Path) -> dict:
 
 def _run_in_child(config: str, overrides: list[str], run_dir: str, data: str, unseen: str | None,
                   split: str) -> None:
-    """The body of `isolated_run`, in the child process: one recipe and seed, and its unseen-corpus columns."""
+    """The body of `isolated_run`, in the child process: one recipe and seed, and its unseen-corpus columns. It
+    dies with the demo (`die_with_parent`): a demo killed outright leaves no run training on in its directory."""
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     recipe_run(load_config(config, overrides), Path(run_dir), Path(data))
     if unseen is not None:
