@@ -1,6 +1,7 @@
 """`structvl demo --generalize` adds each recipe's zero-shot retrieval and hard negatives on an unseen corpus (the next
 seed, held-out compositions, generated beside --data) as `unseen:` columns; `--split val` evaluates on val, in
-OUT-val. Pre-training is one step of a tiny model, the downstream suite a stub; the corpora are tiny."""
+OUT-val. Pre-training is one step of a tiny model, the downstream suite a stub (so the runs stay in this process,
+`isolate=False`: a child process would not see the stub); the corpora are tiny."""
 
 import json
 
@@ -37,7 +38,8 @@ def stubbed_demo(monkeypatch):
 
 def test_generalize_adds_the_unseen_corpus_columns(stubbed_demo, tmp_path, one_thread, capsys):
     data, out = tmp_path / "structured", tmp_path / "runs"
-    assert demo.run_demo(out=out, data=data, recipes=["baseline"], overrides=stubbed_demo, generalize=True) == 0
+    assert demo.run_demo(out=out, data=data, recipes=["baseline"], overrides=stubbed_demo, generalize=True,
+                         isolate=False) == 0
     table = capsys.readouterr().out
 
     unseen = tmp_path / "structured-unseen"
@@ -56,14 +58,16 @@ def test_generalize_adds_the_unseen_corpus_columns(stubbed_demo, tmp_path, one_t
     assert "Unseen corpus" in (out / "report.html").read_text()
 
     # a second demo reuses the unseen corpus and the run's unseen numbers; without --generalize they are left out
-    assert demo.run_demo(out=out, data=data, recipes=["baseline"], overrides=stubbed_demo) == 0
+    assert demo.run_demo(out=out, data=data, recipes=["baseline"], overrides=stubbed_demo,
+                         isolate=False) == 0
     assert "unseen:" not in capsys.readouterr().out
     assert corpus_arguments(unseen) == arguments
 
 
 def test_split_val_evaluates_on_val_in_its_own_directory(stubbed_demo, tmp_path, one_thread, capsys):
     data, out = tmp_path / "structured", tmp_path / "runs"
-    assert demo.run_demo(out=out, data=data, recipes=["baseline"], overrides=stubbed_demo, split="val") == 0
+    assert demo.run_demo(out=out, data=data, recipes=["baseline"], overrides=stubbed_demo, split="val",
+                         isolate=False) == 0
     assert "(zero-shot, val split)" in capsys.readouterr().out
     run = tmp_path / "runs-val" / "baseline" / "seed0"
     assert load_config(run / "config.yaml", check_init=False).eval.split == "val"

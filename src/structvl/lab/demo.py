@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from structvl.config import load_config, resolved_yaml
+from structvl.data.dataset import die_with_parent
 from structvl.engine.checkpoint import load_run_model
 from structvl.engine.run_dir import same_code, same_config
 from structvl.lab.report import examples_section, grounding_section, write_report
@@ -188,6 +190,49 @@ def recipe_run(cfg, run_dir: Path, data: Path) -> dict:
     return metrics
 
 
+def _run_in_child(config: str, overrides: list[str], run_dir: str, data: str, unseen: str | None,
+                  split: str) -> None:
+    """The body of `isolated_run`, in the child process: one recipe and seed, and its unseen-corpus columns. It
+    dies with the demo (`die_with_parent`): a demo killed outright leaves no run training on in its directory."""
+    die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    recipe_run(load_config(config, overrides), Path(run_dir), Path(data))
+    if unseen is not None:
+        unseen_metrics(Path(run_dir), Path(unseen), split)
+
+
+def isolated_run(config: str, overrides: list[str], cfg, run_dir: Path, data: Path, unseen: Path | None,
+                 split: str) -> dict:
+    """`recipe_run` (and `unseen_metrics` when `unseen` is given) in a fresh process of its own, started by
+    `spawn`; the metrics are read back from the run's metrics.json. Why: one process that trains and evaluates
+    the runs one after another keeps the heap each run's evaluation grew (glibc returns little of it), every
+    loader worker it forks later inherits that heap, and a run's numbers could depend on process-wide state an
+    earlier run left behind (thread and backend settings). A run in its own process starts from the same state
+    whichever runs came before, and gives its memory back when it ends; and the source hash a run records
+    (read from the files when it starts) is that of the code its process imported then, even when the files
+    are edited while a long demo runs. `cfg` is `load_config(config, overrides)`,
+    already checked in this process, so a mistake in it fails before any child starts."""
+    metrics = finished_run_metrics(cfg, run_dir)
+    if metrics is not None and (unseen is None or any(k.startswith(UNSEEN_PREFIX) for k in metrics)):
+        print("      finished before with this exact config and code: its metrics are reused", flush=True)
+        return metrics
+    child = multiprocessing.get_context("spawn").Process(
+        target=_run_in_child, name=f"structvl demo {run_dir}",
+        args=(config, list(overrides), str(run_dir), str(data), None if unseen is None else str(unseen), split))
+    child.start()
+    try:
+        child.join()
+    except BaseException:  # Ctrl-C or a signal to this process: the child does not outlive it
+        child.terminate()
+        child.join()
+        raise
+    metrics = finished_run_metrics(cfg, run_dir)
+    if child.exitcode != 0 or metrics is None:
+        raise RuntimeError(f"{run_dir}: the run's process exited with code {child.exitcode} without finishing "
+                           "(its error is printed above)")
+    return metrics
+
+
 def aggregate(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
     """metric -> (mean, std over seeds); std is 0 for a single seed."""
     keys = set.intersection(*(set(m) for m in per_seed))
@@ -225,7 +270,7 @@ def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[s
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Path = "data/structured",
              seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None,
              use_existing_data: bool = False, overwrite_data: bool = False, split: str = "test",
-             generalize: bool = False) -> int:
+             generalize: bool = False, isolate: bool = True) -> int:
     """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
     recipe (e.g. `train.max_steps=150` for a shorter ablation budget). A corpus at `data` generated with other
     arguments is refused unless `use_existing_data` (run on it as it is) or `overwrite_data` (replace it).
@@ -233,7 +278,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     holds a run of another config or made by other code (`same_code`) is moved aside (engine/run_dir.py), never
     deleted. split: "test" (the reported table) or "val" (the table choices are made on; its runs and report go to
     OUT-val, so a val table never replaces the test one). generalize: also the unseen corpus's columns
-    (`unseen_metrics`)."""
+    (`unseen_metrics`). isolate: each recipe and seed in a process of its own (`isolated_run`); False runs them in
+    this process (a debugger, or tests that replace parts of this module)."""
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
 
@@ -266,12 +312,17 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
         for seed in range(seeds):
             run_dir = out / name / f"seed{seed}"
             print(f"[2/3] pre-training '{label}' seed {seed} -> {run_dir}", flush=True)
-            cfg = load_config(config, [f"data.root={data}", f"train.seed={seed}", f"eval.split={split}"]
-                              + (QUICK_OVERRIDES if quick else []) + list(overrides or []))
-            metrics = recipe_run(cfg, run_dir, data)
-            if generalize:
-                metrics = {**metrics, **unseen_metrics(run_dir, unseen, split)}
-            else:  # a run reused from a --generalize demo: its unseen columns are not part of this table
+            run_overrides = ([f"data.root={data}", f"train.seed={seed}", f"eval.split={split}"]
+                             + (QUICK_OVERRIDES if quick else []) + list(overrides or []))
+            cfg = load_config(config, run_overrides)
+            if isolate:
+                metrics = isolated_run(config, run_overrides, cfg, run_dir, data, unseen if generalize else None,
+                                       split)
+            else:
+                metrics = recipe_run(cfg, run_dir, data)
+                if generalize:
+                    metrics = {**metrics, **unseen_metrics(run_dir, unseen, split)}
+            if not generalize:  # a run reused from a --generalize demo: its unseen columns are not part of this table
                 metrics = {k: v for k, v in metrics.items() if not k.startswith(UNSEEN_PREFIX)}
             per_recipe_seed.setdefault(label, []).append(metrics)
             runs.setdefault(label, []).append(run_dir)

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from structvl.config import ConfigError
+from structvl.data.dataset import die_with_parent
 from structvl.data.formats import read_annotations
 from structvl.data.prepare import find_videos
 from structvl.data.records import AnnotationError, VideoRecord
@@ -160,7 +161,8 @@ class ChunkEmbedder:
         dataset = ClipViews(records, self.root, self.cfg.eval.num_frames, self.cfg.model.video.image_size,
                             self.opts.temporal_views, self.opts.spatial_crops, self.cfg.data.backend)
         return DataLoader(dataset, batch_size=self.batch_size, collate_fn=_collate_views_with_reasons,
-                          num_workers=self.workers, persistent_workers=False)
+                          num_workers=self.workers, persistent_workers=False,
+                          worker_init_fn=die_with_parent if self.workers > 0 else None)
 
     @torch.no_grad()
     def embed_batch(self, batch: dict, first: int, count: int) -> tuple[list[int], torch.Tensor, list[tuple]]:

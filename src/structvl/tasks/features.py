@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from structvl.config import frame_normalization
+from structvl.data.dataset import die_with_parent
 from structvl.data.records import VideoRecord, window_problem
 from structvl.data.sampling import frame_window
 from structvl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_shorter_side
@@ -119,7 +120,8 @@ def extract_clip_features(model, records: list[VideoRecord], video_root, *, num_
     dataset = ClipViews(records, video_root, num_frames, model.cfg.video.image_size, temporal_views, spatial_crops,
                         backend, frame_normalization(model.cfg.video))
     loader = DataLoader(dataset, batch_size=max(1, batch_size // (temporal_views * spatial_crops)),
-                        collate_fn=collate_views, num_workers=num_workers)
+                        collate_fn=collate_views, num_workers=num_workers,
+                        worker_init_fn=die_with_parent if num_workers > 0 else None)
     pooled, embed, tokens, kept = [], [], [], []
     for batch in loader:
         if batch["views"] is None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from structvl.config import frame_normalization
+from structvl.data.dataset import die_with_parent
 from structvl.data.records import VideoRecord
 from structvl.data.video import VideoDecodeError, open_video
 from structvl.runtime.nonfinite import NonFiniteTally, top1_hits
@@ -90,7 +91,8 @@ def snippet_features(model, records: list[VideoRecord], video_root, *, num_frame
     model.eval()
     loader = DataLoader(SnippetWindows(records, video_root, num_frames, model.cfg.video.image_size, window, stride,
                                        normalization=frame_normalization(model.cfg.video)),
-                        batch_size=None, num_workers=num_workers)
+                        batch_size=None, num_workers=num_workers,
+                        worker_init_fn=die_with_parent if num_workers > 0 else None)
     feats, kept, durations = [], [], []
     pending: list[tuple[int, torch.Tensor]] = []  # windows of several videos batched together
 
