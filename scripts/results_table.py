@@ -18,12 +18,18 @@ prints Markdown:
 4. One line per recipe: the columns where it gains and where it loses beyond noise, and for each retrieval or
    hard-negative gain on test whether the same column gains beyond noise on the unseen corpus too (issue 32:
    a gain counts when it holds on both).
+5. `--records DIR` also copies what the table is made of into DIR, in OUT's layout: OUT/metrics.json and each
+   run's metrics.json, config.yaml and run_info.json (no checkpoints). The records are small enough to commit
+   (docs/results/) and the script rebuilds the table from them (`results_table.py DIR`). Copied back into a demo
+   directory, they let `structvl demo --seeds N` reuse those runs (same config and code) and add seeds; the
+   demo's report still loads the first seed's checkpoints, which the records do not hold.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -161,6 +167,26 @@ def run_fingerprints(out: Path, rows: dict, seeds: int) -> set[str]:
     return hashes
 
 
+RECORD_FILES = ("metrics.json", "config.yaml", "run_info.json")
+
+
+def save_records(out: Path, rows: dict, seeds: int, records: Path) -> int:
+    """Copy OUT/metrics.json and the RECORD_FILES of every run behind the table's rows into `records` (OUT's
+    layout); returns how many files. A records directory that exists is refused: records are never overwritten."""
+    if records.exists():
+        fail(f"--records {records}: exists; records are never overwritten (remove it or name another directory)")
+    names = {label: name for name, (label, _) in {**RECIPES, **ABLATIONS}.items()}
+    pairs = [(out / "metrics.json", records / "metrics.json")]
+    for label in rows:
+        for seed in range(seeds):
+            run = Path(names[label]) / f"seed{seed}"
+            pairs += [(out / run / f, records / run / f) for f in RECORD_FILES if (out / run / f).exists()]
+    for source, target in pairs:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    return len(pairs)
+
+
 def revision_of(source_sha256: str, depth: int) -> str:
     """Which code the hash is: the working tree's package source, and/or a recent git revision whose package
     source hashes the same (each revision's src/structvl is extracted with `git archive` and hashed as
@@ -193,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", default=None, help="the command that made it, for the header")
     parser.add_argument("--git-depth", type=int, default=40,
                         help="how many of the last commits that changed the package to search for the runs' source")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="also copy the table's metrics and each run's config and run_info here (a new directory)")
     args = parser.parse_args(argv)
     path = args.out / "metrics.json"
     if not path.exists():
@@ -206,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"{args.out}: its runs were made by {len(hashes)} versions of the code ({', '.join(sorted(hashes))}); "
              "a table must come from one")
     (source,) = hashes
+    if args.records is not None:
+        copied = save_records(args.out, rows, seeds, args.records)
+        print(f"results_table: {copied} record files copied to {args.records}", file=sys.stderr)
     chance = chance_of(metrics)
     labels = list(rows)
     base = labels[0]

@@ -80,3 +80,22 @@ def test_a_missing_directory_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         results_table.main([str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2 and "metrics.json: no such file" in capsys.readouterr().err
+
+
+def test_records_rebuild_the_same_table_and_are_never_overwritten(tmp_path, capsys):
+    rows = {BASE: _row(50.0, 70.0, 30.0), CLOP: _row(53.0, 71.5, 31.0)}
+    out = _demo_dir(tmp_path, rows, seeds=2)
+    (out / "clop" / "seed1" / "config.yaml").write_text("train: {seed: 1}\n", encoding="utf-8")
+    (out / "clop" / "seed1" / "model.safetensors").write_bytes(b"weights")  # not a record
+    records = tmp_path / "records"
+    made_by = ["--git-depth", "0", "--command", "structvl demo --seeds 2"]  # else the header names the directory
+    assert results_table.main([str(out), *made_by, "--records", str(records)]) == 0
+    table = capsys.readouterr().out
+    assert (records / "clop" / "seed1" / "config.yaml").read_text(encoding="utf-8") == "train: {seed: 1}\n"
+    assert (records / "baseline" / "seed1" / "run_info.json").exists()
+    assert not (records / "clop" / "seed1" / "model.safetensors").exists()
+    assert results_table.main([str(records), *made_by]) == 0
+    assert capsys.readouterr().out == table
+    with pytest.raises(SystemExit) as stop:  # a second copy into the same directory
+        results_table.main([str(out), "--git-depth", "0", "--records", str(records)])
+    assert stop.value.code == 2 and "never overwritten" in capsys.readouterr().err
