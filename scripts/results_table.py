@@ -41,6 +41,7 @@ from structvl.lab.demo import ABLATIONS, DOWNSTREAM_REFERENCE, RECIPES, TABLE_CO
 from structvl.runtime.provenance import PACKAGE_ROOT, code_fingerprint
 
 LOWER_IS_BETTER = ("/MdR", "/MnR")
+NAME_OF = {label: name for name, (label, _) in {**RECIPES, **ABLATIONS}.items()}  # row label -> recipe
 MARK = {1: " ▲", -1: " ▼", 0: ""}  # a gain / a loss beyond seed noise / within it
 # Column groups of the two main tables (the second holds what is measured downstream of the embedding).
 FIRST_TABLE = [c for c in TABLE_COLUMNS if c.startswith(("retrieval/", "hard_negative/"))]
@@ -154,16 +155,19 @@ def verdicts(rows: dict, pairs: list[tuple[str, str]], columns: list[str]) -> li
     return out
 
 
+def run_paths(rows: dict, seeds: int) -> list[Path]:
+    """The run directories behind the table's rows, relative to the demo directory: <recipe>/seedN."""
+    return [Path(NAME_OF[label]) / f"seed{seed}" for label in rows for seed in range(seeds)]
+
+
 def run_fingerprints(out: Path, rows: dict, seeds: int) -> set[str]:
     """The source sha256 of every run behind the table's rows (OUT/<recipe>/seedN/run_info.json)."""
-    names = {label: name for name, (label, _) in {**RECIPES, **ABLATIONS}.items()}
     hashes = set()
-    for label in rows:
-        for seed in range(seeds):
-            path = out / names[label] / f"seed{seed}" / "run_info.json"
-            if not path.exists():
-                fail(f"{path}: missing; the table's runs must all be present (run `structvl demo` again)")
-            hashes.add(json.loads(path.read_text(encoding="utf-8"))["code"]["source_sha256"])
+    for run in run_paths(rows, seeds):
+        path = out / run / "run_info.json"
+        if not path.exists():
+            fail(f"{path}: missing; the table's runs must all be present (run `structvl demo` again)")
+        hashes.add(json.loads(path.read_text(encoding="utf-8"))["code"]["source_sha256"])
     return hashes
 
 
@@ -175,12 +179,9 @@ def save_records(out: Path, rows: dict, seeds: int, records: Path) -> int:
     layout); returns how many files. A records directory that exists is refused: records are never overwritten."""
     if records.exists():
         fail(f"--records {records}: exists; records are never overwritten (remove it or name another directory)")
-    names = {label: name for name, (label, _) in {**RECIPES, **ABLATIONS}.items()}
     pairs = [(out / "metrics.json", records / "metrics.json")]
-    for label in rows:
-        for seed in range(seeds):
-            run = Path(names[label]) / f"seed{seed}"
-            pairs += [(out / run / f, records / run / f) for f in RECORD_FILES if (out / run / f).exists()]
+    pairs += [(out / run / f, records / run / f) for run in run_paths(rows, seeds) for f in RECORD_FILES
+              if (out / run / f).exists()]
     for source, target in pairs:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
@@ -240,10 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     chance = chance_of(metrics)
     labels = list(rows)
     base = labels[0]
-    names = {label: name for name, (label, _) in {**RECIPES, **ABLATIONS}.items()}
-    paper_of = {label: RECIPES[names[label].split("_")[0]][0] for label in labels
-                if names[label] in ABLATIONS and names[label].split("_")[0] in RECIPES
-                and RECIPES[names[label].split("_")[0]][0] in rows}
+    paper_of = {label: RECIPES[NAME_OF[label].split("_")[0]][0] for label in labels
+                if NAME_OF[label] in ABLATIONS and NAME_OF[label].split("_")[0] in RECIPES
+                and RECIPES[NAME_OF[label].split("_")[0]][0] in rows}
     pairs = [(label, base) for label in labels[1:]] + [(label, ref) for label, ref in paper_of.items()]
     unseen = [f"{UNSEEN_PREFIX}{c}" for c in UNSEEN_COLUMNS]
     all_columns = FIRST_TABLE + SECOND_TABLE + unseen
