@@ -162,7 +162,7 @@ class ChunkEmbedder:
                             self.opts.temporal_views, self.opts.spatial_crops, self.cfg.data.backend)
         return DataLoader(dataset, batch_size=self.batch_size, collate_fn=_collate_views_with_reasons,
                           num_workers=self.workers, persistent_workers=False,
-                          worker_init_fn=die_with_parent if self.workers > 0 else None)
+                          worker_init_fn=die_with_parent)
 
     @torch.no_grad()
     def embed_batch(self, batch: dict, first: int, count: int) -> tuple[list[int], torch.Tensor, list[tuple]]:

@@ -121,7 +121,7 @@ def extract_clip_features(model, records: list[VideoRecord], video_root, *, num_
                         backend, frame_normalization(model.cfg.video))
     loader = DataLoader(dataset, batch_size=max(1, batch_size // (temporal_views * spatial_crops)),
                         collate_fn=collate_views, num_workers=num_workers,
-                        worker_init_fn=die_with_parent if num_workers > 0 else None)
+                        worker_init_fn=die_with_parent)
     pooled, embed, tokens, kept = [], [], [], []
     for batch in loader:
         if batch["views"] is None:

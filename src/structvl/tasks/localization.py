@@ -92,7 +92,7 @@ def snippet_features(model, records: list[VideoRecord], video_root, *, num_frame
     loader = DataLoader(SnippetWindows(records, video_root, num_frames, model.cfg.video.image_size, window, stride,
                                        normalization=frame_normalization(model.cfg.video)),
                         batch_size=None, num_workers=num_workers,
-                        worker_init_fn=die_with_parent if num_workers > 0 else None)
+                        worker_init_fn=die_with_parent)
     feats, kept, durations = [], [], []
     pending: list[tuple[int, torch.Tensor]] = []  # windows of several videos batched together
 
