@@ -60,3 +60,21 @@ def test_peak_memory_counts_the_descendants_and_passes_on_the_exit_code():
     assert found, done.stdout
     pss, processes, rss = float(found[1]), int(found[2]), float(found[3])
     assert pss >= 0.4 and rss >= 0.39 and processes == 3, done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resets the peak through /proc (Linux)")
+def test_step_memory_counts_what_activation_checkpointing_saves():
+    # The baseline at batch 2 with and without activation checkpointing: both rows print, and checkpointing
+    # saves far less for the backward (only each block's input instead of everything inside it).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_memory.py"), "--recipes", "baseline",
+                           "--batch", "2", "--steps", "1", "--threads", "1",
+                           "--variants", "", "model.activation_checkpointing=true"],
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = re.findall(r"^baseline\s+(\(as configured\)|model\.activation_checkpointing=true)\s+(\d+)\s+(\d+)\s+(-?\d+)"
+                      r"\s+(-?\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+model\.video_encoder", done.stdout, re.MULTILINE)
+    assert [r[0] for r in rows] == ["(as configured)", "model.activation_checkpointing=true"], done.stdout
+    (_, plain, before, *_), (_, checkpointed, *_) = rows
+    assert int(before) > 0 and int(plain) > 3 * int(checkpointed) > 0, done.stdout

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -227,58 +222,3 @@ def test_invalid_options(corpus, kwargs, message):
     root, records = corpus
     with pytest.raises(ValueError, match=message):
         make_dataset(root, records, **kwargs)
-
-
-STUCK_WORKER = """
-import os, sys, time
-import torch
-from torch.utils.data import DataLoader, Dataset
-from structvl.data.dataset import die_with_parent
-
-class Stuck(Dataset):  # the first item at once, then each takes a minute (a decoder stuck on a file)
-    def __len__(self):
-        return 100
-
-    def __getitem__(self, i):
-        open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w").close()
-        if i > 0:
-            time.sleep(60)
-        return torch.zeros(4)
-
-loader = iter(DataLoader(Stuck(), batch_size=1, num_workers=1, worker_init_fn=die_with_parent))
-next(loader)
-print("ready", flush=True)
-time.sleep(120)
-"""
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_loader_worker_dies_with_its_parent(tmp_path):
-    """A worker busy in __getitem__ when its parent is killed would go on (torch's own check runs between
-    items): `die_with_parent` has the kernel kill it with the parent."""
-    parent = subprocess.Popen([sys.executable, "-c", STUCK_WORKER, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert parent.stdout.readline().strip() == "ready"
-        (marker,) = tmp_path.glob("worker-*")
-        worker = int(marker.name.split("-")[1])
-        assert _running(worker)
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
-        deadline = time.monotonic() + 10  # the worker's item takes 60 s: without the fix it would still run
-        while _running(worker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        alive = _running(worker)
-        if alive:
-            os.kill(worker, signal.SIGKILL)
-        assert not alive
-    finally:
-        parent.kill()

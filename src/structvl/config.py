@@ -244,6 +244,10 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     distributed: str = "ddp"  # "ddp" or "fsdp" (large models) when launched by torchrun
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    # Linux/glibc: host allocations of at least this many KiB get pages of their own, given back to the system
+    # when freed (runtime/process.py `return_freed_memory`). glibc's own threshold grows after the first step and
+    # a CPU run then keeps the heap of its largest step, fragmented; 0 leaves malloc as it is. At most 32768.
+    mmap_threshold_kib: int = 128
 
 
 # ----------------------------------------------------------------------------- knowledge + per-paper options

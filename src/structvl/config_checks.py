@@ -227,6 +227,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "train.max_steps": COUNT,
         "train.precision": Choice(("auto", "bf16", "fp16", "fp32")),
         "train.max_nonfinite_steps": Number(1, BIG, integer=True),  # 1: stop at the first non-finite step
+        "train.mmap_threshold_kib": Number(0, 32768, integer=True),  # glibc's largest mmap threshold: 32 MiB
         "train.seed": Number(0, 2**63 - 1, integer=True),
         "train.log_every": COUNT,
         "train.checkpoint_every": COUNT0,  # 0: at the end only

@@ -18,11 +18,8 @@ elsewhere, `..`) stops the dataset's construction with an `AnnotationError` unle
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import random
-import signal
-import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +34,7 @@ from structvl.data.records import AnnotationError, VideoRecord, has_caption, out
 from structvl.data.sampling import SAMPLING_MODES, sample_frame_indices
 from structvl.data.transforms import VideoTransform
 from structvl.data.video import BACKENDS, VideoDecodeError, open_video
+from structvl.runtime.process import die_with_parent
 
 log = logging.getLogger("structvl.data")
 
@@ -261,18 +259,6 @@ class SkipLedger:
             return "; ".join(["no videos skipped", *parts])
         reasons = ", ".join(f"{count} x {reason}" for reason, count in self.per_reason.most_common())
         return "; ".join([f"skipped {self.total} clips from {len(self.reasons)} unreadable videos ({reasons})", *parts])
-
-
-def die_with_parent(worker_id: int = 0) -> None:
-    """A loader worker's `worker_init_fn`: on Linux, have the kernel SIGKILL this worker when the process that
-    started it exits. A worker whose parent is killed (SIGKILL, the out-of-memory killer, a second Ctrl-C during
-    shutdown) can otherwise block for ever flushing its result queue to a pipe nobody reads, holding the memory
-    it shares with the dead parent: an interrupted `structvl demo` left such a worker holding 6 GB. (Linux sends
-    it when the *thread* that started the worker exits; every loader here is iterated from the main thread.)
-    Elsewhere a no-op."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1  # <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -45,6 +45,7 @@ from structvl.objectives.base import ObjectiveContext
 from structvl.objectives.pretraining import PretrainingModule, enabled_objectives, needs_knowledge
 from structvl.runtime.distributed import DistInfo, barrier, init_distributed
 from structvl.runtime.precision import dtype_name
+from structvl.runtime.process import return_freed_memory
 
 log = logging.getLogger("structvl")
 
@@ -224,6 +225,7 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwri
     """
     run_dir = Path(run_dir)
     action = check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # every rank, before anything changes
+    return_freed_memory(cfg.train.mmap_threshold_kib)  # before the loaders fork their workers, which inherit it
     info = init_distributed(cfg.train.device)
     barrier()
     if info.is_main:

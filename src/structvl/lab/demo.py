@@ -22,12 +22,12 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from structvl.config import load_config, resolved_yaml
-from structvl.data.dataset import die_with_parent
 from structvl.engine.checkpoint import load_run_model
 from structvl.engine.run_dir import same_code, same_config
 from structvl.lab.report import examples_section, grounding_section, write_report
 from structvl.lab.synth.corpus import structured_corpus
 from structvl.models.text_encoder import build_tokenizer
+from structvl.runtime.process import die_with_parent
 from structvl.tasks.downstream import run_suite
 from structvl.tasks.evaluate import evaluate_model, hold_eval_clips, pretrain_and_evaluate
 from structvl.tasks.finetuning import pick_device

@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from structvl.config import ConfigError
-from structvl.data.dataset import die_with_parent
 from structvl.data.formats import read_annotations
 from structvl.data.prepare import find_videos
 from structvl.data.records import AnnotationError, VideoRecord
@@ -43,6 +42,7 @@ from structvl.data.text import Tokenizer
 from structvl.data.video import VideoDecodeError, open_video
 from structvl.engine.checkpoint import latest_checkpoint
 from structvl.runtime.precision import autocast, autocast_dtype, dtype_name
+from structvl.runtime.process import die_with_parent
 from structvl.search.store import DTYPES, EmbeddingStore, file_sha256
 from structvl.tasks.downstream import pick_device
 from structvl.tasks.eval_data import eval_annotations

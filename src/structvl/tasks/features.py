@@ -22,7 +22,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from structvl.config import frame_normalization
-from structvl.data.dataset import die_with_parent
 from structvl.data.records import VideoRecord, window_problem
 from structvl.data.sampling import frame_window
 from structvl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_shorter_side
@@ -30,6 +29,7 @@ from structvl.data.video import VideoDecodeError, open_video
 from structvl.models.text_encoder import TextEncoderOutput
 from structvl.models.video_encoder import VideoEncoderOutput
 from structvl.runtime.precision import autocast
+from structvl.runtime.process import die_with_parent
 from structvl.tasks.retrieval import length_sorted_batches
 
 

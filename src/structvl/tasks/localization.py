@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from structvl.config import frame_normalization
-from structvl.data.dataset import die_with_parent
 from structvl.data.records import VideoRecord
 from structvl.data.video import VideoDecodeError, open_video
 from structvl.runtime.nonfinite import NonFiniteTally, top1_hits
 from structvl.runtime.precision import autocast
+from structvl.runtime.process import die_with_parent
 from structvl.tasks.features import crops, normalise, view_indices
 from structvl.tasks.heads import fit_head, loss_summary, standardise
 from structvl.tasks.tal_metrics import Segment, detection_map, nms_1d, random_detections

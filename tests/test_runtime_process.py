@@ -1,0 +1,102 @@
+"""runtime/process.py: a process that dies with its parent, a heap that gives freed tensors back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+STUCK_WORKER = """
+import os, sys, time
+import torch
+from torch.utils.data import DataLoader, Dataset
+from structvl.runtime.process import die_with_parent
+
+class Stuck(Dataset):  # the first item at once, then each takes a minute (a decoder stuck on a file)
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, i):
+        open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w").close()
+        if i > 0:
+            time.sleep(60)
+        return torch.zeros(4)
+
+loader = iter(DataLoader(Stuck(), batch_size=1, num_workers=1, worker_init_fn=die_with_parent))
+next(loader)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_loader_worker_dies_with_its_parent(tmp_path):
+    """A worker busy in __getitem__ when its parent is killed would go on (torch's own check runs between
+    items): `die_with_parent` has the kernel kill it with the parent."""
+    parent = subprocess.Popen([sys.executable, "-c", STUCK_WORKER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        (marker,) = tmp_path.glob("worker-*")
+        worker = int(marker.name.split("-")[1])
+        assert _running(worker)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10  # the worker's item takes 60 s: without the fix it would still run
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = _running(worker)
+        if alive:
+            os.kill(worker, signal.SIGKILL)
+        assert not alive
+    finally:
+        parent.kill()
+
+
+# Frees 256 MiB of 512 KiB tensors interleaved with small live ones, after a 1 MiB tensor came and went (which
+# raises glibc's adjustable threshold above 512 KiB); prints how much of it the resident set kept (MiB).
+FRAGMENTED_HEAP = """
+import sys
+import torch
+from structvl.runtime.process import return_freed_memory
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+print(return_freed_memory(int(sys.argv[1])))
+torch.ones(2**18)  # 1 MiB, freed at once
+big, small = [], []
+for _ in range(512):
+    big.append(torch.ones(2**17))  # 512 KiB, touched
+    small.append(torch.ones(16))  # lives on, between the big ones
+before = rss_mib()
+del big
+print(before - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_return_freed_memory_gives_a_fragmented_heap_back():
+    def kept_and_returned(threshold_kib: int) -> tuple[bool, float]:
+        out = subprocess.run([sys.executable, "-c", FRAGMENTED_HEAP, str(threshold_kib)], capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0] == "True", float(out[1])
+
+    set_, returned = kept_and_returned(128)
+    assert set_ and returned > 0.9 * 256
+    # glibc as it is (0 leaves it): the freed blocks stay in the heap behind the small live ones
+    set_, returned = kept_and_returned(0)
+    assert not set_ and returned < 0.25 * 256
