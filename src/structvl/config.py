@@ -245,9 +245,11 @@ class TrainConfig:
     distributed: str = "ddp"  # "ddp" or "fsdp" (large models) when launched by torchrun
     device: str = "auto"  # "auto", "cpu" or "cuda"
     # Linux/glibc: host allocations of at least this many KiB get pages of their own, given back to the system
-    # when freed (runtime/process.py `return_freed_memory`). glibc's own threshold grows after the first step and
-    # a CPU run then keeps the heap of its largest step, fragmented; 0 leaves malloc as it is. At most 32768.
-    mmap_threshold_kib: int = 128
+    # when freed (runtime/process.py `return_freed_memory`); 0 (the default) leaves malloc as it is, which after
+    # the first step keeps the heap of a CPU run's largest step. 128 took the all-three pre-training run + its
+    # evaluation from 5.19 to 4.07 GiB, but costs a page fault per fresh page: 1.1-1.5x the CPU step time
+    # (docs/findings.md, "Memory of the whole demo"). At most 32768.
+    mmap_threshold_kib: int = 0
 
 
 # ----------------------------------------------------------------------------- knowledge + per-paper options
