@@ -16,9 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
 def _run(script: str, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--smoke"], env=env,
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--smoke"], env=_env(),
                           capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -67,11 +70,10 @@ def test_peak_memory_counts_the_descendants_and_passes_on_the_exit_code():
 def test_step_memory_counts_what_activation_checkpointing_saves():
     # The baseline at batch 2 with and without activation checkpointing: both rows print, and checkpointing
     # saves far less for the backward (only each block's input instead of everything inside it).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_memory.py"), "--recipes", "baseline",
                            "--batch", "2", "--steps", "1", "--threads", "1",
                            "--variants", "", "model.activation_checkpointing=true"],
-                          env=env, capture_output=True, text=True, timeout=900, check=False)
+                          env=_env(), capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = re.findall(r"^baseline\s+(\(as configured\)|model\.activation_checkpointing=true)\s+(\d+)\s+(\d+)\s+(-?\d+)"
                       r"\s+(-?\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+model\.video_encoder", done.stdout, re.MULTILINE)

@@ -248,7 +248,7 @@ class TrainConfig:
     # when freed (runtime/process.py `return_freed_memory`); 0 (the default) leaves malloc as it is, which after
     # the first step keeps the heap of a CPU run's largest step. 128 took the all-three pre-training run + its
     # evaluation from 5.19 to 4.07 GiB, but costs a page fault per fresh page: 1.1-1.5x the CPU step time
-    # (docs/findings.md, "Memory of the whole demo"). At most 32768.
+    # (docs/findings.md, "Memory of one step"). At most 32768.
     mmap_threshold_kib: int = 0
 
 

@@ -37,7 +37,7 @@ def return_freed_memory(threshold_kib: int) -> bool:
     the heap instead, and a heap gives memory back only from its top: the process keeps what its largest step
     freed, fragmented, and a step's new tensors often do not fit the holes. Fixing the threshold (mallopt turns
     the adjustment off) keeps the resident set at what is live, for a page fault per fresh page
-    (docs/findings.md, "Memory of the whole demo"; `benchmarks/step_memory.py` measures both)."""
+    (docs/findings.md, "Memory of one step"; `benchmarks/step_memory.py` measures both)."""
     if threshold_kib <= 0 or not sys.platform.startswith("linux"):
         return False
     try:
