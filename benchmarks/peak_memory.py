@@ -1,12 +1,14 @@
 """Peak memory of a whole job: every process it starts (loader workers, each demo run's own process), together.
 
-    python benchmarks/peak_memory.py [--interval 0.5] -- structvl demo --out runs/demo
+    python benchmarks/peak_memory.py [--interval 0.5] [--trace FILE] -- structvl demo --out runs/demo
 
 Runs the command and samples its process tree from /proc (Linux) every `interval` seconds. Prints the peak of
 the summed PSS (proportional set size: a page shared by n processes counts 1/n in each, so the sum is what the
 job takes from the machine; summed RSS counts copy-on-write pages of forked workers again in every worker) and
-the largest single process's RSS, and exits with the command's exit code. A sampler can miss a spike shorter
-than its interval; /usr/bin/time's "maximum resident set size" is exact but covers one process only.
+the largest single process's RSS, and exits with the command's exit code. `--trace FILE` also writes every
+sample (seconds since start, summed PSS and largest RSS in MiB, processes), to see which phase holds the peak.
+A sampler can miss a spike shorter than its interval; /usr/bin/time's "maximum resident set size" is exact but
+covers one process only.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
+    parser.add_argument("--trace", type=Path, help="write every sample to this file (tab-separated)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the job, after --")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -55,6 +58,9 @@ def main() -> int:
     if not Path("/proc/self/smaps_rollup").exists():
         print("peak_memory.py: /proc/<pid>/smaps_rollup is not readable here (Linux 4.14+ only)", file=sys.stderr)
         return 2
+    trace = args.trace.open("w") if args.trace else None
+    if trace:
+        print("seconds\tpss_mib\tlargest_rss_mib\tprocesses", file=trace, flush=True)
     proc = subprocess.Popen(command)
     peak_pss = peak_rss = processes = 0
     start = time.perf_counter()
@@ -65,6 +71,9 @@ def main() -> int:
         if pss > peak_pss:
             peak_pss, processes = pss, sum(1 for s in sizes if s[0])
         peak_rss = max([peak_rss] + [s[1] for s in sizes])
+        if trace:
+            print(f"{time.perf_counter() - start:.1f}\t{pss // 1024}\t{max(s[1] for s in sizes) // 1024}\t"
+                  f"{sum(1 for s in sizes if s[0])}", file=trace, flush=True)
         time.sleep(args.interval)
     gib = 1024 ** 2
     print(f"peak_memory: peak summed PSS {peak_pss / gib:.2f} GiB ({processes} processes at the peak), "

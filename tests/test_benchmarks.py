@@ -49,20 +49,27 @@ def test_scaling_smoke_prints_both_attentions_against_the_flop_prediction():
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads /proc/<pid>/smaps_rollup (Linux)")
-def test_peak_memory_counts_the_descendants_and_passes_on_the_exit_code():
+def test_peak_memory_counts_the_descendants_and_passes_on_the_exit_code(tmp_path):
     # The measured process holds little itself; a grandchild (a process started by its child) holds 400 MiB of
     # written pages for a second: the peak must include it, and the command's exit code (3) comes back.
     grandchild = "import time; b = bytearray(400 * 2**20); time.sleep(1.5)"
     child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}]); sys.exit(3)"
     parent = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', {child!r}]).returncode)"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--interval", "0.1", "--",
-                           sys.executable, "-c", parent], capture_output=True, text=True, timeout=120, check=False)
+    trace = tmp_path / "trace.tsv"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--interval", "0.1",
+                           "--trace", str(trace), "--", sys.executable, "-c", parent],
+                          capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 3, done.stderr
     found = re.search(r"peak summed PSS ([\d.]+) GiB \((\d+) processes at the peak\), largest single RSS ([\d.]+)",
                       done.stdout)
     assert found, done.stdout
     pss, processes, rss = float(found[1]), int(found[2]), float(found[3])
     assert pss >= 0.4 and rss >= 0.39 and processes == 3, done.stdout
+    # --trace: every sample, so the grandchild's second shows in the samples that count three processes
+    header, *samples = [line.split("\t") for line in trace.read_text().splitlines()]
+    assert header == ["seconds", "pss_mib", "largest_rss_mib", "processes"]
+    assert max(int(s[1]) for s in samples if s[3] == "3") >= 400
+    assert [float(s[0]) for s in samples] == sorted(float(s[0]) for s in samples)
 
 
 @pytest.mark.slow

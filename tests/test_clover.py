@@ -230,6 +230,40 @@ def test_no_fusion_model_is_the_dual_encoder_bit_for_bit():
     torch.testing.assert_close(fused.fusion.layers[0].state_dict(), fused.text_encoder.bert.encoder.layer[0].state_dict())
 
 
+def test_fusion_checkpointing_keeps_less_for_the_same_loss_and_gradients(knowledge, tokenizer):
+    """model.fusion.activation_checkpointing: the fusion layers recompute their activations in the backward
+    instead of saving them, and the step is the same step (loss and every gradient)."""
+
+    def step(checkpointing: bool):
+        cfg = _tiny_clover("train.precision=fp32", f"model.fusion.activation_checkpointing={checkpointing}")
+        batch, tok = _batch(cfg, tokenizer, knowledge)
+        module = _module(cfg, tok).train()
+        saved: dict[int, int] = {}  # what the fusion encoder's forward saves for the backward
+        inside = []
+        module.model.fusion.register_forward_pre_hook(lambda *a: inside.append(1))
+        module.model.fusion.register_forward_hook(lambda *a: inside.clear())
+
+        def pack(t):
+            if inside:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(2)  # the objectives' masking and dropout draw the same numbers in both runs
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = module(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, sum(saved.values())
+
+    loss_a, grads_a, saved_a = step(False)
+    loss_b, grads_b, saved_b = step(True)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert saved_b < 0.5 * saved_a, (saved_a, saved_b)
+
+
 def test_fuse_shapes_and_gradients_reach_every_head(knowledge, tokenizer):
     cfg = _tiny_clover("train.precision=fp32")
     batch, tok = _batch(cfg, tokenizer, knowledge)

@@ -100,3 +100,64 @@ def test_return_freed_memory_gives_a_fragmented_heap_back():
     # glibc as it is (0 leaves it): the freed blocks stay in the heap behind the small live ones
     set_, returned = kept_and_returned(0)
     assert not set_ and returned < 0.25 * 256
+
+
+# The same fragmented heap with malloc as it is; then trim_heap; prints what each step gave back (MiB).
+TRIMMED_HEAP = FRAGMENTED_HEAP.replace("print(return_freed_memory(int(sys.argv[1])))\n", "").replace(
+    "print(before - rss_mib())", """freed = before - rss_mib()
+from structvl.runtime.process import trim_heap
+print(freed, trim_heap(), before - rss_mib())""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_trim_heap_gives_back_what_freed_tensors_left_between_live_ones():
+    out = subprocess.run([sys.executable, "-c", TRIMMED_HEAP], capture_output=True, text=True,
+                         check=True).stdout.split()
+    freed_alone, released, after_trim = float(out[0]), out[1] == "True", float(out[2])
+    assert freed_alone < 0.25 * 256  # freeing alone keeps the holes (the control)
+    assert released and after_trim > 0.9 * 256
+
+
+# A process whose default start method is spawn (as the demo's run process is) builds a loader as the trainer
+# does; each worker reports whether it sees a value the parent set at run time, which a forked worker inherits
+# and a spawned one (which imports everything anew) does not.
+WORKER_PROBE = """
+import multiprocessing, sys
+import torch
+from structvl.data.dataset import build_dataloader
+from structvl.runtime.process import worker_start_method
+
+
+class Probe(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return getattr(sys.modules["__main__"], "SET_AT_RUN_TIME", "absent")
+
+
+def as_list(items):
+    return items
+
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn")
+    SET_AT_RUN_TIME = "inherited"
+    method = worker_start_method() if sys.argv[1] == "trainer" else None
+    loader = build_dataloader(Probe(), as_list, batch_size=2, shuffle=False, num_workers=1, seed=0,
+                              drop_last=False, start_method=method)
+    print(next(iter(loader))[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_the_trainers_loader_forks_its_workers_even_where_the_default_is_spawn(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(WORKER_PROBE)
+
+    def seen(how: str) -> str:
+        return subprocess.run([sys.executable, str(script), how], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert seen("trainer") == "inherited"
+    assert seen("default") == "absent"  # the control: the spawned worker imported everything anew

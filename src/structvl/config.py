@@ -143,6 +143,12 @@ class FusionConfig:
     init_from_text_layers: str = "first"
     learned_cls: bool = True  # a learned [CLS] between the video and the text tokens
     video_pool: int = 1  # average-pool the video patch grid by this factor per side before fusion (cost)
+    # Recompute the fusion layers' activations in the backward pass instead of keeping them. The fusion runs
+    # over every video token and the caption, twice per step in Clover, and keeps about as much for the
+    # backward as the video tower; recomputing it alone costs less than checkpointing every tower
+    # (`model.activation_checkpointing`, which includes these layers). Same numbers either way; off by default,
+    # measured in docs/findings.md ("Memory of the whole demo", stop 40).
+    activation_checkpointing: bool = False
 
 
 @dataclass

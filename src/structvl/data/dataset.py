@@ -273,11 +273,12 @@ def seed_worker(worker_id: int) -> None:
 
 def build_dataloader(dataset: Dataset, collator: Callable, batch_size: int, shuffle: bool, num_workers: int,
                      seed: int, drop_last: bool, sampler: Sampler | None = None,
-                     timeout: float = 0) -> DataLoader:
+                     timeout: float = 0, start_method: str | None = None) -> DataLoader:
     """A DataLoader with worker processes (persistent across epochs), seeded shuffling and worker seeds.
 
     sampler: e.g. a DistributedSampler; it replaces `shuffle`. timeout: seconds to wait for one batch from
     a worker before raising (0 = forever), a guard against a decoder stuck on a pathological file.
+    start_method: how the workers start ("fork", "spawn", ...; None: the process's default start method).
     """
     if sampler is None and shuffle:
         # The shuffle gets a generator of its own: the loader's generator also seeds workers, once per
@@ -290,4 +291,5 @@ def build_dataloader(dataset: Dataset, collator: Callable, batch_size: int, shuf
         worker_init_fn=seed_worker if num_workers > 0 else None, persistent_workers=num_workers > 0,
         timeout=timeout if num_workers > 0 else 0, pin_memory=torch.cuda.is_available(),
         prefetch_factor=2 if num_workers > 0 else None,
+        multiprocessing_context=start_method if num_workers > 0 else None,
     )

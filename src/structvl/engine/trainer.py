@@ -40,6 +40,7 @@ from structvl.runtime.distributed import DistInfo, all_reduce_mean
 from structvl.runtime.errors import RunStopped
 from structvl.runtime.nonfinite import all_finite, nonfinite_names
 from structvl.runtime.precision import autocast, autocast_dtype, grad_scaler, set_tf32
+from structvl.runtime.process import worker_start_method
 
 log = logging.getLogger("structvl")
 
@@ -118,7 +119,8 @@ class Trainer:
                                        num_workers=cfg.data.num_workers, seed=cfg.train.seed, drop_last=True,
                                        sampler=self.sampler,
                                        # a decoder stuck inside FFmpeg becomes an error, not a silent hang
-                                       timeout=cfg.data.loader_timeout if cfg.data.num_workers > 0 else 0)
+                                       timeout=cfg.data.loader_timeout if cfg.data.num_workers > 0 else 0,
+                                       start_method=worker_start_method())
         if self.sampler is not None and len(self.sampler) < cfg.train.batch_size:
             raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than the "
                              f"{len(self.sampler)} training items each rank gets")

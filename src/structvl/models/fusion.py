@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from structvl.config import ConfigError, FusionConfig
 
@@ -111,8 +112,13 @@ class FusionEncoder(nn.Module):
         masks.append(text.attention_mask.bool())
         x = torch.cat(parts, dim=1)
         attend = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, S) True = may be attended to
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            out = layer(x, attention_mask=attend)
+            # A layer copied from a checkpointed text encoder (model.activation_checkpointing) recomputes itself.
+            if recompute and not getattr(layer, "gradient_checkpointing", False):
+                out = checkpoint(layer, x, attention_mask=attend, use_reentrant=False)
+            else:
+                out = layer(x, attention_mask=attend)
             x = out[0] if isinstance(out, tuple) else out
         length = text.tokens.shape[1]
         text_states = x[:, -length:]

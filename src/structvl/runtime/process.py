@@ -1,10 +1,12 @@
 """Process-level settings made through the C library: a process that dies with the one that started it
-(`die_with_parent`) and a heap that gives freed tensors back to the system (`return_freed_memory`). Linux/glibc
-only; elsewhere both change nothing."""
+(`die_with_parent`), a heap that gives freed tensors back to the system as they are freed
+(`return_freed_memory`) or at a phase's end (`trim_heap`), and loader workers that share the process's pages
+(`worker_start_method`). Linux/glibc only; elsewhere they change nothing."""
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import signal
 import sys
 
@@ -45,3 +47,33 @@ def return_freed_memory(threshold_kib: int) -> bool:
     except AttributeError:  # another C library (musl has no mallopt)
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, int(threshold_kib) * 1024))
+
+
+def trim_heap() -> bool:
+    """Collect unreachable objects, then give every free page of the heap back to the system (glibc's
+    `malloc_trim(0)`, which also releases free pages between live chunks, not only the heap's top). Returns
+    whether pages were released.
+
+    Why: a phase that ends (training, one evaluation task) leaves the heap at the size of its largest step,
+    fragmented; the next phase would otherwise run on top of it. Called between phases, not between steps: every
+    page given back is faulted in again when the heap grows back, which slows a training step measurably
+    (docs/findings.md, "Memory of the whole demo")."""
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = _libc().malloc_trim
+    except AttributeError:  # another C library
+        return False
+    return bool(malloc_trim(0))
+
+
+def worker_start_method() -> str | None:
+    """The start method for a training loader's workers: "fork" on Linux, so that a worker shares the process's
+    pages (imports, dataset, tokenizer) instead of importing everything again, even in a process that was itself
+    started by `spawn` (the demo's run process, whose default start method spawn then becomes; measured in
+    docs/findings.md, "Memory of the whole demo"). None elsewhere: the platform's default (macOS forks
+    unsafely). The trainer's loader starts its workers before the first step, when the process holds little it
+    will write to again; a worker forked from a process that has grown keeps the pages the process later
+    rewrites, so evaluation loaders keep the default."""
+    return "fork" if sys.platform.startswith("linux") else None

@@ -24,6 +24,7 @@ import torch
 from structvl.engine.checkpoint import load_run_model
 from structvl.models.text_encoder import build_tokenizer, paragraph_tokenizer
 from structvl.runtime.precision import autocast_dtype
+from structvl.runtime.process import trim_heap
 from structvl.tasks.eval_data import eval_split_name
 from structvl.tasks.evaluate import evaluate_retrieval
 from structvl.tasks.features import FeatureCache
@@ -112,6 +113,7 @@ def run_suite(model, run_cfg, task_cfg, root, *, device=torch.device("cpu"), tas
             log.warning("downstream task %s skipped: %s", name, e)
             continue
         metrics[f"time/{name}_s"] = time.perf_counter() - start
+        trim_heap()  # the next task starts without this one's heap
     return metrics
 
 

@@ -20,6 +20,7 @@ from structvl.engine.pretrain import run_pretraining
 from structvl.models.text_encoder import build_tokenizer
 from structvl.runtime.distributed import barrier, cleanup
 from structvl.runtime.precision import autocast_dtype
+from structvl.runtime.process import trim_heap
 from structvl.tasks.eval_data import EvalClips, eval_annotations, eval_loader, hard_negatives_file, test_video_root
 from structvl.tasks.grounding import evaluate_grounding, evaluate_scene_change
 from structvl.tasks.hard_negative import hard_negative_metrics
@@ -100,6 +101,7 @@ def pretrain_and_evaluate(cfg: RunConfig, run_dir: str | Path, resume: bool = Fa
     objective's own measure. All metrics are merged into run_dir/metrics.json; the process group is torn down
     at the end."""
     result = run_pretraining(cfg, Path(run_dir), resume=resume, overwrite=overwrite, prepare_data=prepare_data)
+    trim_heap()  # the trainer (optimizer state, loader workers) is gone: evaluate without its largest step's heap
     metrics = dict(result.metrics)
     if result.info.is_main:
         device = result.info.device
