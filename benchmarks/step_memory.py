@@ -95,8 +95,7 @@ def measure(name: str, overrides: list[str], data: str, batch_size: int, steps: 
     torch.set_num_threads(threads)
     cfg = load_config(RECIPES[name], [f"data.root={data}", *overrides])
     return_freed_memory(cfg.train.mmap_threshold_kib)  # as run_pretraining does
-    run_dir = Path(work) / f"{name}-{abs(hash(tuple(overrides)))}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))  # each variant a directory of its own
     batch, context = real_batch(cfg, Path(data), batch_size, run_dir)
     seed_everything(0)
     module = PretrainingModule(build_model(cfg.model), cfg, context).train()
