@@ -68,12 +68,14 @@ def main() -> int:
         tree = children(proc.pid)
         sizes = [memory_kib(p) for p in tree]
         pss = sum(s[0] for s in sizes)
+        largest = max(s[1] for s in sizes)
+        alive = sum(1 for s in sizes if s[0])
         if pss > peak_pss:
-            peak_pss, processes = pss, sum(1 for s in sizes if s[0])
-        peak_rss = max([peak_rss] + [s[1] for s in sizes])
+            peak_pss, processes = pss, alive
+        peak_rss = max(peak_rss, largest)
         if trace:
-            print(f"{time.perf_counter() - start:.1f}\t{pss // 1024}\t{max(s[1] for s in sizes) // 1024}\t"
-                  f"{sum(1 for s in sizes if s[0])}", file=trace, flush=True)
+            print(f"{time.perf_counter() - start:.1f}\t{pss // 1024}\t{largest // 1024}\t{alive}", file=trace,
+                  flush=True)
         time.sleep(args.interval)
     gib = 1024 ** 2
     print(f"peak_memory: peak summed PSS {peak_pss / gib:.2f} GiB ({processes} processes at the peak), "

@@ -18,6 +18,14 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
+def _glibc_malloc(name: str):
+    """glibc's malloc function `name` (mallopt, malloc_trim) on Linux; None elsewhere or under another C library
+    (musl has neither)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return getattr(_libc(), name, None)
+
+
 def die_with_parent(worker_id: int = 0) -> None:
     """A loader worker's `worker_init_fn` (and the first call of a demo's run process): on Linux, have the kernel
     SIGKILL this process when the one that started it exits. A worker whose parent is killed (SIGKILL, the
@@ -40,13 +48,8 @@ def return_freed_memory(threshold_kib: int) -> bool:
     freed, fragmented, and a step's new tensors often do not fit the holes. Fixing the threshold (mallopt turns
     the adjustment off) keeps the resident set at what is live, for a page fault per fresh page
     (docs/findings.md, "Memory of one step"; `benchmarks/step_memory.py` measures both)."""
-    if threshold_kib <= 0 or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = _libc().mallopt
-    except AttributeError:  # another C library (musl has no mallopt)
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold_kib) * 1024))
+    mallopt = _glibc_malloc("mallopt") if threshold_kib > 0 else None
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, int(threshold_kib) * 1024))
 
 
 def trim_heap() -> bool:
@@ -59,13 +62,8 @@ def trim_heap() -> bool:
     page given back is faulted in again when the heap grows back, which slows a training step measurably
     (docs/findings.md, "Memory of the whole demo")."""
     gc.collect()
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        malloc_trim = _libc().malloc_trim
-    except AttributeError:  # another C library
-        return False
-    return bool(malloc_trim(0))
+    malloc_trim = _glibc_malloc("malloc_trim")
+    return malloc_trim is not None and bool(malloc_trim(0))
 
 
 def worker_start_method() -> str | None:
