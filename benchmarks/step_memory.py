@@ -16,10 +16,13 @@ Printed per recipe and variant (config overrides, e.g. `model.activation_checkpo
 * s/step: the median of those steps' wall time, and its ratio over the recipe's first variant (measured one
   after the other: load from other processes moves it).
 Each process sets `train.mmap_threshold_kib` as `run_pretraining` does, so a variant can compare it.
+`--allocators glibc tcmalloc jemalloc`: each variant once per allocator its process starts with
+(`runtime.process.preloaded`; the "saved" column does not depend on it, the rest does).
 
     python benchmarks/step_memory.py --data data/structured
     python benchmarks/step_memory.py --recipes all --variants "" "model.activation_checkpointing=true"
     python benchmarks/step_memory.py --recipes all --variants "train.mmap_threshold_kib=0" ""
+    python benchmarks/step_memory.py --recipes all --steps 5 --allocators glibc tcmalloc jemalloc
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from structvl.engine.pretrain import seed_everything
 from structvl.lab.demo import RECIPES as DEMO_RECIPES
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
-from structvl.runtime.process import return_freed_memory
+from structvl.runtime.process import ALLOCATORS, allocator_in_use, choose_allocator, preloaded, return_freed_memory
 
 from objective_cost import RECIPES, real_batch  # benchmarks/ is on sys.path when run as a script
 from train_step import make_step
@@ -111,7 +114,7 @@ def measure(name: str, overrides: list[str], data: str, batch_size: int, steps: 
         step()
         times.append(time.perf_counter() - start)
     peak = _status_kib("VmHWM")
-    queue.put({"saved": dict(saved.bytes), "before": before, "kept": kept - before, "step": peak - kept,
+    queue.put({"allocator": allocator_in_use(), "saved": dict(saved.bytes), "before": before, "kept": kept - before, "step": peak - kept,
                "peak": peak, "seconds": statistics.median(times)})
 
 
@@ -124,9 +127,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=2, help="steps measured after the first")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--allocators", nargs="+", default=["glibc"], choices=["glibc", *ALLOCATORS],
+                    help="the malloc each measuring process starts with (each variant once per allocator)")
     args = ap.parse_args()
     if not Path("/proc/self/clear_refs").exists():
         ap.error("needs Linux's /proc/self/clear_refs to reset the peak resident set")
+    for allocator in args.allocators:
+        try:
+            choose_allocator(allocator)
+        except ValueError as error:
+            ap.error(f"--allocators: {error}")
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -135,16 +145,17 @@ def main() -> None:
             data = str(Path(tmp) / "corpus")
             generate_corpus(Path(data), num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
         print(f"fp32  threads={args.threads}  batch={args.batch}  steps={args.steps}  corpus={data}")
-        header = (f"{'recipe':<10}{'variant':<38}{'saved':>8}{'before':>8}{'+kept':>8}{'+step':>8}{'peak':>8}"
+        header = (f"{'recipe':<10}{'variant':<38}{'malloc':<10}{'saved':>8}{'before':>8}{'+kept':>8}{'+step':>8}{'peak':>8}"
                   f"{'s/step':>8}{'x first':>8}  saved most (MiB)")
         print(header + "\n" + "-" * (len(header) + 40))
         for name in args.recipes:
             first = None
-            for variant in args.variants:
+            for variant, allocator in ((v, a) for v in args.variants for a in args.allocators):
                 queue = context.Queue()
                 child = context.Process(target=measure, args=(name, variant.split(), data, args.batch, args.steps,
                                                               args.threads, tmp, queue))
-                child.start()
+                with preloaded(allocator):
+                    child.start()
                 child.join()
                 if child.exitcode != 0:
                     raise SystemExit(f"{name} {variant!r}: the measuring process exited with code {child.exitcode}")
@@ -153,7 +164,7 @@ def main() -> None:
                 most = ", ".join(f"{k} {v / MIB:.0f}" for k, v in saved.most_common(3))
                 figures = [sum(saved.values()) / MIB] + [result[k] / 1024 for k in ("before", "kept", "step", "peak")]
                 first = first or result["seconds"]
-                print(f"{name:<10}{variant or '(as configured)':<38}" + "".join(f"{f:>8.0f}" for f in figures)
+                print(f"{name:<10}{variant or '(as configured)':<38}{result['allocator']:<10}" + "".join(f"{f:>8.0f}" for f in figures)
                       + f"{result['seconds']:>8.2f}{result['seconds'] / first:>8.2f}  {most}", flush=True)
 
 

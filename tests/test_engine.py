@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from structvl.engine import trainer
 from structvl.engine.pretrain import run_pretraining
 from structvl.runtime.precision import fast_bf16
+from structvl.runtime.process import worker_start_method
 from structvl.tasks.evaluate import pretrain_and_evaluate
 
 from helpers import TINY, tiny_cfg
@@ -89,6 +91,24 @@ def test_torchrun_two_processes_train_save_and_resume(tiny_corpus, tmp_path, str
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert "retrieval/t2v/R@1" in json.loads((run / "metrics.json").read_text())
+
+
+def test_the_trainers_loader_starts_its_workers_as_worker_start_method_says(tiny_corpus, tmp_path, monkeypatch):
+    """The demo's run process is spawned, so spawn is its default; the trainer passes the start method that
+    forks on Linux (test_runtime_process checks what a forked worker inherits)."""
+    loaders = []
+
+    def recording(*args, **kwargs):
+        loaders.append(build(*args, **kwargs))
+        return loaders[-1]
+
+    build = trainer.build_dataloader
+    monkeypatch.setattr(trainer, "build_dataloader", recording)
+    run_pretraining(tiny_cfg(tiny_corpus, "train.max_steps=1", "train.checkpoint_every=0", "data.num_workers=1"),
+                    tmp_path / "run")
+    assert len(loaders) == 1
+    context = loaders[0].multiprocessing_context  # None: the process's default
+    assert (context.get_start_method() if context else None) == worker_start_method()
 
 
 def test_pretrain_streams_from_webdataset_shards(tiny_corpus, tmp_path):

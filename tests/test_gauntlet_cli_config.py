@@ -23,6 +23,7 @@ from structvl.config import ConfigError, RunConfig, load_config
 from structvl.config_checks import Choice, Items, Number, Text, run_rules, task_rules
 from structvl.data.formats import annotation_readers
 from structvl.data.knowledge.record import KNOWLEDGE_TYPES
+from structvl.runtime import process
 from structvl.tasks.task_config import TASKS, FinetuneConfig, load_task_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -240,6 +241,7 @@ ARGUMENT_MISTAKES = [
     ("demo --recipes bogus --out {tmp}/d --data {tmp}/corpus", "bogus"),
     ("demo --out {tmp}/d --data {tmp}/corpus train.max_steps=0", "train.max_steps"),
     ("demo --out {tmp}/d --data {tmp}/corpus optim.lr=inf", "optim.lr"),
+    ("demo --allocator bogus --out {tmp}/d --data {tmp}/corpus", "--allocator"),
     ("bogus", "bogus"), ("pretrain", "--config"),
 ]
 
@@ -251,6 +253,16 @@ def test_argument_mistake_is_one_line(paths, capsys, template, named):
     code, err = run_main(argv, capsys)
     assert_one_line(code, err, named)
     assert sorted(os.listdir(paths["tmp"])) == before  # no directory, corpus or run was made
+
+
+def test_demo_allocator_not_installed_is_one_line(paths, capsys, monkeypatch):
+    monkeypatch.setattr(process, "find_allocator", lambda name: None)  # a machine with neither installed
+    before = sorted(os.listdir(paths["tmp"]))
+    code, err = run_main(["demo", "--allocator", "jemalloc", "--out", f"{paths['tmp']}/d", "--data",
+                          f"{paths['tmp']}/corpus"], capsys)
+    assert_one_line(code, err, "--allocator")
+    assert "'jemalloc' is not installed" in err and "allowed: auto, glibc;" in err
+    assert sorted(os.listdir(paths["tmp"])) == before
 
 
 # Downstream protocol overrides (`structvl eval/finetune --task T KEY=VALUE`), refused before the model loads.

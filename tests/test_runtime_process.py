@@ -1,7 +1,9 @@
-"""runtime/process.py: a process that dies with its parent, a heap that gives freed tensors back."""
+"""runtime/process.py: a process that dies with its parent, a heap that gives freed tensors back, loader workers
+that fork, the allocator a process starts with."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -10,6 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from structvl.runtime import process
+from structvl.runtime.process import allocator_env, allocator_in_use, choose_allocator, find_allocator, preloaded
 
 STUCK_WORKER = """
 import os, sys, time
@@ -161,3 +166,45 @@ def test_the_trainers_loader_forks_its_workers_even_where_the_default_is_spawn(t
 
     assert seen("trainer") == "inherited"
     assert seen("default") == "absent"  # the control: the spawned worker imported everything anew
+
+
+def test_allocator_env_puts_the_allocator_first_and_glibc_takes_every_allocator_out(monkeypatch):
+    monkeypatch.setattr(process, "find_allocator", lambda name: f"lib{name}-found.so.1")
+    env = {"LD_PRELOAD": "/opt/lib/libjemalloc.so.2:/x/libasan.so", "HOME": "/h"}
+    assert allocator_env("tcmalloc", env) == {"LD_PRELOAD": "libtcmalloc-found.so.1 /x/libasan.so", "HOME": "/h"}
+    assert allocator_env("glibc", env) == {"LD_PRELOAD": "/x/libasan.so", "HOME": "/h"}
+    assert allocator_env("glibc", {"LD_PRELOAD": "libtcmalloc_minimal.so.4"}) == {}
+    assert env["LD_PRELOAD"].startswith("/opt")  # the given environment is not changed
+
+
+def test_choose_allocator_auto_takes_tcmalloc_only_where_installed(monkeypatch):
+    monkeypatch.setattr(process, "find_allocator", lambda name: None)
+    assert choose_allocator("auto") == "glibc" and choose_allocator("glibc") == "glibc"
+    with pytest.raises(ValueError, match="'tcmalloc' is not installed .allowed: auto, glibc;"):
+        choose_allocator("tcmalloc")
+    monkeypatch.setattr(process, "find_allocator", lambda name: "lib.so" if name == "tcmalloc" else None)
+    assert choose_allocator("auto") == "tcmalloc"
+    with pytest.raises(ValueError, match="allowed: auto, glibc, tcmalloc;"):
+        choose_allocator("jemalloc")
+
+
+def report_allocator(queue) -> None:
+    queue.put(allocator_in_use())
+
+
+@pytest.mark.skipif(find_allocator("tcmalloc") is None, reason="libtcmalloc-minimal4 is not installed")
+def test_a_process_started_within_preloaded_runs_with_that_allocator():
+    context = multiprocessing.get_context("spawn")
+
+    def started(allocator: str) -> str:
+        queue = context.Queue()
+        child = context.Process(target=report_allocator, args=(queue,))
+        with preloaded(allocator):
+            child.start()
+        child.join()
+        return queue.get(timeout=60)
+
+    before = os.environ.get("LD_PRELOAD")
+    assert started("tcmalloc") == "tcmalloc"
+    assert os.environ.get("LD_PRELOAD") == before  # restored
+    assert started("glibc") == "glibc"  # the control

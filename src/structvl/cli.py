@@ -276,6 +276,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from structvl.config import ConfigError, load_config  # lazy
     from structvl.lab.demo import ABLATIONS, RECIPES, run_demo  # lazy
+    from structvl.runtime.process import choose_allocator  # lazy
 
     recipes = [r.strip() for r in args.recipes.split(",")] if args.recipes else None
     known = {**RECIPES, **ABLATIONS}
@@ -284,9 +285,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--recipes: {', '.join(unknown)} not known; known: {', '.join(known)}")
     for name in recipes or list(RECIPES):  # every recipe's config with the overrides, before any work
         load_config(known[name][1], list(args.overrides))
+    try:
+        allocator = choose_allocator(args.allocator)
+    except ValueError as error:
+        raise ConfigError(f"--allocator: {error}") from None
     return run_demo(out=args.out, quick=args.quick, data=args.data, seeds=args.seeds, recipes=recipes,
                     overrides=args.overrides, use_existing_data=args.use_existing_data,
-                    overwrite_data=args.overwrite_data, split=args.split, generalize=args.generalize)
+                    overwrite_data=args.overwrite_data, split=args.split, generalize=args.generalize,
+                    allocator=allocator)
 
 
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
@@ -366,6 +372,10 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
                         "generated beside --data (DATA-unseen: the next seed, held-out colour-shape pairs)")
     p.add_argument("--recipes", default=None,
                    help="comma-separated recipe names (default: all; see structvl.lab.demo.RECIPES)")
+    p.add_argument("--allocator", default="auto", choices=["auto", "glibc", "tcmalloc", "jemalloc"],
+                   help="the malloc each run's process starts with: auto (tcmalloc where installed, else glibc), "
+                        "glibc, tcmalloc or jemalloc; glibc keeps what a step frees and a run's memory grows over "
+                        "its steps (docs/findings.md, \"Allocators\")")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides for every recipe, e.g. train.max_steps=150")
     p.set_defaults(func=_cmd_demo)

@@ -45,7 +45,7 @@ from structvl.objectives.base import ObjectiveContext
 from structvl.objectives.pretraining import PretrainingModule, enabled_objectives, needs_knowledge
 from structvl.runtime.distributed import DistInfo, barrier, init_distributed
 from structvl.runtime.precision import dtype_name
-from structvl.runtime.process import return_freed_memory
+from structvl.runtime.process import allocator_in_use, find_allocator, return_freed_memory
 
 log = logging.getLogger("structvl")
 
@@ -258,6 +258,11 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwri
     precision = dtype_name(trainer.autocast_dtype)
     if info.is_main:
         log.info("train.precision=%s: %s on %s", cfg.train.precision, precision, info.device)
+        # glibc keeps what each step frees, fragmented, and the process grows over its steps; tcmalloc, preloaded
+        # when the process starts (as `structvl demo` starts its runs), keeps it at what the steps use
+        allocator, tcmalloc = allocator_in_use(), find_allocator("tcmalloc")
+        log.info("allocator: %s%s", allocator, f" (LD_PRELOAD={tcmalloc} keeps the run's memory at what its steps "
+                 "use: docs/findings.md, \"Allocators\")" if allocator == "glibc" and tcmalloc else "")
     if resume and trainer.resume():
         # The checkpoint restored every RNG, so dropout noise continues exactly where it stopped.
         if info.is_main:

@@ -27,7 +27,7 @@ from structvl.engine.run_dir import same_code, same_config
 from structvl.lab.report import examples_section, grounding_section, write_report
 from structvl.lab.synth.corpus import structured_corpus
 from structvl.models.text_encoder import build_tokenizer
-from structvl.runtime.process import die_with_parent
+from structvl.runtime.process import die_with_parent, preloaded
 from structvl.tasks.downstream import run_suite
 from structvl.tasks.evaluate import evaluate_model, hold_eval_clips, pretrain_and_evaluate
 from structvl.tasks.finetuning import pick_device
@@ -202,7 +202,7 @@ def _run_in_child(config: str, overrides: list[str], run_dir: str, data: str, un
 
 
 def isolated_run(config: str, overrides: list[str], cfg, run_dir: Path, data: Path, unseen: Path | None,
-                 split: str) -> dict:
+                 split: str, allocator: str = "glibc") -> dict:
     """`recipe_run` (and `unseen_metrics` when `unseen` is given) in a fresh process of its own, started by
     `spawn`; the metrics are read back from the run's metrics.json. Why: one process that trains and evaluates
     the runs one after another keeps the heap each run's evaluation grew (glibc returns little of it), every
@@ -211,7 +211,8 @@ def isolated_run(config: str, overrides: list[str], cfg, run_dir: Path, data: Pa
     whichever runs came before, and gives its memory back when it ends; and the source hash a run records
     (read from the files when it starts) is that of the code its process imported then, even when the files
     are edited while a long demo runs. `cfg` is `load_config(config, overrides)`,
-    already checked in this process, so a mistake in it fails before any child starts."""
+    already checked in this process, so a mistake in it fails before any child starts. allocator: the malloc the
+    child (and its loader workers) start with (`runtime.process.preloaded`)."""
     metrics = finished_run_metrics(cfg, run_dir)
     if metrics is not None and (unseen is None or any(k.startswith(UNSEEN_PREFIX) for k in metrics)):
         print("      finished before with this exact config and code: its metrics are reused", flush=True)
@@ -219,7 +220,8 @@ def isolated_run(config: str, overrides: list[str], cfg, run_dir: Path, data: Pa
     child = multiprocessing.get_context("spawn").Process(
         target=_run_in_child, name=f"structvl demo {run_dir}",
         args=(config, list(overrides), str(run_dir), str(data), None if unseen is None else str(unseen), split))
-    child.start()
+    with preloaded(allocator):
+        child.start()
     try:
         child.join()
     except BaseException:  # Ctrl-C or a signal to this process: the child does not outlive it
@@ -270,7 +272,7 @@ def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[s
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Path = "data/structured",
              seeds: int = 1, recipes: list[str] | None = None, overrides: list[str] | None = None,
              use_existing_data: bool = False, overwrite_data: bool = False, split: str = "test",
-             generalize: bool = False, isolate: bool = True) -> int:
+             generalize: bool = False, isolate: bool = True, allocator: str = "glibc") -> int:
     """recipes: keys of RECIPES (default: all). overrides: `key=value` config overrides applied to every
     recipe (e.g. `train.max_steps=150` for a shorter ablation budget). A corpus at `data` generated with other
     arguments is refused unless `use_existing_data` (run on it as it is) or `overwrite_data` (replace it).
@@ -279,7 +281,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     deleted. split: "test" (the reported table) or "val" (the table choices are made on; its runs and report go to
     OUT-val, so a val table never replaces the test one). generalize: also the unseen corpus's columns
     (`unseen_metrics`). isolate: each recipe and seed in a process of its own (`isolated_run`); False runs them in
-    this process (a debugger, or tests that replace parts of this module)."""
+    this process (a debugger, or tests that replace parts of this module). allocator: the malloc each isolated run
+    starts with ("glibc", or an installed key of `runtime.process.ALLOCATORS`; `structvl demo` picks tcmalloc
+    where installed: it keeps a run's memory at what its steps use, docs/findings.md "Allocators")."""
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
 
@@ -291,6 +295,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
     if quick:
         data = data.with_name(data.name + "-quick")
     corpus = QUICK_CORPUS if quick else FULL_CORPUS
+    if isolate:
+        print(f"each run in a process of its own, with the {allocator} allocator", flush=True)
     print(f"[1/3] structured corpus at {data}", flush=True)
     corpus = structured_corpus(data, {**corpus, "seed": 0}, use_existing_data, overwrite_data,
                                hint="pass --use-existing-data to run the demo on it, or --overwrite-data to replace it")
@@ -317,7 +323,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
             cfg = load_config(config, run_overrides)
             if isolate:
                 metrics = isolated_run(config, run_overrides, cfg, run_dir, data, unseen if generalize else None,
-                                       split)
+                                       split, allocator)
             else:
                 metrics = recipe_run(cfg, run_dir, data)
                 if generalize:

@@ -1,14 +1,19 @@
 """Process-level settings made through the C library: a process that dies with the one that started it
 (`die_with_parent`), a heap that gives freed tensors back to the system as they are freed
-(`return_freed_memory`) or at a phase's end (`trim_heap`), and loader workers that share the process's pages
-(`worker_start_method`). Linux/glibc only; elsewhere they change nothing."""
+(`return_freed_memory`) or at a phase's end (`trim_heap`), loader workers that share the process's pages
+(`worker_start_method`), and the memory allocator a process starts with (`allocator_env`, `allocator_in_use`).
+Linux/glibc only; elsewhere they change nothing."""
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import gc
+import os
 import signal
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 M_MMAP_THRESHOLD = -3  # <malloc.h>
@@ -75,3 +80,83 @@ def worker_start_method() -> str | None:
     will write to again; a worker forked from a process that has grown keeps the pages the process later
     rewrites, so evaluation loaders keep the default."""
     return "fork" if sys.platform.startswith("linux") else None
+
+
+# The allocators a process can start with in place of glibc's malloc, and the library names that provide each
+# (gperftools' minimal tcmalloc first: Debian's libtcmalloc-minimal4, without the heap profiler).
+ALLOCATORS = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
+
+
+def find_allocator(name: str) -> str | None:
+    """The installed library (e.g. "libtcmalloc_minimal.so.4", as the dynamic loader finds it) of allocator
+    `name` (a key of ALLOCATORS); None where it is not installed or not on Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return next(filter(None, map(ctypes.util.find_library, ALLOCATORS[name])), None)
+
+
+def allocator_env(name: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's environment) for a process that starts with allocator `name` ("glibc"
+    or a key of ALLOCATORS): its library first in LD_PRELOAD, or, for glibc, every allocator of ALLOCATORS
+    taken out of it. An allocator replaces malloc only from a process's start, so it is chosen by whoever
+    starts the process (the demo for its run processes; `LD_PRELOAD=libtcmalloc_minimal.so.4 structvl pretrain
+    ...` for a user's run); loader workers forked from that process keep it. Raises ValueError when `name` is
+    not installed.
+
+    Why: glibc keeps the memory a training step frees, fragmented, and a run's resident set grows over its
+    steps; tcmalloc reuses it (docs/findings.md, "Allocators"; `benchmarks/step_memory.py --allocators`)."""
+    env = dict(os.environ if env is None else env)
+    kept = [entry for entry in env.get("LD_PRELOAD", "").replace(":", " ").split()
+            if not any(lib in Path(entry).name for libs in ALLOCATORS.values() for lib in libs)]
+    if name != "glibc":
+        library = find_allocator(name)
+        if library is None:
+            raise ValueError(f"allocator {name!r} is not installed")
+        kept.insert(0, library)
+    if kept:
+        env["LD_PRELOAD"] = " ".join(kept)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env
+
+
+def choose_allocator(name: str) -> str:
+    """"auto": tcmalloc where it is installed, else glibc; any other name as it is, once checked: ValueError
+    (one line, naming what is allowed) for a name that is neither "glibc" nor an installed key of ALLOCATORS."""
+    if name == "auto":
+        return "tcmalloc" if find_allocator("tcmalloc") else "glibc"
+    if name != "glibc" and (name not in ALLOCATORS or find_allocator(name) is None):
+        installed = [n for n in ALLOCATORS if find_allocator(n)]
+        raise ValueError(f"{name!r} is not installed (allowed: auto, glibc{''.join(', ' + n for n in installed)}; "
+                         "Debian packages libtcmalloc-minimal4 and libjemalloc2 install the others)")
+    return name
+
+
+@contextmanager
+def preloaded(name: str):
+    """Within it, processes this one starts (multiprocessing's spawn, subprocess) start with allocator `name`
+    (`allocator_env` made this process's environment, then restored)."""
+    before = os.environ.get("LD_PRELOAD")
+    after = allocator_env(name).get("LD_PRELOAD")
+    try:
+        _set_preload(after)
+        yield
+    finally:
+        _set_preload(before)
+
+
+def _set_preload(value: str | None) -> None:
+    if value is None:
+        os.environ.pop("LD_PRELOAD", None)
+    else:
+        os.environ["LD_PRELOAD"] = value
+
+
+def allocator_in_use() -> str:
+    """The allocator this process runs with: a key of ALLOCATORS when its library is mapped (preloaded),
+    "glibc" on Linux otherwise, "system" elsewhere."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return "system"
+    text = maps.read_text()
+    return next((name for name, libs in ALLOCATORS.items() if any(f"lib{lib}." in text for lib in libs)), "glibc")
