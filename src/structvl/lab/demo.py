@@ -27,6 +27,7 @@ from structvl.engine.run_dir import same_code, same_config
 from structvl.lab.report import examples_section, grounding_section, write_report
 from structvl.lab.synth.corpus import structured_corpus
 from structvl.models.text_encoder import build_tokenizer
+from structvl.runtime.errors import RunStopped
 from structvl.runtime.process import die_with_parent, preloaded
 from structvl.tasks.downstream import run_suite
 from structvl.tasks.evaluate import evaluate_model, hold_eval_clips, pretrain_and_evaluate
@@ -229,6 +230,10 @@ def isolated_run(config: str, overrides: list[str], cfg, run_dir: Path, data: Pa
         child.join()
         raise
     metrics = finished_run_metrics(cfg, run_dir)
+    if child.exitcode == 0 and metrics is None and not same_code(run_dir):
+        raise RunStopped(f"{run_dir}: the run finished, but structvl's source files changed while it ran, so its "
+                         "numbers are not the current code's; run the demo again to redo it with the current code "
+                         "(the finished run is moved aside, not deleted)")
     if child.exitcode != 0 or metrics is None:
         raise RuntimeError(f"{run_dir}: the run's process exited with code {child.exitcode} without finishing "
                            "(its error is printed above)")
