@@ -208,3 +208,15 @@ def test_a_process_started_within_preloaded_runs_with_that_allocator():
     assert started("tcmalloc") == "tcmalloc"
     assert os.environ.get("LD_PRELOAD") == before  # restored
     assert started("glibc") == "glibc"  # the control
+
+
+@pytest.mark.skipif(find_allocator("tcmalloc") is None, reason="libtcmalloc-minimal4 is not installed")
+def test_glibc_settings_say_they_were_not_made_under_another_allocator():
+    probe = "from structvl.runtime.process import return_freed_memory as r; print(r(1024))"
+
+    def made(allocator: str) -> str:
+        return subprocess.run([sys.executable, "-c", probe], env=allocator_env(allocator), capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert made("tcmalloc") == "False"  # tcmalloc's own mallopt would have answered 1
+    assert made("glibc") == "True"

@@ -24,9 +24,10 @@ def _libc():
 
 
 def _glibc_malloc(name: str):
-    """glibc's malloc function `name` (mallopt, malloc_trim) on Linux; None elsewhere or under another C library
-    (musl has neither)."""
-    if not sys.platform.startswith("linux"):
+    """glibc's malloc function `name` (mallopt, malloc_trim) on Linux; None elsewhere, under another C library
+    (musl has neither) or in a process started with another allocator (tcmalloc's mallopt is a no-op that
+    reports success)."""
+    if not sys.platform.startswith("linux") or allocator_in_use() != "glibc":
         return None
     return getattr(_libc(), name, None)
 
