@@ -107,19 +107,24 @@ def test_return_freed_memory_gives_a_fragmented_heap_back():
     assert not set_ and returned < 0.25 * 256
 
 
-# The same fragmented heap with malloc as it is; then trim_heap; prints what each step gave back (MiB).
+# The same fragmented heap with malloc as it is; then trim_heap; prints the allocator and what each step gave back
+# (MiB).
 TRIMMED_HEAP = FRAGMENTED_HEAP.replace("print(return_freed_memory(int(sys.argv[1])))\n", "").replace(
     "print(before - rss_mib())", """freed = before - rss_mib()
-from structvl.runtime.process import trim_heap
-print(freed, trim_heap(), before - rss_mib())""")
+from structvl.runtime.process import allocator_in_use, trim_heap
+print(allocator_in_use(), freed, trim_heap(), before - rss_mib())""")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
-def test_trim_heap_gives_back_what_freed_tensors_left_between_live_ones():
-    out = subprocess.run([sys.executable, "-c", TRIMMED_HEAP], capture_output=True, text=True,
-                         check=True).stdout.split()
-    freed_alone, released, after_trim = float(out[0]), out[1] == "True", float(out[2])
-    assert freed_alone < 0.25 * 256  # freeing alone keeps the holes (the control)
+@pytest.mark.parametrize("allocator", ["glibc", "tcmalloc", "jemalloc"])
+def test_trim_heap_gives_back_what_freed_tensors_left_between_live_ones(allocator):
+    if not sys.platform.startswith("linux") or (allocator != "glibc" and find_allocator(allocator) is None):
+        pytest.skip(f"{allocator} is not installed")
+    out = subprocess.run([sys.executable, "-c", TRIMMED_HEAP], env=allocator_env(allocator), capture_output=True,
+                         text=True, check=True).stdout.split()
+    used, freed_alone, released, after_trim = out[0], float(out[1]), out[2] == "True", float(out[3])
+    assert used == allocator
+    if allocator != "jemalloc":  # jemalloc gives most back by itself; glibc and tcmalloc keep it (the control)
+        assert freed_alone < 0.25 * 256
     assert released and after_trim > 0.9 * 256
 
 

@@ -59,15 +59,25 @@ def return_freed_memory(threshold_kib: int) -> bool:
 
 
 def trim_heap() -> bool:
-    """Collect unreachable objects, then give every free page of the heap back to the system (glibc's
-    `malloc_trim(0)`, which also releases free pages between live chunks, not only the heap's top). Returns
-    whether pages were released.
+    """Collect unreachable objects, then give every free page of the heap back to the system: glibc's
+    `malloc_trim(0)` (which also releases free pages between live chunks, not only the heap's top), tcmalloc's
+    `MallocExtension_ReleaseFreeMemory()`, or jemalloc's purge of every arena, whichever allocator this process
+    runs with. Returns whether it was done.
 
     Why: a phase that ends (training, one evaluation task) leaves the heap at the size of its largest step,
     fragmented; the next phase would otherwise run on top of it. Called between phases, not between steps: every
     page given back is faulted in again when the heap grows back, which slows a training step measurably
     (docs/findings.md, "Memory of the whole demo")."""
     gc.collect()
+    allocator = allocator_in_use()
+    if allocator == "tcmalloc":  # gperftools' C API: every free page of its page heap back to the system
+        release = getattr(_libc(), "MallocExtension_ReleaseFreeMemory", None)
+        if release is not None:
+            release()
+        return release is not None
+    if allocator == "jemalloc":  # purge every arena's unused dirty pages (4096: MALLCTL_ARENAS_ALL)
+        mallctl = getattr(_libc(), "mallctl", None)
+        return mallctl is not None and mallctl(b"arena.4096.purge", None, None, None, 0) == 0
     malloc_trim = _glibc_malloc("malloc_trim")
     return malloc_trim is not None and bool(malloc_trim(0))
 
