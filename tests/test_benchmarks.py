@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from structvl.runtime.process import find_allocator
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,14 +78,21 @@ def test_peak_memory_counts_the_descendants_and_passes_on_the_exit_code(tmp_path
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resets the peak through /proc (Linux)")
 def test_step_memory_counts_what_activation_checkpointing_saves():
     # The baseline at batch 2 with and without activation checkpointing: both rows print, and checkpointing
-    # saves far less for the backward (only each block's input instead of everything inside it).
+    # saves far less for the backward (only each block's input instead of everything inside it). Where tcmalloc
+    # is installed, each variant also runs in a process started with it: the row names it, and the activations
+    # saved do not depend on the allocator.
+    allocators = ["glibc"] + (["tcmalloc"] if find_allocator("tcmalloc") else [])
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_memory.py"), "--recipes", "baseline",
-                           "--batch", "2", "--steps", "1", "--threads", "1",
+                           "--batch", "2", "--steps", "1", "--threads", "1", "--allocators", *allocators,
                            "--variants", "", "model.activation_checkpointing=true"],
                           env=_env(), capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = re.findall(r"^baseline\s+(\(as configured\)|model\.activation_checkpointing=true)\s+(\d+)\s+(\d+)\s+(-?\d+)"
-                      r"\s+(-?\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+model\.video_encoder", done.stdout, re.MULTILINE)
-    assert [r[0] for r in rows] == ["(as configured)", "model.activation_checkpointing=true"], done.stdout
+    found = re.findall(r"^baseline\s+(\(as configured\)|model\.activation_checkpointing=true)\s+(\w+)\s+(\d+)\s+"
+                       r"(\d+)\s+(-?\d+)\s+(-?\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+model\.video_encoder", done.stdout,
+                       re.MULTILINE)
+    assert [r[:2] for r in found] == [(v, a) for v in ("(as configured)", "model.activation_checkpointing=true")
+                                      for a in allocators], done.stdout
+    assert len({(r[0], r[2]) for r in found}) == 2, done.stdout  # saved: one figure per variant
+    rows = [(r[0], *r[2:]) for r in found if r[1] == "glibc"]
     (_, plain, before, *_), (_, checkpointed, *_) = rows
     assert int(before) > 0 and int(plain) > 3 * int(checkpointed) > 0, done.stdout
