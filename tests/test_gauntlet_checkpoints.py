@@ -513,7 +513,7 @@ def test_demo_runs_on_a_corpus_generated_with_other_arguments(seed3, tmp_path, m
     monkeypatch.setattr(demo, "pretrain_and_evaluate", fake_pretrain_and_evaluate)
     # The demo runs each recipe in a spawned process, which would not see the stub: run it in this one.
     monkeypatch.setattr(demo, "isolated_run",
-                        lambda config, overrides, cfg, run_dir, data, unseen, split: demo.recipe_run(cfg, run_dir, data))
+                        lambda config, overrides, cfg, run_dir, data, *rest: demo.recipe_run(cfg, run_dir, data))
     before = hashes(seed3)
     with pytest.raises(Reached) as reached:
         main(["demo", "--data", str(seed3), "--out", str(tmp_path / "demo"), "--recipes", "baseline",
