@@ -42,7 +42,8 @@ from structvl.engine.pretrain import seed_everything
 from structvl.lab.demo import RECIPES as DEMO_RECIPES
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
-from structvl.runtime.process import ALLOCATORS, allocator_in_use, choose_allocator, preloaded, return_freed_memory
+from structvl.runtime.process import (ALLOCATORS, allocator_in_use, choose_allocator, preloaded,
+                                      return_freed_memory)
 
 from objective_cost import RECIPES, real_batch  # benchmarks/ is on sys.path when run as a script
 from train_step import make_step
@@ -114,8 +115,8 @@ def measure(name: str, overrides: list[str], data: str, batch_size: int, steps: 
         step()
         times.append(time.perf_counter() - start)
     peak = _status_kib("VmHWM")
-    queue.put({"allocator": allocator_in_use(), "saved": dict(saved.bytes), "before": before, "kept": kept - before, "step": peak - kept,
-               "peak": peak, "seconds": statistics.median(times)})
+    queue.put({"allocator": allocator_in_use(), "saved": dict(saved.bytes), "before": before,
+               "kept": kept - before, "step": peak - kept, "peak": peak, "seconds": statistics.median(times)})
 
 
 def main() -> None:
@@ -145,8 +146,8 @@ def main() -> None:
             data = str(Path(tmp) / "corpus")
             generate_corpus(Path(data), num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
         print(f"fp32  threads={args.threads}  batch={args.batch}  steps={args.steps}  corpus={data}")
-        header = (f"{'recipe':<10}{'variant':<38}{'malloc':<10}{'saved':>8}{'before':>8}{'+kept':>8}{'+step':>8}{'peak':>8}"
-                  f"{'s/step':>8}{'x first':>8}  saved most (MiB)")
+        header = (f"{'recipe':<10}{'variant':<38}{'malloc':<10}{'saved':>8}{'before':>8}{'+kept':>8}{'+step':>8}"
+                  f"{'peak':>8}{'s/step':>8}{'x first':>8}  saved most (MiB)")
         print(header + "\n" + "-" * (len(header) + 40))
         for name in args.recipes:
             first = None
@@ -164,7 +165,8 @@ def main() -> None:
                 most = ", ".join(f"{k} {v / MIB:.0f}" for k, v in saved.most_common(3))
                 figures = [sum(saved.values()) / MIB] + [result[k] / 1024 for k in ("before", "kept", "step", "peak")]
                 first = first or result["seconds"]
-                print(f"{name:<10}{variant or '(as configured)':<38}{result['allocator']:<10}" + "".join(f"{f:>8.0f}" for f in figures)
+                print(f"{name:<10}{variant or '(as configured)':<38}{result['allocator']:<10}"
+                      + "".join(f"{f:>8.0f}" for f in figures)
                       + f"{result['seconds']:>8.2f}{result['seconds'] / first:>8.2f}  {most}", flush=True)
 
 

@@ -260,9 +260,10 @@ def run_pretraining(cfg: RunConfig, run_dir: Path, resume: bool = False, overwri
         log.info("train.precision=%s: %s on %s", cfg.train.precision, precision, info.device)
         # glibc keeps what each step frees, fragmented, and the process grows over its steps; tcmalloc, preloaded
         # when the process starts (as `structvl demo` starts its runs), keeps it at what the steps use
-        allocator, tcmalloc = allocator_in_use(), find_allocator("tcmalloc")
+        allocator = allocator_in_use()
+        tcmalloc = find_allocator("tcmalloc") if allocator == "glibc" else None  # looked up only where it helps
         log.info("allocator: %s%s", allocator, f" (LD_PRELOAD={tcmalloc} keeps the run's memory at what its steps "
-                 "use: docs/findings.md, \"Allocators\")" if allocator == "glibc" and tcmalloc else "")
+                 "use: docs/findings.md, \"Allocators\")" if tcmalloc else "")
     if resume and trainer.resume():
         # The checkpoint restored every RNG, so dropout noise continues exactly where it stopped.
         if info.is_main:
