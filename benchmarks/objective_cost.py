@@ -2,16 +2,21 @@
 
 Every recipe (demo.yaml = the baseline, clop.yaml, svilm.yaml, clover.yaml, all.yaml) takes the *same* real
 batch of the structured corpus - decoded clips, tokenised captions and their cached spaCy knowledge, exactly
-what the trainer feeds it - and runs forward + backward + optimizer step with bf16 autocast. The ratio
+what the trainer feeds it - and runs the trainer's step (benchmarks/train_step.py `make_step`: forward,
+backward, clipping, the finite checks, AdamW) in the precision the recipe's `train.precision` resolves to on
+this machine (`auto`: bf16 where it is native, fp32 on a CPU without AMX), or `--precision`. The ratio
 s/step(recipe) / s/step(baseline), measured side by side in one run, is what a user pays for switching a
 method on; the extra forward passes behind it are listed beside (CLOP: the constructed negative captions;
 S-ViLM: the cut-and-paste clips and the phrases; Clover: masked video, masked text, two fusion passes).
 
 Each s/step is the median of `--repeats` timings of `--steps` steps. GFLOP/step counts the matrix products
-that actually run in one forward + backward (torch's FlopCounterMode: every extra pass, padding included),
-so its ratio is the floor the time ratio would reach if every FLOP cost the same: what batching and less
-padding can win, and what only fewer FLOPs can. `--unbatched` also times each recipe with its extra passes
-in calls of their own (`PretrainingModule(batch_passes=False)`, objectives/passes.py), side by side.
+of one forward + backward (torch's FlopCounterMode: every extra pass, padding included; a checkpointed
+forward's recomputation not counted), so its ratio is the floor the time ratio would reach if every FLOP cost
+the same: what batching and less padding can win, and what only fewer FLOPs can. MFU divides the step's FLOP/s
+by the matmul peak of the same dtype, measured before each recipe's timings in this run (the median shown):
+where a recipe's MFU is below the baseline's, its extra work runs less efficiently than the baseline's, and
+that part of its cost is not FLOPs. `--unbatched` also times each recipe with its extra passes in calls of
+their own (`PretrainingModule(batch_passes=False)`, objectives/passes.py), side by side.
 
     python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
     python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,8 +41,9 @@ from structvl.lab.demo import RECIPES as DEMO_RECIPES
 from structvl.models.text_encoder import build_tokenizer
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
+from structvl.runtime.precision import autocast_dtype, dtype_name
 
-from train_step import seconds_per_step  # benchmarks/ is on sys.path when run as a script
+from train_step import count_step_flops, make_step, matmul_peak  # benchmarks/ is on sys.path when run as a script
 
 # The demo's recipes and ablations (name -> config file); the five recipes run by default.
 RECIPES = {name: config for name, (_, config) in {**DEMO_RECIPES, **ABLATIONS}.items()}
@@ -54,31 +61,29 @@ def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
     return collator([dataset[i] for i in range(batch_size)]), context
 
 
-def step_flops(module: PretrainingModule, batch: dict) -> float:
-    """Matmul FLOPs of one forward + backward with bf16 autocast (what runs, extra passes and padding included)."""
-    with FlopCounterMode(display=False) as counter:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _ = module(batch)
-        loss.backward()
-    module.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
-
-
-def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, work: Path,
+def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, work: Path, precision: str,
             batch_passes: bool = True) -> dict:
-    cfg = load_config(RECIPES[name], [f"data.root={data}"])
+    cfg = load_config(RECIPES[name], [f"data.root={data}", f"train.precision={precision}"])
     run_dir = work / f"{name}-{batch_passes}"
     run_dir.mkdir(parents=True, exist_ok=True)
     batch, context = real_batch(cfg, data, batch_size, run_dir)
     seed_everything(0)
     module = PretrainingModule(build_model(cfg.model), cfg, context, batch_passes=batch_passes).train()
-    flops = step_flops(module, batch)
+    dtype = autocast_dtype(cfg.train.precision, "cpu")
+    step = make_step(module, cfg, batch, dtype)
+    flops, _, _ = count_step_flops(step, module)  # also the warm-up step
+    _, logs = step()
+    peak = matmul_peak(dtype or torch.float32)
     times = []
     for _ in range(repeats):
-        seconds, logs = seconds_per_step(module, cfg, batch, steps, bf16=True)
-        times.append(seconds)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append((time.perf_counter() - t0) / steps)
+    seconds = statistics.median(times)
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"recipe": name, "s_per_step": statistics.median(times), "gflop": flops / 1e9, "params_m": params / 1e6,
+    return {"recipe": name, "s_per_step": seconds, "gflop": flops / 1e9, "params_m": params / 1e6, "peak": peak,
+            "mfu": flops / seconds / peak, "dtype": dtype_name(dtype),
             "objectives": sorted({k.split("/")[0] for k in logs if "/" in k})}
 
 
@@ -90,6 +95,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="timings per recipe; the median is reported")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="train.precision for every recipe (auto: what the trainer picks on this machine)")
     ap.add_argument("--unbatched", action="store_true",
                     help="also time each recipe with its extra passes in calls of their own")
     args = ap.parse_args()
@@ -103,26 +110,32 @@ def main() -> None:
         names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
         print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  repeats={args.repeats} (median)  "
               f"corpus={data}")
-        header = (f"{'recipe':<16}{'s/step':>9}{'x baseline':>12}{'GFLOP/step':>12}{'x baseline':>12}"
+        header = (f"{'recipe':<16}{'dtype':>6}{'s/step':>9}{'x baseline':>12}{'GFLOP/step':>12}{'x baseline':>12}{'MFU':>7}"
                   + (f"{'unbatched s/step':>18}{'x baseline':>12}{'GFLOP/step':>12}" if args.unbatched else "")
                   + f"{'params (M)':>12}  extra passes / objectives")
         print(header)
         print("-" * len(header))
         base: dict[bool, dict] = {}
+        peaks: list[float] = []
         for name in names:
             rows = {}
             for batched in ([True, False] if args.unbatched else [True]):
-                rows[batched] = measure(name, data, args.batch, args.steps, args.repeats, work, batched)
+                rows[batched] = measure(name, data, args.batch, args.steps, args.repeats, work, args.precision,
+                                        batched)
                 base.setdefault(batched, rows[batched])
             r = rows[True]
-            line = (f"{name:<16}{r['s_per_step']:>9.2f}{r['s_per_step'] / base[True]['s_per_step']:>12.2f}"
-                    f"{r['gflop']:>12.1f}{r['gflop'] / base[True]['gflop']:>12.2f}")
+            peaks.append(r["peak"])
+            line = (f"{name:<16}{r['dtype']:>6}{r['s_per_step']:>9.2f}"
+                    f"{r['s_per_step'] / base[True]['s_per_step']:>12.2f}{r['gflop']:>12.1f}"
+                    f"{r['gflop'] / base[True]['gflop']:>12.2f}{r['mfu']:>7.1%}")
             if args.unbatched:
                 u = rows[False]
                 line += (f"{u['s_per_step']:>18.2f}{u['s_per_step'] / base[False]['s_per_step']:>12.2f}"
                          f"{u['gflop']:>12.1f}")
             print(line + f"{r['params_m']:>12.1f}  {EXTRA_PASSES.get(name, '-')}  [{', '.join(r['objectives'])}]",
                   flush=True)
+        print(f"matmul peak of that dtype (2048^3, median of the {len(peaks)} bursts before each recipe's timings): "
+              f"{statistics.median(peaks) / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,22 @@ def test_step_memory_counts_what_activation_checkpointing_saves():
     rows = [(r[0], *r[2:]) for r in found if r[1] == "glibc"]
     (_, plain, before, *_), (_, checkpointed, *_) = rows
     assert int(before) > 0 and int(plain) > 3 * int(checkpointed) > 0, done.stdout
+
+
+@pytest.mark.slow
+def test_objective_cost_times_each_recipe_in_the_precision_asked_with_its_mfu():
+    # The baseline and Clover on the same batch of a small corpus: one row each, in the precision asked (the
+    # trainer's step, not a fixed bf16 autocast), Clover's extra passes counted as more FLOPs, an MFU against the
+    # matmul peak measured in the run.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "objective_cost.py"), "--recipes", "clover",
+                           "--batch", "2", "--steps", "1", "--repeats", "1", "--threads", "1", "--precision", "fp32"],
+                          env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {m[0]: m[1:] for m in re.findall(r"^(baseline|clover)\s+(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
+                                            r"([\d.]+)\s+([\d.]+)%", done.stdout, re.MULTILINE)}
+    assert set(rows) == {"baseline", "clover"}, done.stdout
+    assert {r[0] for r in rows.values()} == {"fp32"}, done.stdout
+    base_gflop, clover_gflop = float(rows["baseline"][3]), float(rows["clover"][3])
+    assert 0 < base_gflop < clover_gflop, done.stdout
+    assert all(0 < float(r[5]) for r in rows.values()), done.stdout
+    assert re.search(r"^matmul peak .*: \d+ GFLOP/s$", done.stdout, re.MULTILINE), done.stdout

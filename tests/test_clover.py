@@ -264,6 +264,32 @@ def test_fusion_checkpointing_keeps_less_for_the_same_loss_and_gradients(knowled
     assert saved_b < 0.5 * saved_a, (saved_a, saved_b)
 
 
+def test_model_checkpointing_switches_the_fusion_layers_too(knowledge, tokenizer):
+    """model.activation_checkpointing recomputes the fusion layers (copied from the text encoder or fresh) in the
+    backward, and `set_activation_checkpointing(False)` stops that as it does for the towers: each fusion layer's
+    forward runs once per fusion call instead of twice (what benchmarks count as the model's FLOPs)."""
+    cfg = _tiny_clover("train.precision=fp32", "model.activation_checkpointing=true")
+    batch, tok = _batch(cfg, tokenizer, knowledge)
+    module = _module(cfg, tok).train()
+    fusion = module.model.fusion
+    calls = {"fusion": 0, "layers": [0] * len(fusion.layers)}
+    fusion.register_forward_pre_hook(lambda *a: calls.__setitem__("fusion", calls["fusion"] + 1))
+    for i, layer in enumerate(fusion.layers):
+        layer.register_forward_pre_hook(lambda *a, i=i: calls["layers"].__setitem__(i, calls["layers"][i] + 1))
+
+    def runs_per_call(enabled: bool) -> list[float]:
+        module.model.set_activation_checkpointing(enabled)
+        calls["fusion"], calls["layers"] = 0, [0] * len(fusion.layers)
+        loss, _ = module(batch)
+        loss.backward()
+        module.zero_grad(set_to_none=True)
+        return [n / calls["fusion"] for n in calls["layers"]]
+
+    assert runs_per_call(True) == [2.0] * len(fusion.layers)  # layer 0 copied, layer 1 fresh: both recompute
+    assert runs_per_call(False) == [1.0] * len(fusion.layers)
+    assert runs_per_call(True) == [2.0] * len(fusion.layers)
+
+
 def test_fuse_shapes_and_gradients_reach_every_head(knowledge, tokenizer):
     cfg = _tiny_clover("train.precision=fp32")
     batch, tok = _batch(cfg, tokenizer, knowledge)

@@ -9,8 +9,9 @@ Input sequence (as in Clover's released `CrossModalTransformerFromPretrained`):
 
 The layers are BERT layers with the text encoder's own sizes, by default copies of its first `layers` layers
 (Clover initialises its 3 fusion layers from BERT-base's first 3), so text states enter a network that
-already reads them; `model.fusion.init_from_text_layers: top` copies its last `layers` instead. The fused vector is the output at the text [CLS] position (`FusionOutput.cls`); the
-output text states feed the MLM head and, downstream, the QA heads (`VideoTextModel.fuse`).
+already reads them; `model.fusion.init_from_text_layers: top` copies its last `layers` instead. The fused
+vector is the output at the text [CLS] position (`FusionOutput.cls`); the output text states feed the MLM head
+and, downstream, the QA heads (`VideoTextModel.fuse`).
 
 The MLM head is BERT's (dense -> GELU -> LayerNorm -> vocabulary) with the decoder tied to the text encoder's
 word embeddings (passed in at call time, so the weight has exactly one owner in the state dict).
@@ -83,12 +84,19 @@ class FusionEncoder(nn.Module):
         layers = []
         for i in range(cfg.layers):
             if i < len(source):
-                layers.append(copy.deepcopy(source[i]))
+                layer = copy.deepcopy(source[i])
+                if hasattr(layer, "gradient_checkpointing"):  # the copy does not follow the text encoder's switch
+                    layer.gradient_checkpointing = False
+                layers.append(layer)
             else:  # fresh layers beyond the text encoder's depth (or init_from_text_layers: none), BERT's init
                 layer = BertLayer(bert_config, layer_idx=i)
                 layer.apply(_bert_init)
                 layers.append(layer)
         self.layers = nn.ModuleList(layers)
+        # model.activation_checkpointing, set by VideoTextModel.set_activation_checkpointing: every fusion layer
+        # recomputes its activations in the backward, as the towers' blocks do (cfg.activation_checkpointing: the
+        # fusion's alone).
+        self.model_checkpointing = False
         self.mlm_head = MLMHead(self.width, bert_config.vocab_size, eps)
 
     def forward(self, video, text) -> FusionOutput:
@@ -112,10 +120,10 @@ class FusionEncoder(nn.Module):
         masks.append(text.attention_mask.bool())
         x = torch.cat(parts, dim=1)
         attend = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, S) True = may be attended to
-        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
+        recompute = ((self.cfg.activation_checkpointing or self.model_checkpointing) and self.training
+                     and torch.is_grad_enabled())
         for layer in self.layers:
-            # A layer copied from a checkpointed text encoder (model.activation_checkpointing) recomputes itself.
-            if recompute and not getattr(layer, "gradient_checkpointing", False):
+            if recompute:
                 out = checkpoint(layer, x, attention_mask=attend, use_reentrant=False)
             else:
                 out = layer(x, attention_mask=attend)

@@ -66,6 +66,8 @@ class VideoTextModel(nn.Module):
         # Clover's cross-modal fusion encoder (+ MLM head); None when model.fusion.layers == 0. Built after
         # everything else, so a model without it initialises exactly as the plain dual encoder.
         self.fusion = FusionEncoder(cfg.fusion, self.video_encoder, self.text_encoder) if cfg.fusion.layers else None
+        if self.fusion is not None:
+            self.fusion.model_checkpointing = cfg.activation_checkpointing
         # Parameter names (relative to this model) whose values come from a pretrained checkpoint: the optimizer
         # gives them optim.pretrained_lr / text_lr and the layer-wise decay (engine/optim.py).
         self.pretrained_parameters: set[str] = set()
@@ -84,9 +86,11 @@ class VideoTextModel(nn.Module):
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each video block's and text layer's activations in the backward pass instead of keeping them
-        (`model.activation_checkpointing`: memory for about a third more compute)."""
+        (`model.activation_checkpointing`: memory for about a third more compute), and the fusion encoder's layers."""
         self.video_encoder.activation_checkpointing = enabled
         self.text_encoder.set_activation_checkpointing(enabled)
+        if self.fusion is not None:
+            self.fusion.model_checkpointing = enabled
 
     def compile_towers(self) -> None:
         """`train.compile`: torch.compile the video and the text tower in place (`nn.Module.compile`, so parameter
