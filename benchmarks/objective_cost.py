@@ -13,10 +13,11 @@ Each s/step is the median of `--repeats` timings of `--steps` steps. GFLOP/step 
 of one forward + backward (torch's FlopCounterMode: every extra pass, padding included; a checkpointed
 forward's recomputation not counted), so its ratio is the floor the time ratio would reach if every FLOP cost
 the same: what batching and less padding can win, and what only fewer FLOPs can. MFU divides the step's FLOP/s
-by the matmul peak of the same dtype, measured before each recipe's timings in this run (the median shown):
-where a recipe's MFU is below the baseline's, its extra work runs less efficiently than the baseline's, and
-that part of its cost is not FLOPs. `--unbatched` also times each recipe with its extra passes in calls of
-their own (`PretrainingModule(batch_passes=False)`, objectives/passes.py), side by side.
+by the matmul peak of the same dtype, measured before each recipe's timings in this run (the median shown); HFU
+also counts the forward that activation checkpointing recomputes. Where a recipe's HFU is below the baseline's,
+its extra work runs less efficiently than the baseline's, and that part of its cost is not FLOPs. `--unbatched`
+also times each recipe with its extra passes in calls of their own (`PretrainingModule(batch_passes=False)`,
+objectives/passes.py), side by side.
 
     python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
     python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
@@ -71,7 +72,7 @@ def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, wo
     module = PretrainingModule(build_model(cfg.model), cfg, context, batch_passes=batch_passes).train()
     dtype = autocast_dtype(cfg.train.precision, "cpu")
     step = make_step(module, cfg, batch, dtype)
-    flops, _, _ = count_step_flops(step, module)  # also the warm-up step
+    flops, ran, _ = count_step_flops(step, module)  # also the warm-up step
     _, logs = step()
     peak = matmul_peak(dtype or torch.float32)
     times = []
@@ -83,7 +84,7 @@ def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, wo
     seconds = statistics.median(times)
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {"recipe": name, "s_per_step": seconds, "gflop": flops / 1e9, "params_m": params / 1e6, "peak": peak,
-            "mfu": flops / seconds / peak, "dtype": dtype_name(dtype),
+            "mfu": flops / seconds / peak, "hfu": ran / seconds / peak, "dtype": dtype_name(dtype),
             "objectives": sorted({k.split("/")[0] for k in logs if "/" in k})}
 
 
@@ -110,7 +111,8 @@ def main() -> None:
         names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
         print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  repeats={args.repeats} (median)  "
               f"corpus={data}")
-        header = (f"{'recipe':<16}{'dtype':>6}{'s/step':>9}{'x baseline':>12}{'GFLOP/step':>12}{'x baseline':>12}{'MFU':>7}"
+        header = (f"{'recipe':<16}{'dtype':>6}{'s/step':>9}{'x baseline':>12}{'GFLOP/step':>12}{'x baseline':>12}"
+                  f"{'MFU':>7}{'HFU':>7}"
                   + (f"{'unbatched s/step':>18}{'x baseline':>12}{'GFLOP/step':>12}" if args.unbatched else "")
                   + f"{'params (M)':>12}  extra passes / objectives")
         print(header)
@@ -127,7 +129,7 @@ def main() -> None:
             peaks.append(r["peak"])
             line = (f"{name:<16}{r['dtype']:>6}{r['s_per_step']:>9.2f}"
                     f"{r['s_per_step'] / base[True]['s_per_step']:>12.2f}{r['gflop']:>12.1f}"
-                    f"{r['gflop'] / base[True]['gflop']:>12.2f}{r['mfu']:>7.1%}")
+                    f"{r['gflop'] / base[True]['gflop']:>12.2f}{r['mfu']:>7.1%}{r['hfu']:>7.1%}")
             if args.unbatched:
                 u = rows[False]
                 line += (f"{u['s_per_step']:>18.2f}{u['s_per_step'] / base[False]['s_per_step']:>12.2f}"
