@@ -258,7 +258,8 @@ def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[s
     short = [c.replace("retrieval/", "").replace("hard_negative/blind/", "hn_blind/")
              .replace("hard_negative/static/", "hn_static/").replace("hard_negative/balanced/", "hn_bal/")
              .replace("hard_negative/", "hn/")
-             .replace("/accuracy", "/acc").replace("recognition/linear/", "rec/").replace("localization/agnostic/", "tal_agn/")
+             .replace("/accuracy", "/acc").replace("recognition/linear/", "rec/")
+             .replace("localization/agnostic/", "tal_agn/")
              .replace("localization/", "tal/").replace("grounding/", "gr/")
              .replace("pointing_best_patch", "best_patch").replace("temporal/scene_change_acc", "scene_chg")
              .replace("clover_mlm/", "mlm/") for c in columns]
@@ -269,7 +270,7 @@ def format_table(rows: dict[str, dict[str, tuple[float, float]]], chance: dict[s
         cells = [f"{values[c][0]:>{w - 6}.1f}±{values[c][1]:<5.1f}" if c in values else f"{'-':>{w}}"
                  for c, w in zip(columns, cell)]
         lines.append(f"{label:<{width}}" + "".join(cells))
-    lines.append(f"{'chance':<{width}}" + "".join(f"{chance.get(c, float('nan')):>{w}.1f}"
+    lines.append(f"{'chance':<{width}}" + "".join(f"{chance[c]:>{w}.1f}" if c in chance else f"{'-':>{w}}"
                                                  for c, w in zip(columns, cell)))
     return "\n".join(lines)
 
