@@ -22,6 +22,7 @@ objectives/passes.py), side by side.
     python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
     python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
     python benchmarks/objective_cost.py --unbatched --threads 1               # batched vs unbatched passes
+    python benchmarks/objective_cost.py --recipes clop --variants "" "clop.kcl_negatives_train_text=false"
 """
 
 from __future__ import annotations
@@ -63,10 +64,9 @@ def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
 
 
 def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, work: Path, precision: str,
-            batch_passes: bool = True) -> dict:
-    cfg = load_config(RECIPES[name], [f"data.root={data}", f"train.precision={precision}"])
-    run_dir = work / f"{name}-{batch_passes}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+            batch_passes: bool = True, overrides: tuple[str, ...] = ()) -> dict:
+    cfg = load_config(RECIPES[name], [f"data.root={data}", f"train.precision={precision}", *overrides])
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
     batch, context = real_batch(cfg, data, batch_size, run_dir)
     seed_everything(0)
     module = PretrainingModule(build_model(cfg.model), cfg, context, batch_passes=batch_passes).train()
@@ -100,6 +100,9 @@ def main() -> None:
                     help="train.precision for every recipe (auto: what the trainer picks on this machine)")
     ap.add_argument("--unbatched", action="store_true",
                     help="also time each recipe with its extra passes in calls of their own")
+    ap.add_argument("--variants", nargs="*", default=[""], metavar="OVERRIDES",
+                    help="config overrides (space-separated in one string; \"\" = as configured): every recipe but "
+                         "the baseline is measured once per variant, side by side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,11 +122,11 @@ def main() -> None:
         print("-" * len(header))
         base: dict[bool, dict] = {}
         peaks: list[float] = []
-        for name in names:
+        for name, variant in [(n, v) for n in names for v in ([""] if n == "baseline" else args.variants)]:
             rows = {}
             for batched in ([True, False] if args.unbatched else [True]):
                 rows[batched] = measure(name, data, args.batch, args.steps, args.repeats, work, args.precision,
-                                        batched)
+                                        batched, tuple(variant.split()))
                 base.setdefault(batched, rows[batched])
             r = rows[True]
             peaks.append(r["peak"])
@@ -134,8 +137,8 @@ def main() -> None:
                 u = rows[False]
                 line += (f"{u['s_per_step']:>18.2f}{u['s_per_step'] / base[False]['s_per_step']:>12.2f}"
                          f"{u['gflop']:>12.1f}")
-            print(line + f"{r['params_m']:>12.1f}  {EXTRA_PASSES.get(name, '-')}  [{', '.join(r['objectives'])}]",
-                  flush=True)
+            print(line + f"{r['params_m']:>12.1f}  {EXTRA_PASSES.get(name, '-')}  [{', '.join(r['objectives'])}]"
+                  + (f"  + {variant}" if variant else ""), flush=True)
         print(f"matmul peak of that dtype (2048^3, median of the {len(peaks)} bursts before each recipe's timings): "
               f"{statistics.median(peaks) / 1e9:.0f} GFLOP/s")
 

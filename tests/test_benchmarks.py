@@ -100,18 +100,23 @@ def test_step_memory_counts_what_activation_checkpointing_saves():
 
 @pytest.mark.slow
 def test_objective_cost_times_each_recipe_in_the_precision_asked_with_its_mfu():
-    # The baseline and Clover on the same batch of a small corpus: one row each, in the precision asked (the
-    # trainer's step, not a fixed bf16 autocast), Clover's extra passes counted as more FLOPs, an MFU against the
-    # matmul peak measured in the run.
+    # The baseline and Clover, as configured and with activation checkpointing (a --variants row), on the same
+    # batch of a small corpus: in the precision asked (the trainer's step, not a fixed bf16 autocast), Clover's
+    # extra passes counted as more FLOPs, an MFU against the matmul peak measured in the run. Checkpointing
+    # leaves the model's FLOPs as they are (the fusion layers' recomputation included: it is not the model's)
+    # and shows as HFU above MFU.
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "objective_cost.py"), "--recipes", "clover",
-                           "--batch", "2", "--steps", "1", "--repeats", "1", "--threads", "1", "--precision", "fp32"],
+                           "--batch", "2", "--steps", "1", "--repeats", "1", "--threads", "1", "--precision", "fp32",
+                           "--variants", "", "model.activation_checkpointing=true"],
                           env=_env(), capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = {m[0]: m[1:] for m in re.findall(r"^(baseline|clover)\s+(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
-                                            r"([\d.]+)\s+([\d.]+)%\s+([\d.]+)%", done.stdout, re.MULTILINE)}
-    assert set(rows) == {"baseline", "clover"}, done.stdout
-    assert {r[0] for r in rows.values()} == {"fp32"}, done.stdout
-    base_gflop, clover_gflop = float(rows["baseline"][3]), float(rows["clover"][3])
-    assert 0 < base_gflop < clover_gflop, done.stdout
-    assert all(0 < float(r[5]) <= float(r[6]) for r in rows.values()), done.stdout  # MFU <= HFU (recomputation)
+    rows = re.findall(r"^(baseline|clover)\s+(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%\s+"
+                      r"([\d.]+)%.*?(\+ model\.activation_checkpointing=true)?$", done.stdout, re.MULTILINE)
+    assert [(r[0], r[-1]) for r in rows] == [("baseline", ""), ("clover", ""),
+                                             ("clover", "+ model.activation_checkpointing=true")], done.stdout
+    assert {r[1] for r in rows} == {"fp32"}, done.stdout
+    (_, _, _, _, base_gflop, _, base_mfu, base_hfu, _), plain, checkpointed = rows
+    assert 0 < float(base_gflop) < float(plain[4]) == float(checkpointed[4]), done.stdout
+    assert 0 < float(base_mfu) == float(base_hfu) and float(plain[6]) == float(plain[7]), done.stdout
+    assert float(checkpointed[7]) > float(checkpointed[6]) > 0, done.stdout
     assert re.search(r"^matmul peak .*: \d+ GFLOP/s$", done.stdout, re.MULTILINE), done.stdout
