@@ -4,6 +4,7 @@ the text encoder at optim.text_lr (or pretrained_lr when it was loaded), with op
 from __future__ import annotations
 
 import pytest
+import torch
 
 from structvl.config import (
     ModelConfig,
@@ -13,7 +14,7 @@ from structvl.config import (
     VideoEncoderConfig,
     VideoInitConfig,
 )
-from structvl.engine.optim import layer_id, param_groups
+from structvl.engine.optim import build_optimizer, layer_id, param_groups
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 
@@ -67,3 +68,33 @@ def test_layer_ids():
     assert [layer_id(n, 12) for n in ("cls_token", "blocks.0.attn.qkv.weight", "blocks.11.norm1.bias", "norm.weight",
                                        "bert.embeddings.word_embeddings.weight", "bert.encoder.layer.3.output.dense.bias",
                                        "bert.transformer.layer.5.ffn.lin1.weight")] == [0, 1, 12, 13, 0, 4, 6]
+
+
+def test_each_adamw_implementation_takes_the_same_steps(model):
+    """optim.implementation picks torch's kernel (auto = fused on a CPU); the weights after two steps agree up to
+    rounding whichever runs. Controls: the kernels really differ (the optimizer's own flags)."""
+    torch.manual_seed(0)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = [{n: torch.randn_like(p) for n, p in model.named_parameters() if p.requires_grad} for _ in range(2)]
+    after, flags = {}, {}
+    for implementation in ("auto", "fused", "foreach", "for_loop"):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
+        opt = build_optimizer(model, OptimConfig(implementation=implementation))
+        for g in grads:
+            for n, p in model.named_parameters():
+                p.grad = g.get(n)
+            opt.step()
+        flags[implementation] = (opt.defaults["fused"], opt.defaults["foreach"])
+        after[implementation] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(start[n])
+            p.grad = None
+    assert flags == {"auto": (True, None), "fused": (True, None), "foreach": (None, True),
+                     "for_loop": (None, False)}
+    for implementation in ("fused", "foreach", "for_loop"):
+        for n in start:
+            torch.testing.assert_close(after[implementation][n], after["auto"][n], msg=f"{implementation}: {n}")
+    assert any(not torch.equal(after["auto"][n], start[n]) for n in start)  # the steps moved the weights

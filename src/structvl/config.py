@@ -227,6 +227,10 @@ class OptimConfig:
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # 0 disables clipping
     accumulate: int = 1  # gradient accumulation steps per optimizer step
+    # AdamW's kernel, the same update up to rounding: "auto" = "fused" where torch has it for every parameter (one
+    # pass over each parameter's weight, gradient and moments), else torch's default; "foreach" (a few multi-tensor
+    # ops per step); "for_loop" (a Python loop over the parameters, torch's reference).
+    implementation: str = "auto"
 
 
 @dataclass

@@ -222,6 +222,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "optim.min_lr_ratio": PROB,
         "optim.grad_clip": Number(0, 1e6),  # 0: no clipping
         "optim.accumulate": Number(1, 65536, integer=True),
+        "optim.implementation": Choice(("auto", "fused", "foreach", "for_loop")),
         # training
         "train.batch_size": COUNT,
         "train.max_steps": COUNT,

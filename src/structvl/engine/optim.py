@@ -9,7 +9,7 @@ import re
 import torch
 import torch.nn as nn
 
-from structvl.config import OptimConfig
+from structvl.config import ConfigError, OptimConfig
 
 # Parameters that must not be decayed even though they are matrices: embedding tables of positions and
 # special tokens (decaying them toward 0 erases position information).
@@ -74,15 +74,19 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, with torch's fused kernel (one pass over each parameter's weight, gradient and
-    moments instead of a dozen element-wise ops; on a CPU the only implementation that is not a Python loop over
-    parameters) where every parameter is a plain tensor on a device that has it; DTensors (FSDP) keep the
-    default implementation unless they are on CUDA, as before."""
+    """AdamW over `param_groups`. `optim.implementation: auto` takes torch's fused kernel (one pass over each
+    parameter's weight, gradient and moments instead of a dozen element-wise ops; on a CPU torch's default is a
+    Python loop over parameters) where every parameter is a plain tensor on a device that has it; DTensors (FSDP)
+    keep the default implementation unless they are on CUDA. "fused", "foreach" and "for_loop" ask for one."""
     params = list(module.parameters())
     plain = all(type(p.data) is torch.Tensor for p in params)
     fused = all(p.device.type in _FUSED_DEVICES for p in params) if plain else all(p.is_cuda for p in params)
-    return torch.optim.AdamW(param_groups(module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             fused=fused or None)
+    if cfg.implementation == "fused" and not fused:
+        raise ConfigError("config key 'optim.implementation': 'fused' needs every parameter a plain tensor on a CPU "
+                          "or CUDA device (or a DTensor on CUDA); use auto, foreach or for_loop")
+    kernel = {"auto": {"fused": fused or None}, "fused": {"fused": True}, "foreach": {"foreach": True},
+              "for_loop": {"foreach": False}}[cfg.implementation]
+    return torch.optim.AdamW(param_groups(module, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kernel)
 
 
 _FUSED_DEVICES = ("cpu", "cuda")  # where torch has the fused AdamW kernel (torch >= 2.4 on CPU)
