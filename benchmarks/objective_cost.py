@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from structvl.config import load_config
 from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
