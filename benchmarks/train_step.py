@@ -145,17 +145,6 @@ def make_step(module: PretrainingModule, cfg, batch: dict, dtype: torch.dtype | 
     return step
 
 
-def seconds_per_step(module: PretrainingModule, cfg, batch: dict, steps: int, bf16: bool) -> tuple[float, dict]:
-    """Mean wall time of the trainer's step over `steps` steps after one warm-up step, and the warm-up step's
-    logs (for benchmarks/objective_cost.py)."""
-    step = make_step(module, cfg, batch, torch.bfloat16 if bf16 else None)
-    _, logs = step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps, logs
-
-
 # ----------------------------------------------------------------------------- one config
 @dataclass
 class Variant:

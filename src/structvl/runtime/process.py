@@ -78,7 +78,9 @@ def trim_heap() -> bool:
     if allocator == "jemalloc":  # purge every arena's unused dirty pages (4096: MALLCTL_ARENAS_ALL)
         mallctl = getattr(_libc(), "mallctl", None)
         return mallctl is not None and mallctl(b"arena.4096.purge", None, None, None, 0) == 0
-    malloc_trim = _glibc_malloc("malloc_trim")
+    if allocator != "glibc":  # "system": not Linux
+        return False
+    malloc_trim = getattr(_libc(), "malloc_trim", None)  # the allocator is known: no second read of the maps
     return malloc_trim is not None and bool(malloc_trim(0))
 
 
