@@ -54,6 +54,7 @@ CONFIG_MISTAKES = [
     ("model.video.depth=0", "0"), ("model.video.heads=0", "0"), ("model.text.max_length=1", "1"),
     ("model.embed_dim=0", "0"), ("model.fusion.video_pool=0", "0"), ("model.video.num_group_tokens=-1", "-1"),
     ("data.num_workers=-1", "-1"), ("data.shuffle_buffer=-1", "-1"), ("data.synth_clips=0", "0"),
+    ("data.decode_threads=-1", "-1"),
     ("train.batch_size=0", "0"), ("train.batch_size=-3", "-3"), ("train.max_steps=0", "0"),
     ("train.max_steps=-10", "-10"), ("train.log_every=0", "0"), ("train.checkpoint_every=-1", "-1"),
     ("train.keep_checkpoints=0", "0"), ("train.eval_every=-1", "-1"), ("train.seed=-1", "-1"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+import torch
 
 from structvl.data.video import VideoDecodeError, open_video, probe_video
 
@@ -61,6 +62,21 @@ def test_pyav_seeks_instead_of_decoding_everything(make_video):
         reader.get_frames([2, 50, 93])
         assert reader.frames_decoded < 60
 
+
+
+@pytest.mark.parametrize("name", ["long.mp4", "long.mkv"])
+def test_pyav_decodes_on_within_a_gop_instead_of_seeking_back_to_its_keyframe(make_video, name):
+    # Frames 2, 13 and 26 of the first 32-frame GOP: one run from its keyframe (27 frames), not a seek back to
+    # frame 0 for 13 (3 + 14 + 13: a gap of 11 frames looked longer than the GOP decoded so far); the demuxer's
+    # index (every frame in mp4, the keyframes in mkv) says where a seek lands. Then frame 40, in the next GOP: a
+    # seek to its keyframe (9 frames). The frames are the right ones either way (write_video's index wraps at 32).
+    path = make_video(name, num_frames=64, keyint=32)
+    with open_video(path) as reader:
+        frames = reader.get_frames([2, 13, 26])
+        assert reader.frames_decoded <= 27, reader.frames_decoded
+        frames = np.concatenate([frames, reader.get_frames([40])])
+        assert reader.frames_decoded <= 27 + 9, reader.frames_decoded
+    assert [frame_index_of(f) for f in frames] == [2, 13, 26, 40 % 32]
 
 def test_backends_agree(make_video):
     path = make_video("clip.mp4", num_frames=24, keyint=6)
@@ -164,3 +180,50 @@ def test_no_video_stream(tmp_path):
 def test_unknown_backend(make_video):
     with pytest.raises(ValueError, match="unknown video backend"):
         open_video(make_video(), backend="opencv")
+
+
+def _reader_threads(path: str, backend: str) -> tuple[int, int]:
+    """(threads asked for, threads FFmpeg's codec holds after decoding) of a reader opened with the default."""
+    with open_video(path, backend) as reader:
+        reader.get_frames([0, 3])
+        held = reader._stream.codec_context.thread_count if hasattr(reader, "_stream") else -1
+        return reader.threads if hasattr(reader, "threads") else -1, held
+
+
+class _ThreadsInWorker(torch.utils.data.Dataset):
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i):
+        return torch.tensor(_reader_threads(self.path, "pyav"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decoding_threads_reach_the_decoder_and_leave_the_frames_as_they_are(make_video, backend, monkeypatch):
+    path = make_video("clip.mp4", num_frames=24, size=(48, 64), fps=8)
+    asked = []
+    if backend == "decord":  # decord does not say how many threads it runs: record what it is asked for
+        decord = pytest.importorskip("decord")
+        real = decord.VideoReader
+        monkeypatch.setattr(decord, "VideoReader",
+                            lambda *a, **kw: asked.append(kw.get("num_threads")) or real(*a, **kw))
+    frames = {}
+    for threads in (1, 2, 0):
+        with open_video(path, backend, threads=threads) as reader:
+            frames[threads] = reader.get_frames([0, 5, 11, 23])
+            if backend == "pyav" and threads:  # FFmpeg's codec holds the count asked for once it decodes
+                assert reader._stream.codec_context.thread_count == threads
+    assert backend == "pyav" or asked == [1, 2, 0]
+    assert np.array_equal(frames[1], frames[2]) and np.array_equal(frames[1], frames[0])
+
+
+def test_a_reader_in_a_loader_worker_decodes_on_one_thread(make_video):
+    # Default threads: FFmpeg's choice in the main process, one thread in a DataLoader worker (the workers are
+    # the loader's parallelism); FFmpeg's codec then holds 1.
+    path = make_video("clip.mp4", num_frames=8, size=(48, 64), fps=8)
+    assert _reader_threads(str(path), "pyav")[0] == 0
+    loader = torch.utils.data.DataLoader(_ThreadsInWorker(path), batch_size=None, num_workers=1)
+    assert next(iter(loader)).tolist() == [1, 1]

@@ -202,6 +202,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "data.shards": Text(optional=True),
         "data.shuffle_buffer": Number(0, 10**8, integer=True),
         "data.backend": Choice(("pyav", "decord")),
+        "data.decode_threads": Number(0, 1024, integer=True, optional=True),
         "data.num_frames": Number(1, 1024, integer=True),
         "data.sampling": Choice(SAMPLING),
         "data.target_fps": Number(0, 1000, lo_open=True, optional=True),

@@ -66,17 +66,19 @@ class VideoTextDataset(Dataset):
     require_captions: leave out records without a caption (video-text training and retrieval); without
         it they give caption "" (recognition, QA).
     allow_outside_root: let records name videos outside `video_root` (absolute paths, `..`, symlinks).
+    decode_threads: each reader's decoding threads (`data.video.open_video`; None: 1 in a loader worker).
     """
 
     def __init__(self, records: Sequence[VideoRecord], video_root: str | Path | None, num_frames: int = 8,
                  sampling: str = "random_segment", target_fps: float | None = None, *,
                  transform: VideoTransform, backend: str = "pyav", caption_mode: str = "random", seed: int = 0,
-                 require_captions: bool = False, allow_outside_root: bool = False):
+                 require_captions: bool = False, allow_outside_root: bool = False,
+                 decode_threads: int | None = None):
         check_clip_options(sampling, target_fps, caption_mode, backend)
         self.records = list(records)
         self.video_root = None if video_root is None else Path(video_root)
         self.num_frames, self.sampling, self.target_fps = num_frames, sampling, target_fps
-        self.transform, self.backend = transform, backend
+        self.transform, self.backend, self.decode_threads = transform, backend, decode_threads
         self.caption_mode, self.seed = caption_mode, seed
         # The epoch lives in shared memory: persistent loader workers hold their own copy of the dataset,
         # and a plain attribute set in the main process would never reach them.
@@ -140,7 +142,7 @@ class VideoTextDataset(Dataset):
             raise VideoDecodeError(path, reason)
         if is_image_path(path):  # an image-text pair: a one-frame clip (structvl.data.images)
             return image_clip(load_image(path), self.num_frames)
-        with open_video(path, self.backend) as reader:
+        with open_video(path, self.backend, self.decode_threads) as reader:
             if (problem := window_problem(record.start, record.end, reader.duration)) is not None:
                 raise VideoDecodeError(path, problem)
             # "fps" sampling starts at a random offset only in training; evaluation starts at the window start.

@@ -144,7 +144,8 @@ class ShardedVideoTextDataset(IterableDataset):
     """`VideoTextDataset`'s items, streamed from webdataset tar shards and split across ranks and workers.
 
     urls: a brace pattern or a list of shard urls/patterns (local paths, or anything webdataset's gopen reads).
-    num_frames, sampling, target_fps, transform, backend, caption_mode, seed: as for `VideoTextDataset`.
+    num_frames, sampling, target_fps, transform, backend, caption_mode, seed, decode_threads: as for
+        `VideoTextDataset`.
         caption_mode "expand" yields one item per caption of each sample.
     rank, world_size: this process's place among the training processes (e.g. from torch.distributed).
     shuffle_buffer: > 0 shuffles samples within a worker through a buffer of that many samples (webdataset's
@@ -157,7 +158,8 @@ class ShardedVideoTextDataset(IterableDataset):
     def __init__(self, urls: str | Sequence[str], num_frames: int = 8, sampling: str = "random_segment",
                  target_fps: float | None = None, *, transform: VideoTransform, backend: str = "pyav",
                  caption_mode: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 0, shuffle_shards: bool = True, require_captions: bool = False):
+                 shuffle_buffer: int = 0, shuffle_shards: bool = True, require_captions: bool = False,
+                 decode_threads: int | None = None):
         check_clip_options(sampling, target_fps, caption_mode, backend)
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
@@ -174,7 +176,7 @@ class ShardedVideoTextDataset(IterableDataset):
             raise ValueError(f"{len(self.urls)} shard(s) cannot be split across {world_size} ranks: every rank "
                              "needs at least one shard (write smaller shards with a lower max_count)")
         self.num_frames, self.sampling, self.target_fps = num_frames, sampling, target_fps
-        self.transform, self.backend = transform, backend
+        self.transform, self.backend, self.decode_threads = transform, backend, decode_threads
         self.caption_mode, self.seed = caption_mode, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.shuffle_shards = shuffle_buffer, shuffle_shards
@@ -371,7 +373,7 @@ class ShardedVideoTextDataset(IterableDataset):
             if member in IMAGE_MEMBERS:
                 frames, valid = image_clip(decode_image(sample[member], name), self.num_frames)
             else:
-                with open_video_bytes(sample[member], name, self.backend) as reader:
+                with open_video_bytes(sample[member], name, self.backend, self.decode_threads) as reader:
                     if (problem := window_problem(record.start, record.end, reader.duration)) is not None:
                         return {"skipped": True, "path": name, "reason": problem, "index": index}
                     fixed_start = self.sampling == "fps" and not self.transform.train

@@ -76,7 +76,7 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
                 pattern, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling,
                 target_fps=cfg.data.target_fps, transform=transform, backend=cfg.data.backend,
                 caption_mode=cfg.data.caption_mode, seed=cfg.train.seed, rank=rank, world_size=world_size,
-                shuffle_buffer=cfg.data.shuffle_buffer, require_captions=True)
+                shuffle_buffer=cfg.data.shuffle_buffer, require_captions=True, decode_threads=cfg.data.decode_threads)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"config key 'data.shards': {e}") from e
         return dataset, VideoTextCollator(tokenizer, knowledge)
@@ -88,7 +88,8 @@ def build_train_data(cfg: RunConfig, tokenizer, rank: int = 0, world_size: int =
     dataset = VideoTextDataset(records, cfg.data.videos or root, num_frames=cfg.data.num_frames,
                                sampling=cfg.data.sampling, target_fps=cfg.data.target_fps, transform=transform,
                                backend=cfg.data.backend, caption_mode=cfg.data.caption_mode, seed=cfg.train.seed,
-                               require_captions=True, allow_outside_root=cfg.data.allow_outside_root)
+                               require_captions=True, allow_outside_root=cfg.data.allow_outside_root,
+                               decode_threads=cfg.data.decode_threads)
     if not dataset.items:
         raise ConfigError(f"config key 'data.train': {root / cfg.data.train} holds no usable records "
                           f"({', '.join(f'{n} x {reason}' for reason, n in dataset.dropped.items())})")
@@ -111,7 +112,7 @@ def build_mixed_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Mixe
                     pattern, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling, target_fps=cfg.data.target_fps,
                     transform=transform, backend=cfg.data.backend, caption_mode=cfg.data.caption_mode,
                     seed=cfg.train.seed, rank=rank, world_size=world_size, shuffle_buffer=cfg.data.shuffle_buffer,
-                    require_captions=True))
+                    require_captions=True, decode_threads=cfg.data.decode_threads))
             except (FileNotFoundError, ValueError) as e:
                 raise ConfigError(f"config key 'data.mix[{i}].shards': {e}") from e
         return MixedShards(sources, weights, names, cfg.train.batch_size, seed=cfg.train.seed)
@@ -127,7 +128,8 @@ def build_mixed_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Mixe
                                          sampling=cfg.data.sampling, target_fps=cfg.data.target_fps,
                                          transform=transform, backend=cfg.data.backend,
                                          caption_mode=cfg.data.caption_mode, seed=cfg.train.seed,
-                                         require_captions=True, allow_outside_root=cfg.data.allow_outside_root))
+                                         require_captions=True, allow_outside_root=cfg.data.allow_outside_root,
+                                         decode_threads=cfg.data.decode_threads))
     return MixedDataset(datasets, names)
 
 

@@ -33,7 +33,7 @@ def eval_loader(records, cfg: RunConfig, video_root, tokenizer, batch_size: int 
                                transform=VideoTransform(cfg.model.video.image_size, train=False,
                                                         **frame_normalization(cfg.model.video)),
                                backend=cfg.data.backend, caption_mode="first", seed=0,
-                               allow_outside_root=cfg.data.allow_outside_root)
+                               allow_outside_root=cfg.data.allow_outside_root, decode_threads=cfg.data.decode_threads)
     return build_dataloader(dataset, VideoTextCollator(tokenizer), batch_size=batch_size or cfg.eval.batch_size,
                             shuffle=False, seed=0, drop_last=False,
                             num_workers=min(cfg.data.num_workers, 2) if num_workers is None else num_workers)

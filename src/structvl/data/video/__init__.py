@@ -7,8 +7,11 @@ Both give uint8 RGB frames (N, H, W, 3) in the order asked for.
 Three things make real datasets harder than the happy path:
 
 * Videos are long and a clip needs a handful of frames, so the PyAV reader seeks to the keyframe before
-  each wanted frame and decodes forward from there instead of decoding the file from the start. Frames are
+  each wanted frame and decodes forward from there instead of decoding the file from the start; it decodes on
+  instead where the demuxer's index says the next wanted frame follows the same keyframe. Frames are
   identified by their presentation timestamp (pts), never by counting, because counting is wrong after a seek.
+  Each reader decodes on one thread inside a DataLoader worker (the workers are the parallelism) and with the
+  decoder's threads elsewhere (`threads` of `open_video`).
 * Container metadata lies (frame counts of truncated downloads; webm/mkv/MPEG-PS/MPEG-TS/FLV files carry no
   count at all, and MPEG-PS durations are guesses from the bit rate). Without a count in the header, the
   count is measured from the timestamps of the last packets (one seek to the end, no decoding), or by
@@ -40,30 +43,31 @@ __all__ = ["BACKENDS", "DECORD_MISREADS", "DecordReader", "PyAVReader", "VideoDe
 BACKENDS = ("pyav", "decord")
 
 
-def _open(path: str | Path, data: bytes | None, backend: str) -> VideoReader:
+def _open(path: str | Path, data: bytes | None, backend: str, threads: int | None) -> VideoReader:
     if backend == "pyav":
-        return PyAVReader(path, data)
+        return PyAVReader(path, data, threads)
     if backend == "decord":
         header = container_header(Path(path), data)
         if header[3] in DECORD_MISREADS:
-            return PyAVReader(path, data)
-        return DecordReader(path, data, header)
+            return PyAVReader(path, data, threads)
+        return DecordReader(path, data, header, threads)
     raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
 
 
-def open_video(path: str | Path, backend: str = "pyav") -> VideoReader:
+def open_video(path: str | Path, backend: str = "pyav", threads: int | None = None) -> VideoReader:
     """Open `path` with the named decoder (PyAV for the containers in DECORD_MISREADS). Raises
-    VideoDecodeError for a file that is unusable."""
-    return _open(path, None, backend)
+    VideoDecodeError for a file that is unusable. threads: the decoder's threads (None: 1 in a DataLoader
+    worker, the decoder's own choice elsewhere; 0: the decoder's choice; `base.decoder_threads`)."""
+    return _open(path, None, backend, threads)
 
 
-def open_video_bytes(data: bytes, name: str, backend: str = "pyav") -> VideoReader:
+def open_video_bytes(data: bytes, name: str, backend: str = "pyav", threads: int | None = None) -> VideoReader:
     """Open a video held in memory (e.g. an mp4 member of a webdataset shard) with the named decoder.
 
-    `name` stands in for the path in the reader's `path` and in error messages. Raises VideoDecodeError for
-    bytes that are not a usable video.
+    `name` stands in for the path in the reader's `path` and in error messages; threads as for `open_video`.
+    Raises VideoDecodeError for bytes that are not a usable video.
     """
-    return _open(name, bytes(data), backend)
+    return _open(name, bytes(data), backend, threads)
 
 
 def probe_video(path: str | Path, backend: str = "pyav") -> dict:

@@ -1,9 +1,11 @@
 """What every video reader shares: the reader interface, the error for unusable files, and the helpers
-both decoders use (opening a file or bytes, clamping requested indices, filling frames that did not decode)."""
+both decoders use (opening a file or bytes, their decoding threads, clamping requested indices, filling frames
+that did not decode)."""
 
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +40,18 @@ def source(path: Path, data: bytes | None) -> str | io.BytesIO:
     if not data:
         raise VideoDecodeError(path, "empty file (0 bytes)")
     return io.BytesIO(data)
+
+
+def decoder_threads(threads: int | None) -> int:
+    """The decoding threads a reader asks its decoder for: `threads` when given (0 = the decoder's own choice,
+    FFmpeg's and decord's: about one a core), else 1 inside a DataLoader worker and the decoder's choice
+    elsewhere. In a loader the workers are the parallelism: each worker's decoder taking a thread a core would
+    put cores x workers threads on the cores, and on 640x360 H.264 a thread pool costs 10-14% more CPU time a
+    clip than one thread (docs/findings.md, "Per core, measured again")."""
+    if threads is not None:
+        return threads
+    loader = sys.modules.get("torch.utils.data")  # never imported here: a process without torch has no workers
+    return 1 if loader is not None and loader.get_worker_info() is not None else 0
 
 
 def clamp(indices: Sequence[int], num_frames: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structvl.data.video.base import VideoDecodeError, VideoReader, clamp, fill_from_decoded, source
+from structvl.data.video.base import VideoDecodeError, VideoReader, clamp, decoder_threads, fill_from_decoded, source
 
 # FFmpeg demuxer names of the containers whose frames decord 0.6 gets wrong (a test checks each): its random
 # access in MPEG-PS returns earlier frames, in FLV (H.264) the frame before the last, and in MPEG-TS it drops
@@ -19,7 +19,10 @@ DECORD_MISREADS = ("mpeg", "mpegts", "flv")
 class DecordReader(VideoReader):
     """decord's VideoReader: it builds a frame index when opening and seeks accurately itself."""
 
-    def __init__(self, path: str | Path, data: bytes | None = None, header: tuple[int, int, str, str] | None = None):
+    def __init__(self, path: str | Path, data: bytes | None = None, header: tuple[int, int, str, str] | None = None,
+                 threads: int | None = None):
+        """threads: decord's decoding threads (`base.decoder_threads`: None = 1 in a loader worker, else decord's
+        choice; 0 = decord's choice)."""
         try:
             import decord
         except ImportError:
@@ -30,7 +33,8 @@ class DecordReader(VideoReader):
         # both, and the container format, which open_video reads first to pick the decoder.
         self.width, self.height, self.codec, self.container_format = header or container_header(self.path, data)
         try:
-            self._reader = decord.VideoReader(source(self.path, data), ctx=decord.cpu(0))
+            self._reader = decord.VideoReader(source(self.path, data), ctx=decord.cpu(0),
+                                              num_threads=decoder_threads(threads))
         except (decord.DECORDError, RuntimeError) as e:  # decord raises both for unreadable files
             raise VideoDecodeError(self.path, f"cannot open video: {_first_line(e)}") from None
         self.num_frames = len(self._reader)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structvl.data.video.base import VideoDecodeError, VideoReader, clamp, fill_from_decoded, source
+from structvl.data.video.base import VideoDecodeError, VideoReader, clamp, decoder_threads, fill_from_decoded, source
 
 # Below this gap (in frames) decoding forward is assumed cheaper than a seek, whose demuxer repositioning
 # and decoder flush cost about as much as decoding a few small frames.
@@ -40,11 +40,14 @@ def _reformatter():
 class PyAVReader(VideoReader):
     """FFmpeg through PyAV, seeking to keyframes so that a few frames cost a few GOPs, not the whole file."""
 
-    def __init__(self, path: str | Path, data: bytes | None = None):
+    def __init__(self, path: str | Path, data: bytes | None = None, threads: int | None = None):
+        """threads: FFmpeg's decoding threads (`base.decoder_threads`: None = 1 in a loader worker, else FFmpeg's
+        choice; 0 = FFmpeg's choice). The frames are the same whatever the count."""
         import av
 
         self._av = av
         self.path = Path(path)
+        self.threads = decoder_threads(threads)
         self._source = source(self.path, data)
         self._container = self._open()
         try:
@@ -72,6 +75,16 @@ class PyAVReader(VideoReader):
         self._container.close()
         self._container = self._open()
         self._stream = self._container.streams.video[0]
+        self._set_threads()
+
+    def _set_threads(self) -> None:
+        """Before the stream's first packet is decoded (the codec opens then). More than one thread (or 0, FFmpeg's
+        count) decodes whole frames in parallel as well as slices: PyAV's own setting, slices only, leaves a
+        stream of one slice a frame (most web video) on one core."""
+        context = self._stream.codec_context
+        if self.threads != 1:
+            context.thread_type = "AUTO"
+        context.thread_count = self.threads
 
     def _read_header(self) -> None:
         if not self._container.streams.video:
@@ -79,6 +92,7 @@ class PyAVReader(VideoReader):
         stream = self._stream = self._container.streams.video[0]
         if stream.codec_context is None:
             raise VideoDecodeError(self.path, "unsupported codec (no decoder in this FFmpeg build)")
+        self._set_threads()
         self.codec = stream.codec_context.name
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -199,9 +213,23 @@ class PyAVReader(VideoReader):
 
     def _seek_pays_off(self, current: int, target: int) -> bool:
         """A seek lands on the keyframe before `target`; it only saves work when that keyframe lies past
-        `current`, i.e. when the gap is longer than a GOP. The GOP is only known from keyframes decoded so
-        far, so the distance already decoded past `current`'s keyframe is a lower bound for it too."""
-        return self._seekable and target - current > max(self._gop, current - self._last_keyframe, MIN_SEEK_GAP)
+        `current`. The demuxer's index says which keyframe each frame follows where it was read from the file
+        (mp4 and mov list every frame, mkv and webm with cues their keyframes), which is so where it lists
+        frames past `current`: the demuxer has not read that far. Elsewhere (an index built while reading, or
+        none) the gap must be longer than a GOP, which is only known from keyframes decoded so far, so the
+        distance already decoded past `current`'s keyframe is a lower bound for it too. A wrong guess costs
+        time, never a wrong frame."""
+        if not self._seekable or target - current <= MIN_SEEK_GAP:
+            return False
+        entries = self._stream.index_entries
+        if len(entries):
+            # Index timestamps are decode timestamps in mp4 (the first frame's is below its pts by the B-frame
+            # delay): frame k is placed k frame durations after the first entry.
+            first, ticks = entries[0].timestamp, 1 / (self.fps * self._time_base)
+            here, there = first + round(current * ticks), first + round(target * ticks)
+            if here < entries[len(entries) - 1].timestamp:
+                return entries.search_timestamp(there) > entries.search_timestamp(here)
+        return target - current > max(self._gop, current - self._last_keyframe)
 
     def _rgb(self, frame) -> np.ndarray:
         # Converting to the header's size keeps a stream whose resolution changes midway stackable.
