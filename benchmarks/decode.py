@@ -13,11 +13,14 @@ module is present, else ~200 tiny mp4s written here. Both are cached in a tempor
     python benchmarks/decode.py --clips 500 --repeat 5
     python benchmarks/decode.py --realistic           # clips like users' web video, sparse 8 and 16 frames
 
---realistic: clips as web video comes (640x360, 30 fps, 15-60 s, H.264 with B-frames and a keyframe every 250
-frames, written here once and cached), read with the sparse sampling of pre-training (8 and 16 frames spread
-over the whole clip, so every frame sits in its own GOP and costs a seek plus up to 249 decoded frames). The
-reference is decord's `get_batch` with one decoding thread; PyAV runs one thread too, and each loader row one
-worker process, so every row is per core. The loader resizes to `--realistic-size` (224, the ViT-B input). The
+--realistic: clips as web video comes (640x360, 30 fps, 15-60 s, H.264 with B-frames, one slice a frame and a
+keyframe every 250 frames, written here once and cached), read with the sparse sampling of pre-training (8 and
+16 frames spread over the whole clip, so every frame sits in its own GOP and costs a seek plus up to 249 decoded
+frames). The reference is decord's `get_batch` with one decoding thread; the PyAV reader row asks for one thread
+too, and the loader row runs one worker process (whose reader decodes on one thread by default), so every row is
+per core. The loader resizes to `--realistic-size` (224, the ViT-B input). Below the table, the PyAV reader with
+FFmpeg's own thread count (about one a core) against one thread: wall time and CPU time a clip, what threaded
+decoding buys a reader with cores to spare and what it costs a loader whose workers already fill them. The
 last lines turn the loader's clips/s per core into the cores one GPU needs at the ViT-B step rates measured on an
 H200 (`GPU_RATES`).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -90,8 +94,10 @@ GPU_RATES = {"ViT-B/16 bf16 eager, H200": 108.3, "ViT-B/16 bf16 compiled, no che
 
 
 def write_realistic_clip(path: Path, seconds: float, seed: int) -> None:
-    """A clip as web video comes: 640x360 at 30 fps, H.264 (libx264 defaults: B-frames, CABAC) with a keyframe
-    every 250 frames and none at scene cuts, of moving textured content, so the decoder does real work."""
+    """A clip as web video comes: 640x360 at 30 fps, H.264 (libx264 defaults: B-frames, CABAC, frame-threaded
+    encoding and so one slice a frame) with a keyframe every 250 frames and none at scene cuts, of moving textured
+    content, so the decoder does real work. (PyAV's own default, slice-threaded x264, would cut every frame into
+    a slice per encoder thread, which FFmpeg then decodes in parallel: web video is rarely cut so.)"""
     import av
 
     rng = np.random.default_rng(seed)
@@ -105,6 +111,7 @@ def write_realistic_clip(path: Path, seconds: float, seed: int) -> None:
         stream = container.add_stream("libx264", rate=fps, options={"g": str(REALISTIC["gop"]), "sc_threshold": "0",
                                                                   "preset": "veryfast", "crf": "23"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.thread_type = "FRAME"
         for t in range(round(seconds * fps)):
             phase = t / fps
             frame = np.empty((h, w, 3), np.uint8)
@@ -122,8 +129,8 @@ def write_realistic_clip(path: Path, seconds: float, seed: int) -> None:
 
 
 def realistic_clips(data_dir: Path, count: int) -> list[Path]:
-    """`count` clips of 15 to 60 s (evenly spread) under `data_dir/realistic`, written on the first run."""
-    root = data_dir / "realistic"
+    """`count` clips of 15 to 60 s (evenly spread) under `data_dir/web-h264`, written on the first run."""
+    root = data_dir / "web-h264"
     root.mkdir(parents=True, exist_ok=True)
     low, high = REALISTIC["seconds"]
     clips = []
@@ -160,10 +167,23 @@ def plain_decord(paths: list[Path], count: int = NUM_FRAMES, threads: int = 0) -
         reader.get_batch(uniform_indices(len(reader), reader.get_avg_fps(), count)).asnumpy()
 
 
-def reader_only(paths: list[Path], backend: str, count: int = NUM_FRAMES) -> None:
+def reader_only(paths: list[Path], backend: str, count: int = NUM_FRAMES, threads: int | None = None) -> None:
     for path in paths:
-        with open_video(path, backend) as reader:
+        with open_video(path, backend, threads) as reader:
             reader.get_frames(uniform_indices(reader.num_frames, reader.fps, count))
+
+
+def thread_costs(repeat: int, paths: list[Path], count: int, threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the PyAV reader over `paths` with `threads` decoding threads, the median of
+    `repeat` passes after a warm-up (CPU time counts every thread of this process)."""
+    reader_only(paths, "pyav", count, threads)
+    walls, cpus = [], []
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), time.process_time()
+        reader_only(paths, "pyav", count, threads)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def null_tokenizer(texts: list[str]) -> dict:
@@ -200,10 +220,10 @@ def realistic(args) -> None:
           f"{REALISTIC['gop']} frames; ready in {time.perf_counter() - started:.0f} s), best of {args.repeat} "
           f"passes, one core per row (decoder threads 1, loader workers 1), loader output {args.realistic_size} px")
     print(f"{'frames':>6}  {'configuration':<32}{'clips/s/core':>13}{'vs decord get_batch':>22}")
-    per_core = {}
+    per_core, threads = {}, {}
     for count in (8, 16):
         rows = [("decord get_batch (reference)", time_passes(args.repeat, plain_decord, paths, count, 1))]
-        rows.append(("pyav reader only", time_passes(args.repeat, reader_only, paths, "pyav", count)))
+        rows.append(("pyav reader only, 1 thread", time_passes(args.repeat, reader_only, paths, "pyav", count, 1)))
         loader = make_loader(paths, "pyav", 1, 4, args.realistic_size, count)
         loader_seconds = time_passes(args.repeat, loader_pass, loader)
         rows.append(("pyav loader, 1 worker", loader_seconds))
@@ -213,6 +233,11 @@ def realistic(args) -> None:
         reference = len(paths) / rows[0][1]
         for name, took in rows:
             print(f"{count:>6}  {name:<32}{len(paths) / took:>13.2f}{len(paths) / took / reference:>21.2f}x")
+        threads[count] = [thread_costs(args.repeat, paths, count, n) for n in (1, 0)]
+    for count, ((wall_1, cpu_1), (wall_0, cpu_0)) in threads.items():
+        print(f"{count:>6} frames, pyav reader, FFmpeg's threads vs 1 thread: {len(paths) / wall_0:.2f} vs "
+              f"{len(paths) / wall_1:.2f} clips/s ({wall_1 / wall_0:.2f}x), CPU {cpu_0 / len(paths):.2f} vs "
+              f"{cpu_1 / len(paths):.2f} s a clip ({cpu_0 / cpu_1:.2f}x)")
     for name, rate in GPU_RATES.items():
         print(f"cores one GPU needs for {name} at {rate:.0f} clips/s: "
               + ", ".join(f"{rate / per_core[c]:.0f} ({c} frames a clip)" for c in per_core))
