@@ -17,12 +17,15 @@ by the matmul peak of the same dtype, measured before each recipe's timings in t
 also counts the forward that activation checkpointing recomputes. Where a recipe's HFU is below the baseline's,
 its extra work runs less efficiently than the baseline's, and that part of its cost is not FLOPs. `--unbatched`
 also times each recipe with its extra passes in calls of their own (`PretrainingModule(batch_passes=False)`,
-objectives/passes.py), side by side.
+objectives/passes.py), side by side. `--tokens` also times, over the same steps, what the objectives' token
+caches (CLOP's constructed captions, S-ViLM's phrases: `data.text.TokenCache`) take per step against the plain
+tokenizer on the same texts: what caching them buys.
 
     python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
     python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
     python benchmarks/objective_cost.py --unbatched --threads 1               # batched vs unbatched passes
     python benchmarks/objective_cost.py --recipes clop --variants "" "clop.kcl_negatives_train_text=false"
+    python benchmarks/objective_cost.py --recipes clop svilm --tokens          # what the token caches buy
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 import torch
 
 from structvl.config import load_config
+from structvl.data.text import TokenCache
 from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
 from structvl.lab.demo import ABLATIONS
 from structvl.lab.demo import RECIPES as DEMO_RECIPES
@@ -54,6 +58,44 @@ EXTRA_PASSES = {"baseline": "-", "clop": "text: constructed negatives",
                 "clover": "video: masked; text: masked; fusion x2", "all": "all of the above"}
 
 
+class TimedTokens:
+    """Stands in for an objective's TokenCache (`--tokens`): each call is answered by the cache, and the seconds
+    it took are added up beside those the plain tokenizer takes on the same texts (what the step would pay
+    without the cache). Installed only for steps of their own, after the timed ones."""
+
+    def __init__(self, cache: TokenCache):
+        self.cache, self.cached, self.plain, self.texts = cache, 0.0, 0.0, 0
+
+    def __call__(self, texts):
+        start = time.perf_counter()
+        self.cache.tokenizer(texts)
+        middle = time.perf_counter()
+        out = self.cache(texts)
+        self.cached += time.perf_counter() - middle
+        self.plain += middle - start
+        self.texts += len(texts)
+        return out
+
+
+def token_cache_cost(module, step, steps: int) -> dict | None:
+    """ms per step in the objectives' token caches and in the plain tokenizer on the same texts, over `steps`
+    steps (the caches already warm from the timed steps, as in training); None when no objective has one."""
+    owners = [m for m in module.modules() if isinstance(getattr(m, "tokens", None), TokenCache)]
+    if not owners:
+        return None
+    timed = [TimedTokens(m.tokens) for m in owners]
+    for owner, proxy in zip(owners, timed):
+        owner.tokens = proxy
+    try:
+        for _ in range(steps):
+            step()
+    finally:
+        for owner, proxy in zip(owners, timed):
+            owner.tokens = proxy.cache
+    return {"cached_ms": 1e3 * sum(t.cached for t in timed) / steps,
+            "plain_ms": 1e3 * sum(t.plain for t in timed) / steps, "texts": sum(t.texts for t in timed) / steps}
+
+
 def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
     """The first `batch_size` training clips, collated with their knowledge, and the objective context."""
     tokenizer = build_tokenizer(cfg.model.text)
@@ -63,7 +105,7 @@ def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
 
 
 def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, work: Path, precision: str,
-            batch_passes: bool = True, overrides: tuple[str, ...] = ()) -> dict:
+            batch_passes: bool = True, overrides: tuple[str, ...] = (), tokens: bool = False) -> dict:
     cfg = load_config(RECIPES[name], [f"data.root={data}", f"train.precision={precision}", *overrides])
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
     batch, context = real_batch(cfg, data, batch_size, run_dir)
@@ -81,10 +123,11 @@ def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, wo
             step()
         times.append((time.perf_counter() - t0) / steps)
     seconds = statistics.median(times)
+    caches = token_cache_cost(module, step, steps) if tokens else None
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {"recipe": name, "s_per_step": seconds, "gflop": flops / 1e9, "params_m": params / 1e6, "peak": peak,
             "mfu": flops / seconds / peak, "hfu": ran / seconds / peak, "dtype": dtype_name(dtype),
-            "objectives": sorted({k.split("/")[0] for k in logs if "/" in k})}
+            "objectives": sorted({k.split("/")[0] for k in logs if "/" in k}), "tokens": caches}
 
 
 def main() -> None:
@@ -99,6 +142,8 @@ def main() -> None:
                     help="train.precision for every recipe (auto: what the trainer picks on this machine)")
     ap.add_argument("--unbatched", action="store_true",
                     help="also time each recipe with its extra passes in calls of their own")
+    ap.add_argument("--tokens", action="store_true",
+                    help="also time the objectives' token caches against the plain tokenizer on the same texts")
     ap.add_argument("--variants", nargs="*", default=[""], metavar="OVERRIDES",
                     help="config overrides (space-separated in one string; \"\" = as configured): every recipe but "
                          "the baseline is measured once per variant, side by side")
@@ -125,7 +170,7 @@ def main() -> None:
             rows = {}
             for batched in ([True, False] if args.unbatched else [True]):
                 rows[batched] = measure(name, data, args.batch, args.steps, args.repeats, work, args.precision,
-                                        batched, tuple(variant.split()))
+                                        batched, tuple(variant.split()), args.tokens and batched)
                 base.setdefault(batched, rows[batched])
             r = rows[True]
             peaks.append(r["peak"])
@@ -138,6 +183,11 @@ def main() -> None:
                          f"{u['gflop']:>12.1f}")
             print(line + f"{r['params_m']:>12.1f}  {EXTRA_PASSES.get(name, '-')}  [{', '.join(r['objectives'])}]"
                   + (f"  + {variant}" if variant else ""), flush=True)
+            if r["tokens"]:
+                t = r["tokens"]
+                print(f"{'':<16}token caches: {t['cached_ms']:.2f} ms/step for {t['texts']:.0f} texts; the plain "
+                      f"tokenizer on the same texts {t['plain_ms']:.2f} ms ({t['plain_ms'] / t['cached_ms']:.1f}x, "
+                      f"{t['plain_ms'] / 1e3 / r['s_per_step']:.2%} of the step)", flush=True)
         print(f"matmul peak of that dtype (2048^3, median of the {len(peaks)} bursts before each recipe's timings): "
               f"{statistics.median(peaks) / 1e9:.0f} GFLOP/s")
 

@@ -120,3 +120,47 @@ def test_objective_cost_times_each_recipe_in_the_precision_asked_with_its_mfu():
     assert 0 < float(base_mfu) == float(base_hfu) and float(plain[6]) == float(plain[7]), done.stdout
     assert float(checkpointed[7]) > float(checkpointed[6]) > 0, done.stdout
     assert re.search(r"^matmul peak .*: \d+ GFLOP/s$", done.stdout, re.MULTILINE), done.stdout
+
+
+@pytest.mark.slow
+def test_eval_cost_times_each_measure_both_ways_and_finds_the_same_metrics(tiny_corpus, tmp_path):
+    # A one-step tiny Clover run evaluated with one shared feature pass and with a pass per measure: a row per
+    # zero-shot measure (masked words because the model has a fusion encoder) and per downstream task, and both
+    # ways score exactly the same (the shared clips are the clips each measure would decode for itself).
+    from structvl.config import load_config
+    from structvl.engine.pretrain import run_pretraining
+
+    from helpers import TINY
+
+    run = tmp_path / "run"
+    run_pretraining(load_config("clover", TINY + ["model.fusion.layers=1", f"data.root={tiny_corpus}",
+                                                  "train.max_steps=1", "train.checkpoint_every=0"]), run)
+    fast = ["openqa.epochs=2", "mcqa.epochs=2", "localization.epochs=2", "recognition.linear_epochs=2"]
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_cost.py"), "--run", str(run), "--data",
+                           str(tiny_corpus), "--rounds", "1", "--threads", "1", "--set", *fast],
+                          env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = re.findall(r"^(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", done.stdout, re.MULTILINE)
+    assert [r[0] for r in rows] == ["retrieval", "grounding", "scene_change", "hard_negatives", "masked_words",
+                                    "mcqa", "openqa", "recognition", "localization", "total"], done.stdout
+    found = re.search(r"^metrics: (\d+) keys in both, largest difference (\S+)", done.stdout, re.MULTILINE)
+    keys, worst = found.groups()
+    assert int(keys) > 50 and float(worst) == 0.0, done.stdout
+
+
+@pytest.mark.slow
+def test_objective_cost_times_the_token_caches_against_the_plain_tokenizer():
+    # CLOP's constructed captions and S-ViLM's phrases go through a TokenCache: --tokens adds a line under each of
+    # those recipes with the texts tokenised per step, and none under the baseline (it tokenises nothing per step).
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "objective_cost.py"), "--recipes", "clop", "svilm",
+                           "--batch", "4", "--steps", "1", "--repeats", "1", "--threads", "1", "--precision", "fp32",
+                           "--tokens"], env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    below = {lines[i].split()[0]: lines[i + 1] for i in range(len(lines) - 1)
+             if lines[i].split() and lines[i].split()[0] in ("baseline", "clop", "svilm")}
+    assert "token caches" not in below["baseline"], done.stdout
+    for recipe in ("clop", "svilm"):
+        found = re.search(r"token caches: ([\d.]+) ms/step for (\d+) texts; the plain tokenizer on the same texts "
+                          r"([\d.]+) ms", below[recipe])
+        assert found and int(found.group(2)) > 0 and float(found.group(3)) > 0, done.stdout
