@@ -65,7 +65,8 @@ def zero_shot_measures(model, cfg, tokenizer, device, root: Path) -> dict:
 def evaluate_once(way: str, model, cfg, tokenizer, device, root: Path, task_cfg) -> tuple[dict, dict]:
     """(seconds per measure, metrics) of one whole evaluation done `way`."""
     seconds, metrics = {}, {}
-    clips = EvalClips(model, cfg, tokenizer, device, root) if way == "shared" else None
+    # As the demo does: the split's clips held once where they fit in memory (`EvalClips.fits`), else streamed.
+    clips = EvalClips(model, cfg, tokenizer, device, root) if way == "shared" and EvalClips.fits(cfg, root) else None
     for name, measure in zero_shot_measures(model, cfg, tokenizer, device, root).items():
         start = time.perf_counter()
         metrics.update(measure(clips))
