@@ -100,3 +100,35 @@ def test_values_do_not_overshoot():
 def test_rejects_wrong_input(bad):
     with pytest.raises(ValueError, match="uint8 frames"):
         VideoTransform(8, train=False)(bad)
+
+
+def _reference(transform: VideoTransform, frames: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+    """The transform the plain way: the whole clip to float first, then resize, crop, flip and normalise."""
+    from structvl.data.transforms import center_crop, resize, resize_shorter_side
+
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    if transform.resize_short is not None:
+        video = resize_shorter_side(video, transform.resize_short)
+    if transform.train:
+        top, left, h, w = random_resized_crop_box(video.shape[-2], video.shape[-1], transform.scale,
+                                                  transform.ratio, generator)
+        video = resize(video[..., top:top + h, left:left + w], transform.size)
+        if transform.hflip and torch.rand(1, generator=generator).item() < 0.5:
+            video = video.flip(-1)
+    else:
+        video = center_crop(resize_shorter_side(video, transform.resize_short or min(transform.size)),
+                            transform.size)
+    return (video - transform._mean) / transform._std
+
+
+@pytest.mark.parametrize("train,resize_short", [(True, None), (True, 40), (False, None), (False, 40)])
+def test_cropping_and_resizing_before_or_after_the_float_conversion_give_the_same_clip(train, resize_short):
+    # The transform converts only the crop to float and resizes a plane-by-plane copy (faster); the clip must be
+    # exactly what the plain order gives: the same crop box from the same generator, the same resized values.
+    frames = np.random.default_rng(0).integers(0, 256, (3, 45, 80, 3), dtype=np.uint8)
+    transform = VideoTransform(24, train=train, resize_short=resize_short, scale=(0.3, 1.0), hflip=True)
+    for seed in range(4):
+        out = transform(frames, torch.Generator().manual_seed(seed))
+        expected = _reference(transform, frames, torch.Generator().manual_seed(seed))
+        assert out.shape == expected.shape == (3, 3, 24, 24)
+        assert torch.equal(out, expected)

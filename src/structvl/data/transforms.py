@@ -80,6 +80,13 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _float_planes(video: torch.Tensor) -> torch.Tensor:
+    """A uint8 (T, 3, H, W) view of decoded frames as float32 laid out plane by plane (a float tensor as it is):
+    the antialiased resize runs about 1.5x faster on that layout than on the frames' channels-last one, to the
+    same values."""
+    return video.contiguous().float() if video.dtype == torch.uint8 else video
+
+
 class VideoTransform:
     """Resize, crop and normalise a clip; random-resized-crop for training, centre crop for evaluation.
 
@@ -114,19 +121,19 @@ class VideoTransform:
         `generator` (torch's global generator when None), so a seeded generator gives the same clip."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
-        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-        if self.resize_short is not None:
-            video = resize_shorter_side(video, self.resize_short)
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # uint8, a view
         if self.train:
+            if self.resize_short is not None:
+                video = resize_shorter_side(_float_planes(video), self.resize_short)
             top, left, h, w = random_resized_crop_box(video.shape[-2], video.shape[-1], self.scale, self.ratio,
                                                       generator)
-            video = resize(video[..., top:top + h, left:left + w], self.size)
+            # Cropped before the conversion to float where nothing was resized first: only the crop is converted.
+            video = resize(_float_planes(video[..., top:top + h, left:left + w]), self.size)
             if self.hflip and torch.rand(1, generator=generator).item() < 0.5:
                 video = video.flip(-1)
         else:
-            if self.resize_short is None:
-                video = resize_shorter_side(video, min(self.size))
-            video = center_crop(video, self.size)
+            video = center_crop(resize_shorter_side(_float_planes(video), self.resize_short or min(self.size)),
+                                self.size)
         return ((video - self._mean) / self._std).contiguous()
 
     def __repr__(self) -> str:
