@@ -18,11 +18,12 @@ keyframe every 250 frames, written here once and cached), read with the sparse s
 16 frames spread over the whole clip, so every frame sits in its own GOP and costs a seek plus up to 249 decoded
 frames). The reference is decord's `get_batch` with one decoding thread; the PyAV reader row asks for one thread
 too, and the loader row runs one worker process (whose reader decodes on one thread by default), so every row is
-per core. The loader resizes to `--realistic-size` (224, the ViT-B input). Below the table, the PyAV reader with
-FFmpeg's own thread count (about one a core) against one thread: wall time and CPU time a clip, what threaded
-decoding buys a reader with cores to spare and what it costs a loader whose workers already fill them. The
-last lines turn the loader's clips/s per core into the cores one GPU needs at the ViT-B step rates measured on an
-H200 (`GPU_RATES`).
+per core. The loader resizes to `--realistic-size` (224, the ViT-B input). Below the table: the transform's
+share of the loader's time a clip (training's random resized crop and evaluation's resize + centre crop, one
+thread); the PyAV reader with FFmpeg's own thread count (about one a core) against one thread, wall time and
+CPU time a clip, what threaded decoding buys a reader with cores to spare and what it costs a loader whose
+workers already fill them. The last lines turn the loader's clips/s per core into the cores one GPU needs at
+the ViT-B step rates measured on an H200 (`GPU_RATES`).
 """
 
 from __future__ import annotations
@@ -186,6 +187,21 @@ def thread_costs(repeat: int, paths: list[Path], count: int, threads: int) -> tu
     return statistics.median(walls), statistics.median(cpus)
 
 
+def transform_ms(path: Path, count: int, size: int) -> tuple[float, float]:
+    """Median ms of the training and the evaluation transform on `count` frames of `path` (5 calls each)."""
+    with open_video(path) as reader:
+        frames = reader.get_frames(uniform_indices(reader.num_frames, reader.fps, count))
+    out = []
+    for transform in (VideoTransform(size, train=True), VideoTransform(size, train=False)):
+        generator, times = torch.Generator().manual_seed(0), []
+        for _ in range(6):
+            start = time.perf_counter()
+            transform(frames, generator)
+            times.append(time.perf_counter() - start)
+        out.append(1e3 * statistics.median(times[1:]))
+    return out[0], out[1]
+
+
 def null_tokenizer(texts: list[str]) -> dict:
     """Captions are not what is measured here."""
     ids = torch.ones(len(texts), 4, dtype=torch.long)
@@ -234,6 +250,11 @@ def realistic(args) -> None:
         for name, took in rows:
             print(f"{count:>6}  {name:<32}{len(paths) / took:>13.2f}{len(paths) / took / reference:>21.2f}x")
         threads[count] = [thread_costs(args.repeat, paths, count, n) for n in (1, 0)]
+    for count in per_core:
+        train, evaluation = transform_ms(paths[0], count, args.realistic_size)
+        print(f"{count:>6} frames, the loader's transform alone (one thread): {train:.0f} ms a clip for training "
+              f"(random resized crop), {evaluation:.0f} ms for evaluation (resize + centre crop), against "
+              f"{1e3 / per_core[count]:.0f} ms a clip for the whole loader")
     for count, ((wall_1, cpu_1), (wall_0, cpu_0)) in threads.items():
         print(f"{count:>6} frames, pyav reader, FFmpeg's threads vs 1 thread: {len(paths) / wall_0:.2f} vs "
               f"{len(paths) / wall_1:.2f} clips/s ({wall_1 / wall_0:.2f}x), CPU {cpu_0 / len(paths):.2f} vs "

@@ -46,7 +46,7 @@ def decoder_threads(threads: int | None) -> int:
     """The decoding threads a reader asks its decoder for: `threads` when given (0 = the decoder's own choice,
     FFmpeg's and decord's: about one a core), else 1 inside a DataLoader worker and the decoder's choice
     elsewhere. In a loader the workers are the parallelism: each worker's decoder taking a thread a core would
-    put cores x workers threads on the cores, and on 640x360 H.264 a thread pool costs 10-14% more CPU time a
+    put cores x workers threads on the cores, and on 640x360 H.264 a thread pool costs 10-19% more CPU time a
     clip than one thread (docs/findings.md, "Per core, measured again")."""
     if threads is not None:
         return threads
