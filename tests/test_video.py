@@ -220,10 +220,13 @@ def test_decoding_threads_reach_the_decoder_and_leave_the_frames_as_they_are(mak
     assert np.array_equal(frames[1], frames[2]) and np.array_equal(frames[1], frames[0])
 
 
-def test_a_reader_in_a_loader_worker_decodes_on_one_thread(make_video):
+def test_a_reader_in_a_loader_worker_or_of_small_frames_decodes_on_one_thread(make_video):
     # Default threads: FFmpeg's choice in the main process, one thread in a DataLoader worker (the workers are
-    # the loader's parallelism); FFmpeg's codec then holds 1.
-    path = make_video("clip.mp4", num_frames=8, size=(48, 64), fps=8)
-    assert _reader_threads(str(path), "pyav")[0] == 0
-    loader = torch.utils.data.DataLoader(_ThreadsInWorker(path), batch_size=None, num_workers=1)
+    # the loader's parallelism) and for frames below 320x240 (a pool per file costs more than they take); FFmpeg's
+    # codec then holds 1.
+    large = make_video("large.mp4", num_frames=8, size=(240, 320), fps=8)
+    small = make_video("small.mp4", num_frames=8, size=(48, 64), fps=8)
+    assert _reader_threads(str(large), "pyav")[0] == 0
+    assert _reader_threads(str(small), "pyav") == (1, 1)
+    loader = torch.utils.data.DataLoader(_ThreadsInWorker(large), batch_size=None, num_workers=1)
     assert next(iter(loader)).tolist() == [1, 1]

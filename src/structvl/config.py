@@ -193,8 +193,9 @@ class DataConfig:
     backend: str = "pyav"  # "pyav" or "decord"
     # Decoding threads per video reader. null: 1 in a loader worker (the workers are the parallelism; a thread a
     # core in every worker puts cores x workers threads on the cores, and costs 10-19% more CPU a clip on 640x360
-    # H.264, docs/findings.md "Per core, measured again"), the decoder's own choice in the main process
-    # (data.num_workers=0); 0: the decoder's choice everywhere; N: N threads. The frames are the same whatever it is.
+    # H.264, docs/findings.md "Per core, measured again") and for frames under 320x240, the decoder's own choice
+    # in the main process (data.num_workers=0); 0: the decoder's choice everywhere; N: N threads. The frames are
+    # the same whatever it is.
     decode_threads: Optional[int] = None
     num_frames: int = 8
     sampling: str = "random_segment"  # training frame sampling: "random_segment", "uniform" or "fps"

@@ -42,14 +42,23 @@ def source(path: Path, data: bytes | None) -> str | io.BytesIO:
     return io.BytesIO(data)
 
 
-def decoder_threads(threads: int | None) -> int:
+# Below this many pixels a frame (320x240) a decoder thread pool started for every file costs more than it saves:
+# a 64 px synthetic clip took 1.8 ms with frame threads against 0.9 ms on one (docs/findings.md, "Per core,
+# measured again"); 640x360 decodes 1.3x faster with them.
+SMALL_FRAME_PIXELS = 320 * 240
+
+
+def decoder_threads(threads: int | None, width: int = 0, height: int = 0) -> int:
     """The decoding threads a reader asks its decoder for: `threads` when given (0 = the decoder's own choice,
-    FFmpeg's and decord's: about one a core), else 1 inside a DataLoader worker and the decoder's choice
-    elsewhere. In a loader the workers are the parallelism: each worker's decoder taking a thread a core would
-    put cores x workers threads on the cores, and on 640x360 H.264 a thread pool costs 10-19% more CPU time a
-    clip than one thread (docs/findings.md, "Per core, measured again")."""
+    FFmpeg's and decord's: about one a core), else 1 inside a DataLoader worker or for frames smaller than
+    SMALL_FRAME_PIXELS, and the decoder's choice otherwise. In a loader the workers are the parallelism: each
+    worker's decoder taking a thread a core would put cores x workers threads on the cores, and on 640x360 H.264
+    a thread pool costs 10-19% more CPU time a clip than one thread (docs/findings.md, "Per core, measured
+    again")."""
     if threads is not None:
         return threads
+    if 0 < width * height < SMALL_FRAME_PIXELS:
+        return 1
     loader = sys.modules.get("torch.utils.data")  # never imported here: a process without torch has no workers
     return 1 if loader is not None and loader.get_worker_info() is not None else 0
 

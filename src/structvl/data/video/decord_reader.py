@@ -21,8 +21,8 @@ class DecordReader(VideoReader):
 
     def __init__(self, path: str | Path, data: bytes | None = None, header: tuple[int, int, str, str] | None = None,
                  threads: int | None = None):
-        """threads: decord's decoding threads (`base.decoder_threads`: None = 1 in a loader worker, else decord's
-        choice; 0 = decord's choice)."""
+        """threads: decord's decoding threads (`base.decoder_threads`: None = 1 in a loader worker or for small
+        frames, else decord's choice; 0 = decord's choice)."""
         try:
             import decord
         except ImportError:
@@ -34,7 +34,7 @@ class DecordReader(VideoReader):
         self.width, self.height, self.codec, self.container_format = header or container_header(self.path, data)
         try:
             self._reader = decord.VideoReader(source(self.path, data), ctx=decord.cpu(0),
-                                              num_threads=decoder_threads(threads))
+                                              num_threads=decoder_threads(threads, self.width, self.height))
         except (decord.DECORDError, RuntimeError) as e:  # decord raises both for unreadable files
             raise VideoDecodeError(self.path, f"cannot open video: {_first_line(e)}") from None
         self.num_frames = len(self._reader)

@@ -41,13 +41,13 @@ class PyAVReader(VideoReader):
     """FFmpeg through PyAV, seeking to keyframes so that a few frames cost a few GOPs, not the whole file."""
 
     def __init__(self, path: str | Path, data: bytes | None = None, threads: int | None = None):
-        """threads: FFmpeg's decoding threads (`base.decoder_threads`: None = 1 in a loader worker, else FFmpeg's
-        choice; 0 = FFmpeg's choice). The frames are the same whatever the count."""
+        """threads: FFmpeg's decoding threads (`base.decoder_threads`: None = 1 in a loader worker or for small
+        frames, else FFmpeg's choice; 0 = FFmpeg's choice). The frames are the same whatever the count."""
         import av
 
         self._av = av
         self.path = Path(path)
-        self.threads = decoder_threads(threads)
+        self._threads_asked = threads
         self._source = source(self.path, data)
         self._container = self._open()
         try:
@@ -92,9 +92,10 @@ class PyAVReader(VideoReader):
         stream = self._stream = self._container.streams.video[0]
         if stream.codec_context is None:
             raise VideoDecodeError(self.path, "unsupported codec (no decoder in this FFmpeg build)")
-        self._set_threads()
         self.codec = stream.codec_context.name
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
+        self.threads = decoder_threads(self._threads_asked, self.width, self.height)
+        self._set_threads()
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or float(rate) <= 0:
             raise VideoDecodeError(self.path, "unknown frame rate")
