@@ -182,12 +182,11 @@ def test_unknown_backend(make_video):
         open_video(make_video(), backend="opencv")
 
 
-def _reader_threads(path: str, backend: str) -> tuple[int, int]:
-    """(threads asked for, threads FFmpeg's codec holds after decoding) of a reader opened with the default."""
-    with open_video(path, backend) as reader:
+def _reader_threads(path: str) -> tuple[int, int]:
+    """(threads asked for, threads FFmpeg's codec holds after decoding) of a PyAV reader opened with the default."""
+    with open_video(path, "pyav") as reader:
         reader.get_frames([0, 3])
-        held = reader._stream.codec_context.thread_count if hasattr(reader, "_stream") else -1
-        return reader.threads if hasattr(reader, "threads") else -1, held
+        return reader.threads, reader._stream.codec_context.thread_count
 
 
 class _ThreadsInWorker(torch.utils.data.Dataset):
@@ -198,7 +197,7 @@ class _ThreadsInWorker(torch.utils.data.Dataset):
         return 1
 
     def __getitem__(self, i):
-        return torch.tensor(_reader_threads(self.path, "pyav"))
+        return torch.tensor(_reader_threads(self.path))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -226,7 +225,7 @@ def test_a_reader_in_a_loader_worker_or_of_small_frames_decodes_on_one_thread(ma
     # codec then holds 1.
     large = make_video("large.mp4", num_frames=8, size=(240, 320), fps=8)
     small = make_video("small.mp4", num_frames=8, size=(48, 64), fps=8)
-    assert _reader_threads(str(large), "pyav")[0] == 0
-    assert _reader_threads(str(small), "pyav") == (1, 1)
+    assert _reader_threads(str(large))[0] == 0
+    assert _reader_threads(str(small)) == (1, 1)
     loader = torch.utils.data.DataLoader(_ThreadsInWorker(large), batch_size=None, num_workers=1)
     assert next(iter(loader)).tolist() == [1, 1]

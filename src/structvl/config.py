@@ -192,8 +192,8 @@ class DataConfig:
     shuffle_buffer: int = 0  # with shards: samples mixed across shards in a buffer this big (0 = off)
     backend: str = "pyav"  # "pyav" or "decord"
     # Decoding threads per video reader. null: 1 in a loader worker (the workers are the parallelism; a thread a
-    # core in every worker puts cores x workers threads on the cores, and costs 10-19% more CPU a clip on 640x360
-    # H.264, docs/findings.md "Per core, measured again") and for frames under 320x240, the decoder's own choice
+    # core in every worker puts cores x workers threads on the cores and more CPU a clip, docs/findings.md "Per
+    # core, measured again") and for frames under 320x240, the decoder's own choice
     # in the main process (data.num_workers=0); 0: the decoder's choice everywhere; N: N threads. The frames are
     # the same whatever it is.
     decode_threads: Optional[int] = None

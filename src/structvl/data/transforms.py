@@ -82,8 +82,8 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
 
 def _float_planes(video: torch.Tensor) -> torch.Tensor:
     """A uint8 (T, 3, H, W) view of decoded frames as float32 laid out plane by plane (a float tensor as it is):
-    the antialiased resize runs about 1.5x faster on that layout than on the frames' channels-last one, to the
-    same values."""
+    torch's antialiased resize runs faster on that layout than on the frames' channels-last one, to the same values
+    (docs/findings.md, "Per core, measured again")."""
     return video.contiguous().float() if video.dtype == torch.uint8 else video
 
 

@@ -42,9 +42,8 @@ def source(path: Path, data: bytes | None) -> str | io.BytesIO:
     return io.BytesIO(data)
 
 
-# Below this many pixels a frame (320x240) a decoder thread pool started for every file costs more than it saves:
-# a 64 px synthetic clip took 1.8 ms with frame threads against 0.9 ms on one (docs/findings.md, "Per core,
-# measured again"); 640x360 decodes 1.3x faster with them.
+# Below this many pixels a frame (320x240) a decoder thread pool started for every file costs more than it saves
+# (docs/findings.md, "Per core, measured again": the synthetic corpus's 64 px clips against 640x360 web video).
 SMALL_FRAME_PIXELS = 320 * 240
 
 
@@ -52,9 +51,8 @@ def decoder_threads(threads: int | None, width: int = 0, height: int = 0) -> int
     """The decoding threads a reader asks its decoder for: `threads` when given (0 = the decoder's own choice,
     FFmpeg's and decord's: about one a core), else 1 inside a DataLoader worker or for frames smaller than
     SMALL_FRAME_PIXELS, and the decoder's choice otherwise. In a loader the workers are the parallelism: each
-    worker's decoder taking a thread a core would put cores x workers threads on the cores, and on 640x360 H.264
-    a thread pool costs 10-19% more CPU time a clip than one thread (docs/findings.md, "Per core, measured
-    again")."""
+    worker's decoder taking a thread a core would put cores x workers threads on the cores, and a thread pool
+    costs more CPU time a clip than one thread (docs/findings.md, "Per core, measured again")."""
     if threads is not None:
         return threads
     if 0 < width * height < SMALL_FRAME_PIXELS:
