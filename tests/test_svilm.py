@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from structvl.config import ConfigError, VideoEncoderConfig, load_config
+from structvl.config import ConfigError, SvilmConfig, VideoEncoderConfig, load_config
 from structvl.models.grouping import GroupingBlock
 from structvl.models.video_encoder import VideoEncoder
 from structvl.objectives.svilm import (
@@ -152,9 +152,7 @@ def test_temporal_objective_pastes_from_the_configured_source(source):
                                    frame_mask=torch.ones(b, steps, dtype=torch.bool))
 
     model = SimpleNamespace(video_encoder=RecordingEncoder())
-    cfg = SimpleNamespace(svilm=SimpleNamespace(paste_source=source, cut_min_steps=1, cut_max_steps=0,
-                                                temporal_temperature=0.1, detach_centroids=False, temporal_centroids="all",
-                                                temporal_contrastive="uncut"))
+    cfg = SimpleNamespace(svilm=SvilmConfig(paste_source=source))
     objective = TemporalGroupingObjective(cfg, model, None)
     out = objective({"video": video, "frame_mask": torch.ones(b, t, dtype=torch.bool)}, None, model)
     assert torch.isfinite(out["loss"])
@@ -165,6 +163,40 @@ def test_temporal_objective_pastes_from_the_configured_source(source):
         assert not own_clip.any()  # every clip got another clip's steps
     else:
         assert own_clip.all() and own_frames and not torch.equal(shown, video[:, :, 0, 0, 0])
+
+
+@pytest.mark.parametrize("contrastive", ["uncut", "a_part"])
+def test_temporal_clips_cuts_only_the_first_clips(contrastive):
+    """`svilm.temporal_clips: n` encodes the first n of the cuts every clip would get, pasted from the whole batch;
+    the A part meets the first n captions."""
+    from structvl.objectives.svilm import TemporalGroupingObjective
+
+    b, t, steps, n, dim = 6, 8, 4, 2, 12
+    video = numbered_clips(b, t)
+    seen = {}
+
+    class RecordingEncoder:
+        time = steps
+
+        def __call__(self, clips, frame_mask):
+            seen["video"] = clips
+            features = clips.reshape(len(clips), steps, -1)[..., :dim].float().requires_grad_()
+            return SimpleNamespace(per_time_features=lambda: features,
+                                   frame_mask=torch.ones(len(clips), steps, dtype=torch.bool))
+
+    model = SimpleNamespace(video_encoder=RecordingEncoder(), video_proj=nn.Identity(), logit_scale=torch.tensor(10.0))
+    outputs = SimpleNamespace(text=SimpleNamespace(embed=F.normalize(torch.randn(b, dim), dim=-1)))
+    batch = {"video": video, "frame_mask": torch.ones(b, t, dtype=torch.bool)}
+    torch.manual_seed(3)
+    every = cut_and_paste(video, steps)
+    torch.manual_seed(3)
+    cfg = SimpleNamespace(svilm=SvilmConfig(temporal_clips=n, temporal_contrastive=contrastive))
+    out = TemporalGroupingObjective(cfg, model, None)(batch, outputs, model)
+    assert torch.equal(seen["video"], every.video[:n])  # the same cuts as with every clip, the first n of them
+    assert torch.isfinite(out["loss"]) and ("a_part_nce" in out) == (contrastive == "a_part")
+    torch.manual_seed(3)
+    TemporalGroupingObjective(SimpleNamespace(svilm=SvilmConfig(temporal_clips=0)), model, None)(batch, outputs, model)
+    assert torch.equal(seen["video"], every.video)  # 0: every clip
 
 
 @pytest.mark.parametrize("centroids", ["all", "leave_one_out"])
@@ -182,9 +214,7 @@ def test_temporal_objective_uses_the_configured_centroids(centroids):
                                    frame_mask=torch.ones(b, steps, dtype=torch.bool))
 
     model = SimpleNamespace(video_encoder=DistinctStepsEncoder())
-    cfg = SimpleNamespace(svilm=SimpleNamespace(paste_source="batch", cut_min_steps=1, cut_max_steps=0,
-                                                temporal_temperature=0.1, detach_centroids=False,
-                                                temporal_centroids=centroids, temporal_contrastive="uncut"))
+    cfg = SimpleNamespace(svilm=SvilmConfig(temporal_centroids=centroids))
     out = TemporalGroupingObjective(cfg, model, None)({"video": torch.zeros(b, 8, 3, 2, 2)}, None, model)
     if centroids == "all":
         assert out["accuracy"].item() == 1.0 and out["loss"].item() < 0.01

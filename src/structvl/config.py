@@ -371,6 +371,9 @@ class SvilmConfig:
     # backwards - the same appearance and positions, so only the direction of motion tells the parts apart
     # (on the demo corpus "batch" is solved from appearance alone; see objectives/svilm.py).
     paste_source: str = "batch"
+    # [extension] Cut-and-paste only the first N clips of each rank's batch (0: every clip, the reading of the
+    # paper): the cut clips' extra pass through the video encoder shrinks with N (objectives/svilm.py).
+    temporal_clips: int = 0
     temporal_contrastive: str = "uncut"  # "uncut": captions meet their uncut clip only (the shared InfoNCE);
     # "a_part": also an InfoNCE between the cut clip's A part (pooled patch states) and A's caption
     # Evaluation (tasks/grounding.py)

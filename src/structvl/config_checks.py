@@ -264,6 +264,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "svilm.cut_max_steps": COUNT0,  # 0: all time steps but one
         "svilm.temporal_centroids": Choice(("all", "leave_one_out")),
         "svilm.paste_source": Choice(("batch", "reversed_steps")),
+        "svilm.temporal_clips": COUNT0,
         "svilm.temporal_contrastive": Choice(("uncut", "a_part")),
         "svilm.eval_clips": COUNT0,
         "clover.text_masking": Choice(("semantic", "random")),

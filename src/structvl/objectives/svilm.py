@@ -31,6 +31,11 @@ demo corpus another clip differs in its objects and background, so the parts are
 backwards looks the same and differs only in the direction of its motion. `temporal_centroids:
 leave_one_out` keeps each step out of its own part's centroid: with the step inside it, making every step
 unlike every other meets the loss without any scenes (see `temporal_grouping_loss`).
+
+[extension] `temporal_clips: N` cuts only the first N clips of each rank's batch (their partners still come
+from the whole batch): the cut clips' extra pass through the video encoder is what makes L_t cost as much as
+the baseline's video pass, and it shrinks with N (docs/findings.md, "Lean recipes"). 0, every clip, is the
+reading above.
 """
 
 from __future__ import annotations
@@ -205,6 +210,11 @@ class CutAndPaste:
     partner: torch.Tensor  # (B,) batch index of clip B
     source: torch.Tensor  # (B, T) batch index of the clip each frame came from
 
+    def first(self, n: int) -> CutAndPaste:
+        """The first n cut clips (their partners still index the whole batch)."""
+        mask = None if self.frame_mask is None else self.frame_mask[:n]
+        return CutAndPaste(self.video[:n], mask, self.is_a[:n], self.partner[:n], self.source[:n])
+
 
 def _draw_intervals(b: int, time_steps: int, min_steps: int, max_steps: int,
                     generator: torch.Generator | None) -> torch.Tensor:
@@ -322,8 +332,10 @@ class TemporalGroupingObjective(nn.Module):
 
     def _cut(self, batch: dict, model) -> CutAndPaste:
         paste = cut_and_paste if self.cfg.paste_source == "batch" else reverse_steps
-        return paste(batch["video"], model.video_encoder.time, self.cfg.cut_min_steps, self.cfg.cut_max_steps,
-                     batch.get("frame_mask"))
+        cut = paste(batch["video"], model.video_encoder.time, self.cfg.cut_min_steps, self.cfg.cut_max_steps,
+                    batch.get("frame_mask"))
+        n = self.cfg.temporal_clips  # drawn for every clip first, so that 0 and n >= B draw the same cuts
+        return cut.first(n) if 0 < n < len(cut.is_a) else cut
 
     def _pairless(self, batch: dict) -> bool:
         return batch["video"].shape[0] < 2 and self.cfg.paste_source == "batch"  # no partner clip to paste from
@@ -351,7 +363,7 @@ class TemporalGroupingObjective(nn.Module):
         if self.cfg.temporal_contrastive == "a_part":
             w = (cut.is_a & enc.frame_mask).to(per_time.dtype)[..., None]
             a_part = F.normalize(model.video_proj((per_time * w).sum(1) / w.sum(1).clamp(min=1.0)), dim=-1)
-            nce = info_nce(a_part, outputs.text.embed, model.logit_scale)["loss"]
+            nce = info_nce(a_part, outputs.text.embed[:len(a_part)], model.logit_scale)["loss"]
             out["a_part_nce"] = nce.detach()
             out["loss"] = out["loss"] + nce
         return out
