@@ -55,7 +55,11 @@ RECIPES = {name: config for name, (_, config) in {**DEMO_RECIPES, **ABLATIONS}.i
 EXTRA_PASSES = {"baseline": "-", "clop": "text: constructed negatives",
                 "clop_grounded": "text: up to 8 action swaps a caption",
                 "svilm": "video: cut-and-paste clips; text: phrases",
-                "clover": "video: masked; text: masked; fusion x2", "all": "all of the above"}
+                "clover": "video: masked; text: masked; fusion x2", "all": "all of the above",
+                "clop_neg1": "text: 1 constructed negative a caption",
+                "svilm_cut4": "video: 4 cut-and-paste clips; text: phrases",
+                "clover_mask6": "video: 6 masked; text: 6 masked; fusion x2 of 6",
+                "all_lean": "all of the above, lean"}
 
 
 class TimedTokens:

@@ -21,6 +21,7 @@ from structvl.data.masking import (
     unit_token_groups,
     video_tube_masks,
 )
+from structvl.engine.pretrain import seed_everything
 from structvl.objectives.clover import exclusive_nce, focal_mlm_loss, pairwise_ranking
 from two_ranks import run_on_ranks
 
@@ -74,6 +75,44 @@ def test_exclusive_nce_matches_direct_small_batch_computation():
     logits = torch.cat([scale * anchor @ s.t() for s in sets], 1)
     plain = -sum(torch.log_softmax(logits, 1)[i, k * b + i] for i in range(b) for k in range(3)) / b
     assert float(plain) > float(anchor_side) + 1e-3
+
+
+def _exclusive_nce_by_hand(anchors, sets, scale, r):
+    """Rank r's exclusive NCE from the definition: anchors[q] (B, E) of rank q, sets[k][q] (n_k, E) of rank q,
+    row i of every set belonging to that rank's anchor i."""
+    b, ranks = anchors[0].shape[0], len(anchors)
+    pool = [(k, q, s) for k in range(len(sets)) for q in range(ranks) for s in range(len(sets[k][q]))]
+    anchor_side = torch.zeros(())
+    for k in range(len(sets)):
+        terms = []
+        for i in range(len(sets[k][r])):
+            allowed = [p for p in pool if not (p[1] == r and p[2] == i and p[0] != k)]
+            logits = torch.stack([scale * anchors[r][i] @ sets[j][q][s] for j, q, s in allowed])
+            terms.append(-torch.log_softmax(logits, 0)[allowed.index((k, r, i))])
+        if terms:
+            anchor_side = anchor_side + torch.stack(terms).mean()
+    every_anchor = torch.cat(anchors)
+    reverse = [-torch.log_softmax(scale * item @ every_anchor.t(), 0)[r * b + s]
+               for k in range(len(sets)) for s, item in enumerate(sets[k][r])]
+    return anchor_side, torch.stack(reverse).sum() / len(reverse)
+
+
+@pytest.mark.parametrize("ranks,sizes", [(1, (3, 2, 1)), (2, (3, 2, 0)), (2, (3, 3, 3))])
+def test_exclusive_nce_with_fewer_masked_items_matches_the_definition(ranks, sizes, monkeypatch):
+    """`clover.masked_clips`: sets shorter than the anchors, each rank's first rows; every rank's loss as defined."""
+    import structvl.objectives.clover as clover
+    g = torch.Generator().manual_seed(2)
+    b, e, scale = 3, 5, torch.tensor(4.0)
+    anchors = [_unit(torch.randn(b, e, generator=g)) for _ in range(ranks)]
+    sets = [[_unit(torch.randn(n, e, generator=g)) for _ in range(ranks)] for n in sizes]
+    gathered = {id(t): torch.cat(per_rank) for per_rank in [anchors, *sets] for t in per_rank}
+    monkeypatch.setattr(clover, "all_gather_with_grad", lambda t: gathered[id(t)])
+    for r in range(ranks):
+        monkeypatch.setattr(clover, "rank", lambda r=r: r)
+        out = exclusive_nce(anchors[r], [per_rank[r] for per_rank in sets], scale)
+        anchor_side, reverse = _exclusive_nce_by_hand(anchors, sets, scale, r)
+        assert float(out["anchor_side"]) == pytest.approx(float(anchor_side), rel=1e-5)
+        assert float(out["reverse_side"]) == pytest.approx(float(reverse), rel=1e-5)
 
 
 def test_pairwise_ranking_sign_and_margin():
@@ -336,6 +375,30 @@ def test_mlm_alone_runs_one_fusion_pass_and_every_parameter_it_builds_gets_a_gra
     assert not any("fused_" in n or "mask_token" in n for n in names)  # nothing DDP would find unused
     no_grad = [n for n, p in names.items() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert no_grad == [], no_grad
+
+
+@pytest.mark.parametrize("batch_passes", [True, False])
+def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, tokenizer, batch_passes):
+    """`clover.masked_clips: 3` of a batch of 4: the masked clips and captions are the first 3 of those every pair
+    would get (the same draws), and alignment, ranking and MLM read 3 masked items each."""
+    cfg = _tiny_clover()
+    batch, tok = _batch(cfg, tokenizer, knowledge)
+    seen = {}
+    for n in (0, 3):
+        module = _module(_tiny_clover(f"clover.masked_clips={n}"), tok)
+        module.batch_passes = batch_passes
+        for m in module.modules():  # dropout draws by tensor size: off, so that only the masks are random
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+        seed_everything(5)  # the masks draw from Python's and torch's generators
+        loss, logs = module(batch)
+        p = module.objectives["clover_align"].clover._passes
+        seen[n] = {"tm": p.masked_text()[1], "vm": p.masked_video().embed, "f_vm": p.fused_masked_video()}
+        assert torch.isfinite(loss) and {"clover_align/loss", "clover_rank/loss", "clover_mlm/loss"} <= set(logs)
+    assert [len(x) for x in seen[3].values()] == [3, 3, 3] and [len(x) for x in seen[0].values()] == [4, 4, 4]
+    assert torch.equal(seen[3]["tm"], seen[0]["tm"][:3])  # the same text masks
+    assert torch.allclose(seen[3]["vm"], seen[0]["vm"][:3], atol=1e-5)  # the same video masks, the same weights
+    assert torch.allclose(seen[3]["f_vm"], seen[0]["f_vm"][:3], atol=1e-5)
 
 
 def test_alignment_pools_hold_the_specified_fused_items(knowledge, tokenizer, monkeypatch):

@@ -21,8 +21,10 @@ from helpers import SHAPE_CAPTIONS, TINY
 
 # The paper recipes and the ablations whose passes differ from them (Clover without alignment or ranking draws
 # its masks in another order and fuses once; S-ViLM's "span" phrases need no extra text pass).
+# Then the lean options (masked samples and cut-and-paste for part of the batch of 8), as config + overrides.
 RECIPES = ["clop", "svilm", "clover", "all", "ablations/clover_mlm_only", "ablations/clover_norank",
-           "ablations/svilm_span", "ablations/clop_grounded"]
+           "ablations/svilm_span", "ablations/clop_grounded", "ablations/svilm_cut4", "clover clover.masked_clips=3",
+           "all clover.masked_clips=3 svilm.temporal_clips=5 clop.kcl_negatives_per_caption=1"]
 
 
 def _step(cfg, context, batch, batch_passes: bool):
@@ -46,7 +48,9 @@ def recipe_batch(tiny_corpus, tmp_path_factory):
 
     def make(recipe):
         if recipe not in cache:
-            cfg = load_config(recipe, TINY + [f"data.root={tiny_corpus}", "model.video.group_gumbel_noise=false"])
+            config, *overrides = recipe.split()
+            cfg = load_config(config, TINY + [f"data.root={tiny_corpus}", "model.video.group_gumbel_noise=false",
+                                              *overrides])
             tokenizer = build_tokenizer(cfg.model.text)
             context = build_objective_context(cfg, tokenizer, tmp_path_factory.mktemp("run"), is_main=True)
             dataset, collator = build_train_data(cfg, tokenizer, knowledge=context.knowledge or None)

@@ -398,6 +398,9 @@ class CloverConfig:
     # Losses
     rank_margin: float = 5.0  # on the scaled logits (5 = 0.25 in cosine at tau = 0.05)
     focal_gamma: float = 2.0  # MLM softmax focal loss; 0 = cross-entropy
+    # [extension] Masked samples (vm, tm and the two fused passes) for the first N pairs of each rank's batch only
+    # (0: every pair, the released code): their passes shrink with N (objectives/clover.py).
+    masked_clips: int = 0
     eval_max_captions: int = 0  # clover_mlm evaluation: test captions used (0 = all)
 
 

@@ -274,6 +274,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "clover.mask_random_prob": PROB,
         "clover.video_mask_ratio": Number(0, 1, hi_open=True),
         "clover.video_mask_min_block": COUNT,
+        "clover.masked_clips": COUNT0,
         "clover.video_mask_min_aspect": Number(0, 1, lo_open=True),
         "clover.rank_margin": Number(0, 1e3),
         "clover.focal_gamma": Number(0, 100),

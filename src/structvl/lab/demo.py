@@ -67,6 +67,8 @@ ABLATIONS = {
     "clover_random": ("+ Clover, random-token masking", "ablations/clover_random.yaml"),
     "clover_norank": ("+ Clover, no ranking loss", "ablations/clover_norank.yaml"),
     "clover_mlm_only": ("+ fusion MLM only", "ablations/clover_mlm_only.yaml"),
+    "clover_mask6": ("+ Clover, masked samples of 6 pairs a batch [extension]", "ablations/clover_mask6.yaml"),
+    "all_lean": ("+ CLOP + S-ViLM + Clover, lean passes [extension]", "ablations/all_lean.yaml"),
 }
 
 # --quick: the same pipeline on a smaller corpus with fewer steps (a smoke test).

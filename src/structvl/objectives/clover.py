@@ -16,9 +16,17 @@ loss. The masked passes are computed once per batch and shared by the three obje
 and only the passes an enabled objective needs run (rank alone never runs the fusion encoder).
 
 Not in the released pre-training code, so not here: a video-text matching (VTM) loss.
+
+[extension] `clover.masked_clips: N` builds the masked samples (vm, tm, f_vm, f_tm) for the first N pairs of each
+rank's batch only: the alignment's pools then hold the B plain items and N of each masked kind, anchor i scores
+only the positives it has, ranking and MLM read the N pairs. The masked video pass and the two fusion passes are
+what make Clover's step cost three times the baseline's (docs/findings.md, "Lean recipes"). 0, every pair, is
+the released code's setup.
 """
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 import torch
 import torch.nn as nn
@@ -42,26 +50,44 @@ from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
 
 # ---------------------------------------------------------------- losses (pure functions, all-gathered)
 def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_scale: torch.Tensor) -> dict:
-    """Clover's "exclusive NCE" for local, L2-normalised `anchor` (B, E) and K local positive sets (B, E) each.
+    """Clover's "exclusive NCE" for local, L2-normalised `anchor` (B, E) and K local positive sets (n_k, E) each,
+    row i of every set belonging to anchor i (n_k = B in Clover; fewer with `clover.masked_clips`).
 
-    Anchor side: the pool is every rank's items of all K sets (K x B_global). Anchor i's k-th positive is scored
-    by a softmax over that pool *minus its other K-1 positives* (they are not negatives, but they must not
-    share the probability mass either); the K log-probabilities are summed, then averaged over anchors.
-    Reverse side: every item of every set is an anchor against all B_global anchors (plain InfoNCE), averaged
-    over the K x B rows. Returns {"loss": anchor side + reverse side, "anchor_side", "reverse_side"}.
+    Anchor side: the pool is every rank's items of all K sets. Anchor i's k-th positive is scored by a softmax
+    over that pool *minus its other positives* (they are not negatives, but they must not share the probability
+    mass either); each set's log-probabilities are averaged over the anchors that have a positive in it, and the
+    K averages summed. Reverse side: every item of every set is an anchor against all B_global anchors (plain
+    InfoNCE), averaged over all the sets' rows. Returns {"loss": anchor side + reverse side, "anchor_side",
+    "reverse_side"}.
     """
-    b = anchor.shape[0]
-    targets = torch.arange(b, device=anchor.device) + rank() * b
+    b, r = anchor.shape[0], rank()
     all_anchor = all_gather_with_grad(anchor)
-    sims = [(logit_scale * anchor @ all_gather_with_grad(p).t()).float() for p in positives]  # K x (B, G)
-    own = F.one_hot(targets, sims[0].shape[1]).bool()  # each anchor's positive column in every block
+    sizes = [p.shape[0] for p in positives]
+    sims = [(logit_scale * anchor @ all_gather_with_grad(p).t()).float() for p in positives]  # K x (B, n_k W)
+    rows = torch.arange(b, device=anchor.device)
+    # Each anchor's positive column in every block (none where the set has no row for it).
+    own = []
+    for s, n in zip(sims, sizes):
+        own.append(torch.zeros_like(s, dtype=torch.bool))
+        own[-1][rows[:n], r * n + rows[:n]] = True
     anchor_side = anchor.new_zeros((), dtype=torch.float32)
-    for k in range(len(sims)):
-        logits = torch.cat([s if j == k else s.masked_fill(own, float("-inf")) for j, s in enumerate(sims)], 1)
-        anchor_side = anchor_side + F.cross_entropy(logits, targets + k * sims[0].shape[1])
-    reverse_side = torch.stack([F.cross_entropy((logit_scale * p @ all_anchor.t()).float(), targets)
-                                for p in positives]).mean()
+    offset = 0
+    for k, n in enumerate(sizes):
+        logits = torch.cat([s if j == k else s.masked_fill(o, float("-inf"))
+                            for j, (s, o) in enumerate(zip(sims, own))], 1)
+        if n:
+            anchor_side = anchor_side + F.cross_entropy(logits[:n], offset + r * n + rows[:n])
+        offset += sims[k].shape[1]
+    reverse = [F.cross_entropy((logit_scale * p @ all_anchor.t()).float(), r * b + rows[:n], reduction="sum")
+               for p, n in zip(positives, sizes)]
+    reverse_side = torch.stack(reverse).sum() / max(sum(sizes), 1)
     return {"loss": anchor_side + reverse_side, "anchor_side": anchor_side, "reverse_side": reverse_side}
+
+
+def first_rows(out, n: int):
+    """An encoder or fusion output (a dataclass of per-row tensors) cut to its first n rows."""
+    return type(out)(**{f.name: None if getattr(out, f.name) is None else getattr(out, f.name)[:n]
+                        for f in fields(out)})
 
 
 def pairwise_ranking(anchor: torch.Tensor, complete: torch.Tensor, masked: torch.Tensor,
@@ -102,6 +128,7 @@ class CloverPasses:
     def __init__(self, core: "CloverCore", batch: dict, outputs, model):
         self.core, self.batch, self.outputs, self.model = core, batch, outputs, model
         self.extra = getattr(outputs, "extra", {})
+        self.n = core.masked_count(batch)  # the pairs that get masked samples: the batch's first n
         self._memo: dict = {}
 
     def _once(self, key, fn):
@@ -124,8 +151,8 @@ class CloverPasses:
     def _fused_pair(self):
         """(fuse(video(V masked), text(T)), fuse(video(V), text(T masked))) from one fusion call over both pairs:
         the fusion encoder treats each row on its own, and T and T masked share their length and mask."""
-        vm, v = self.masked_video().encoder, self.outputs.video.encoder
-        t, tm = self.outputs.text.encoder, self.masked_text()[0].encoder
+        vm, v = self.masked_video().encoder, first_rows(self.outputs.video.encoder, self.n)
+        t, tm = first_rows(self.outputs.text.encoder, self.n), self.masked_text()[0].encoder
         video = VideoEncoderOutput(pooled=torch.cat([vm.pooled, v.pooled]), tokens=torch.cat([vm.tokens, v.tokens]),
                                    frame_mask=torch.cat([vm.frame_mask, v.frame_mask]))
         text = TextEncoderOutput(pooled=torch.cat([t.pooled, tm.pooled]), tokens=torch.cat([t.tokens, tm.tokens]),
@@ -146,13 +173,13 @@ class CloverPasses:
             return self._once("f_vm", lambda: self.core.fused_embedding(self._once("pair", self._fused_pair)[0],
                                                                           "video"))
         return self._once("f_vm", lambda: self.core.fused_embedding(
-            self.model.fuse(self.masked_video().encoder, self.outputs.text.encoder), "video"))
+            self.model.fuse(self.masked_video().encoder, first_rows(self.outputs.text.encoder, self.n)), "video"))
 
     def fused_masked_text_output(self):
         """fuse(video(V), text(T masked)): the fusion output MLM reads (a FusionOutput)."""
         if self._paired():
             return self._once("pair", self._fused_pair)[1]
-        return self._once("fuse_tm", lambda: self.model.fuse(self.outputs.video.encoder,
+        return self._once("fuse_tm", lambda: self.model.fuse(first_rows(self.outputs.video.encoder, self.n),
                                                                self.masked_text()[0].encoder))
 
     def fused_masked_text(self) -> torch.Tensor:
@@ -193,12 +220,15 @@ class CloverCore(nn.Module):
         if self._requested is None or self._requested[0] is not batch:
             asked = {}
             for draw in (("video", "text") if self.aligned else ("text", "video")):
+                n = self.masked_count(batch)
                 if draw == "video" and self.masks_video:
-                    asked[MASKED_VIDEO] = VideoInput(batch.get("frame_mask"),
+                    frame_mask = batch.get("frame_mask")
+                    asked[MASKED_VIDEO] = VideoInput(None if frame_mask is None else frame_mask[:n],
                                                      from_main=self.draw_video_mask(batch, model))
                 elif draw == "text":
                     masked_ids, labels = self.draw_text_mask(batch)
-                    asked[MASKED_TEXT] = TextInput(masked_ids, batch["attention_mask"], keep_tokens=True, meta=labels)
+                    asked[MASKED_TEXT] = TextInput(masked_ids, batch["attention_mask"][:n], keep_tokens=True,
+                                                   meta=labels)
             self._requested = (batch, asked)
         return self._requested[1]
 
@@ -208,18 +238,26 @@ class CloverCore(nn.Module):
             self._passes = CloverPasses(self, batch, outputs, model)
         return self._passes
 
+    def masked_count(self, batch: dict) -> int:
+        """How many of the batch's pairs (its first ones) get masked samples: `clover.masked_clips`, 0 = all."""
+        b, n = batch["video"].shape[0], self.cfg.masked_clips
+        return n if 0 < n < b else b
+
     def draw_video_mask(self, batch: dict, model):
-        """A block/tube mask for each clip, as the function that applies it to the clips' patch embeddings."""
-        enc = model.video_encoder
+        """A block/tube mask for each clip, as the function that applies it to the first `masked_count` clips'
+        patch embeddings (a mask is drawn for every clip, so that the draws do not depend on the count)."""
+        enc, n = model.video_encoder, self.masked_count(batch)
         mask = video_tube_masks(batch["video"].shape[0], enc.grid, self.cfg.video_mask_ratio,
-                                self.cfg.video_mask_min_block, self.cfg.video_mask_min_aspect)
+                                self.cfg.video_mask_min_block, self.cfg.video_mask_min_aspect)[:n]
         position = enc.pos_embed[:, None, 1:] + enc.time_embed[:, :, None]  # (1, T', N, D)
-        return lambda embeddings: apply_video_mask(embeddings, mask, self.mask_token + position)
+        return lambda embeddings: apply_video_mask(embeddings[:n], mask, self.mask_token + position)
 
     def encode_masked_video(self, batch: dict, model):
         masking = self.draw_video_mask(batch, model)
         masked = masking(model.video_encoder.embed(batch["video"]))
-        return model.encode_video(batch["video"], batch.get("frame_mask"), patch_embeddings=masked)
+        frame_mask = batch.get("frame_mask")
+        return model.encode_video(None, None if frame_mask is None else frame_mask[:len(masked)],
+                                  patch_embeddings=masked)
 
     def select_text(self, batch: dict) -> torch.Tensor:
         ids = batch["input_ids"]
@@ -231,15 +269,16 @@ class CloverCore(nn.Module):
         return random_selection(ids, self.tokenizer.special_token_ids, self.cfg.random_mask_prob)
 
     def draw_text_mask(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(masked input_ids, MLM labels) of the batch's captions."""
-        tok = self.tokenizer
+        """(masked input_ids, MLM labels) of the first `masked_count` captions (drawn for every caption)."""
+        tok, n = self.tokenizer, self.masked_count(batch)
         selected = self.select_text(batch) & batch["attention_mask"].bool().cpu()
-        return corrupt_tokens(batch["input_ids"], selected, tok.mask_token_id, tok.vocab_size,
-                              tok.special_token_ids, self.cfg.mask_replace_prob, self.cfg.mask_random_prob)
+        masked, labels = corrupt_tokens(batch["input_ids"], selected, tok.mask_token_id, tok.vocab_size,
+                                        tok.special_token_ids, self.cfg.mask_replace_prob, self.cfg.mask_random_prob)
+        return masked[:n], labels[:n]
 
     def encode_masked_text(self, batch: dict, model):
         masked_ids, labels = self.draw_text_mask(batch)
-        return model.encode_text(masked_ids, batch["attention_mask"]), labels
+        return model.encode_text(masked_ids, batch["attention_mask"][:len(masked_ids)]), labels
 
     def fused_embedding(self, fusion_out, which: str) -> torch.Tensor:
         head = self.fused_video_proj if which == "video" else self.fused_text_proj
@@ -299,7 +338,7 @@ class CloverRankObjective(_CloverObjective):
     def forward(self, batch, outputs, model) -> dict:
         p = self.clover.passes(batch, outputs, model)
         scale, margin = model.logit_scale, self.clover.cfg.rank_margin
-        v, t = outputs.video.embed, outputs.text.embed
+        v, t = outputs.video.embed[:p.n], outputs.text.embed[:p.n]
         tm, vm = p.masked_text()[0].embed, p.masked_video().embed
         text_side = pairwise_ranking(v, t, tm, scale, margin)
         video_side = pairwise_ranking(t, v, vm, scale, margin)
