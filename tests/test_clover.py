@@ -79,7 +79,7 @@ def test_exclusive_nce_matches_direct_small_batch_computation():
 
 def _exclusive_nce_by_hand(anchors, sets, scale, r):
     """Rank r's exclusive NCE from the definition: anchors[q] (B, E) of rank q, sets[k][q] (n_k, E) of rank q,
-    row i of every set belonging to that rank's anchor i."""
+    row i of every set belonging to that rank's anchor i; each pair's term weighs 1 / B (1 / (K B) reversed)."""
     b, ranks = anchors[0].shape[0], len(anchors)
     pool = [(k, q, s) for k in range(len(sets)) for q in range(ranks) for s in range(len(sets[k][q]))]
     anchor_side = torch.zeros(())
@@ -90,11 +90,11 @@ def _exclusive_nce_by_hand(anchors, sets, scale, r):
             logits = torch.stack([scale * anchors[r][i] @ sets[j][q][s] for j, q, s in allowed])
             terms.append(-torch.log_softmax(logits, 0)[allowed.index((k, r, i))])
         if terms:
-            anchor_side = anchor_side + torch.stack(terms).mean()
+            anchor_side = anchor_side + torch.stack(terms).sum() / b
     every_anchor = torch.cat(anchors)
     reverse = [-torch.log_softmax(scale * item @ every_anchor.t(), 0)[r * b + s]
                for k in range(len(sets)) for s, item in enumerate(sets[k][r])]
-    return anchor_side, torch.stack(reverse).sum() / len(reverse)
+    return anchor_side, torch.stack(reverse).sum() / (len(sets) * b)
 
 
 @pytest.mark.parametrize("ranks,sizes", [(1, (3, 2, 1)), (2, (3, 2, 0)), (2, (3, 3, 3))])

@@ -19,9 +19,11 @@ Not in the released pre-training code, so not here: a video-text matching (VTM) 
 
 [extension] `clover.masked_clips: N` builds the masked samples (vm, tm, f_vm, f_tm) for the first N pairs of each
 rank's batch only: the alignment's pools then hold the B plain items and N of each masked kind, anchor i scores
-only the positives it has, ranking and MLM read the N pairs. The masked video pass and the two fusion passes are
-what make Clover's step cost three times the baseline's (docs/findings.md, "Lean recipes"). 0, every pair, is
-the released code's setup.
+only the positives it has, ranking and MLM read the N pairs. Each masked pair's terms weigh what they weigh in
+Clover's loss (sums over the N pairs divided by B, MLM's token mean scaled by N / B), so the masked terms together
+weigh N / B of theirs (averaged over the N pairs instead, they cost retrieval on val: docs/findings.md, "Lean
+recipes"). The masked video pass and the two fusion passes are what make Clover's step cost three times the
+baseline's. 0, every pair, is the released code's setup.
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
 
     Anchor side: the pool is every rank's items of all K sets. Anchor i's k-th positive is scored by a softmax
     over that pool *minus its other positives* (they are not negatives, but they must not share the probability
-    mass either); each set's log-probabilities are averaged over the anchors that have a positive in it, and the
-    K averages summed. Reverse side: every item of every set is an anchor against all B_global anchors (plain
-    InfoNCE), averaged over all the sets' rows. Returns {"loss": anchor side + reverse side, "anchor_side",
-    "reverse_side"}.
+    mass either); each set's log-probabilities are summed over the anchors that have a positive in it and divided
+    by B, and the K sets' terms summed. Reverse side: every item of every set is an anchor against all B_global
+    anchors (plain InfoNCE), summed and divided by K x B. With n_k = B these are Clover's means; with fewer
+    items each pair's term weighs what it weighs there, and a set of n_k items n_k / B of its whole weight.
+    Returns {"loss": anchor side + reverse side, "anchor_side", "reverse_side"}.
     """
     b, r = anchor.shape[0], rank()
     all_anchor = all_gather_with_grad(anchor)
@@ -76,11 +79,11 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
         logits = torch.cat([s if j == k else s.masked_fill(o, float("-inf"))
                             for j, (s, o) in enumerate(zip(sims, own))], 1)
         if n:
-            anchor_side = anchor_side + F.cross_entropy(logits[:n], offset + r * n + rows[:n])
+            anchor_side = anchor_side + F.cross_entropy(logits[:n], offset + r * n + rows[:n], reduction="sum") / b
         offset += sims[k].shape[1]
     reverse = [F.cross_entropy((logit_scale * p @ all_anchor.t()).float(), r * b + rows[:n], reduction="sum")
                for p, n in zip(positives, sizes)]
-    reverse_side = torch.stack(reverse).sum() / max(sum(sizes), 1)
+    reverse_side = torch.stack(reverse).sum() / (len(positives) * b)
     return {"loss": anchor_side + reverse_side, "anchor_side": anchor_side, "reverse_side": reverse_side}
 
 
@@ -340,8 +343,9 @@ class CloverRankObjective(_CloverObjective):
         scale, margin = model.logit_scale, self.clover.cfg.rank_margin
         v, t = outputs.video.embed[:p.n], outputs.text.embed[:p.n]
         tm, vm = p.masked_text()[0].embed, p.masked_video().embed
-        text_side = pairwise_ranking(v, t, tm, scale, margin)
-        video_side = pairwise_ranking(t, v, vm, scale, margin)
+        share = p.n / outputs.video.embed.shape[0]  # `clover.masked_clips`: each pair weighs what it does in Clover
+        text_side = share * pairwise_ranking(v, t, tm, scale, margin)
+        video_side = share * pairwise_ranking(t, v, vm, scale, margin)
         with torch.no_grad():  # how often the complete pair already wins by the margin
             sat = ((scale * ((v * t).sum(-1) - (v * tm).sum(-1)) >= margin).float().mean())
         return {"loss": text_side + video_side, "t_vs_tm": text_side.detach(), "v_vs_vm": video_side.detach(),
@@ -360,7 +364,8 @@ class CloverMlmObjective(_CloverObjective):
         where = labels != -100
         logits = model.mlm_logits(fused.text_states[where])
         target = labels[where]
-        loss = focal_mlm_loss(logits, target, self.clover.cfg.focal_gamma)
+        share = p.n / outputs.video.embed.shape[0]  # `clover.masked_clips`: the masked pairs' share of the batch
+        loss = share * focal_mlm_loss(logits, target, self.clover.cfg.focal_gamma)
         with torch.no_grad():
             acc = (logits.argmax(-1) == target).float().mean() if target.numel() else loss.new_zeros(())
         return {"loss": loss, "accuracy": acc, "masked_tokens": torch.tensor(float(target.numel()))}
