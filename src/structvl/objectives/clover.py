@@ -221,9 +221,8 @@ class CloverCore(nn.Module):
         encoded with the batch's own (objectives/passes.py). They are drawn in the order the unbatched passes draw
         them: the clips' mask first where the alignment runs (it reads vm first), else the captions'."""
         if self._requested is None or self._requested[0] is not batch:
-            asked = {}
+            asked, n = {}, self.masked_count(batch)
             for draw in (("video", "text") if self.aligned else ("text", "video")):
-                n = self.masked_count(batch)
                 if draw == "video" and self.masks_video:
                     frame_mask = batch.get("frame_mask")
                     asked[MASKED_VIDEO] = VideoInput(None if frame_mask is None else frame_mask[:n],
