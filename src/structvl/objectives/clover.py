@@ -28,8 +28,6 @@ baseline's. 0, every pair, is the released code's setup.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,7 +44,7 @@ from structvl.models.fusion import FusionOutput
 from structvl.models.text_encoder import TextEncoderOutput, build_tokenizer
 from structvl.models.video_encoder import VideoEncoderOutput
 from structvl.models.video_text import projection_head
-from structvl.objectives.passes import TextInput, VideoInput
+from structvl.objectives.passes import TextInput, VideoInput, take_rows
 from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
 
 
@@ -86,11 +84,6 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
     reverse_side = torch.stack(reverse).sum() / (len(positives) * b)
     return {"loss": anchor_side + reverse_side, "anchor_side": anchor_side, "reverse_side": reverse_side}
 
-
-def first_rows(out, n: int):
-    """An encoder or fusion output (a dataclass of per-row tensors) cut to its first n rows."""
-    return type(out)(**{f.name: None if getattr(out, f.name) is None else getattr(out, f.name)[:n]
-                        for f in fields(out)})
 
 
 def pairwise_ranking(anchor: torch.Tensor, complete: torch.Tensor, masked: torch.Tensor,
@@ -132,7 +125,14 @@ class CloverPasses:
         self.core, self.batch, self.outputs, self.model = core, batch, outputs, model
         self.extra = getattr(outputs, "extra", {})
         self.n = core.masked_count(batch)  # the pairs that get masked samples: the batch's first n
+        # What those pairs weigh of the batch: `clover.masked_clips` scales ranking and MLM by it, so that each pair
+        # weighs what it does in Clover's loss.
+        self.share = self.n / batch["video"].shape[0]
         self._memo: dict = {}
+
+    def _first(self, out):
+        """An encoder output of the batch cut to the pairs that get masked samples."""
+        return take_rows(out, slice(0, self.n))
 
     def _once(self, key, fn):
         if key not in self._memo:
@@ -154,8 +154,8 @@ class CloverPasses:
     def _fused_pair(self):
         """(fuse(video(V masked), text(T)), fuse(video(V), text(T masked))) from one fusion call over both pairs:
         the fusion encoder treats each row on its own, and T and T masked share their length and mask."""
-        vm, v = self.masked_video().encoder, first_rows(self.outputs.video.encoder, self.n)
-        t, tm = first_rows(self.outputs.text.encoder, self.n), self.masked_text()[0].encoder
+        vm, v = self.masked_video().encoder, self._first(self.outputs.video.encoder)
+        t, tm = self._first(self.outputs.text.encoder), self.masked_text()[0].encoder
         video = VideoEncoderOutput(pooled=torch.cat([vm.pooled, v.pooled]), tokens=torch.cat([vm.tokens, v.tokens]),
                                    frame_mask=torch.cat([vm.frame_mask, v.frame_mask]))
         text = TextEncoderOutput(pooled=torch.cat([t.pooled, tm.pooled]), tokens=torch.cat([t.tokens, tm.tokens]),
@@ -176,13 +176,13 @@ class CloverPasses:
             return self._once("f_vm", lambda: self.core.fused_embedding(self._once("pair", self._fused_pair)[0],
                                                                           "video"))
         return self._once("f_vm", lambda: self.core.fused_embedding(
-            self.model.fuse(self.masked_video().encoder, first_rows(self.outputs.text.encoder, self.n)), "video"))
+            self.model.fuse(self.masked_video().encoder, self._first(self.outputs.text.encoder)), "video"))
 
     def fused_masked_text_output(self):
         """fuse(video(V), text(T masked)): the fusion output MLM reads (a FusionOutput)."""
         if self._paired():
             return self._once("pair", self._fused_pair)[1]
-        return self._once("fuse_tm", lambda: self.model.fuse(first_rows(self.outputs.video.encoder, self.n),
+        return self._once("fuse_tm", lambda: self.model.fuse(self._first(self.outputs.video.encoder),
                                                                self.masked_text()[0].encoder))
 
     def fused_masked_text(self) -> torch.Tensor:
@@ -342,9 +342,8 @@ class CloverRankObjective(_CloverObjective):
         scale, margin = model.logit_scale, self.clover.cfg.rank_margin
         v, t = outputs.video.embed[:p.n], outputs.text.embed[:p.n]
         tm, vm = p.masked_text()[0].embed, p.masked_video().embed
-        share = p.n / outputs.video.embed.shape[0]  # `clover.masked_clips`: each pair weighs what it does in Clover
-        text_side = share * pairwise_ranking(v, t, tm, scale, margin)
-        video_side = share * pairwise_ranking(t, v, vm, scale, margin)
+        text_side = p.share * pairwise_ranking(v, t, tm, scale, margin)
+        video_side = p.share * pairwise_ranking(t, v, vm, scale, margin)
         with torch.no_grad():  # how often the complete pair already wins by the margin
             sat = ((scale * ((v * t).sum(-1) - (v * tm).sum(-1)) >= margin).float().mean())
         return {"loss": text_side + video_side, "t_vs_tm": text_side.detach(), "v_vs_vm": video_side.detach(),
@@ -363,8 +362,7 @@ class CloverMlmObjective(_CloverObjective):
         where = labels != -100
         logits = model.mlm_logits(fused.text_states[where])
         target = labels[where]
-        share = p.n / outputs.video.embed.shape[0]  # `clover.masked_clips`: the masked pairs' share of the batch
-        loss = share * focal_mlm_loss(logits, target, self.clover.cfg.focal_gamma)
+        loss = p.share * focal_mlm_loss(logits, target, self.clover.cfg.focal_gamma)
         with torch.no_grad():
             acc = (logits.argmax(-1) == target).float().mean() if target.numel() else loss.new_zeros(())
         return {"loss": loss, "accuracy": acc, "masked_tokens": torch.tensor(float(target.numel()))}

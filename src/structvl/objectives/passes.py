@@ -156,9 +156,11 @@ def _empty_text(model, t: TextInput) -> TextEmbedding:
 
 
 # ----------------------------------------------------------------------------- video
-def _rows(out: VideoEncoderOutput, rows: slice) -> VideoEncoderOutput:
-    return VideoEncoderOutput(**{f.name: None if getattr(out, f.name) is None else getattr(out, f.name)[rows]
-                                 for f in fields(out)})
+def take_rows(out, rows: slice):
+    """A dataclass of per-row tensors (an encoder or fusion output, a cut-and-paste batch) cut to `rows`; fields
+    that are None stay None."""
+    return type(out)(**{f.name: None if getattr(out, f.name) is None else getattr(out, f.name)[rows]
+                        for f in fields(out)})
 
 
 def encode_videos(model, video: torch.Tensor, frame_mask: torch.Tensor | None,
@@ -188,6 +190,6 @@ def encode_videos(model, video: torch.Tensor, frame_mask: torch.Tensor | None,
     results, start = [], 0
     for n in sizes:
         rows = slice(start, start + n)
-        results.append(VideoEmbedding(encoded.embed[rows], _rows(encoded.encoder, rows)))
+        results.append(VideoEmbedding(encoded.embed[rows], take_rows(encoded.encoder, rows)))
         start += n
     return results[0], results[1:]

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from structvl.config import ConfigError
 from structvl.data.text import TokenCache, char_span_to_token_span
 from structvl.objectives.contrastive import info_nce
-from structvl.objectives.passes import TextInput, VideoInput
+from structvl.objectives.passes import TextInput, VideoInput, take_rows
 from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
 
 
@@ -210,11 +210,6 @@ class CutAndPaste:
     partner: torch.Tensor  # (B,) batch index of clip B
     source: torch.Tensor  # (B, T) batch index of the clip each frame came from
 
-    def first(self, n: int) -> CutAndPaste:
-        """The first n cut clips (their partners still index the whole batch)."""
-        mask = None if self.frame_mask is None else self.frame_mask[:n]
-        return CutAndPaste(self.video[:n], mask, self.is_a[:n], self.partner[:n], self.source[:n])
-
 
 def _draw_intervals(b: int, time_steps: int, min_steps: int, max_steps: int,
                     generator: torch.Generator | None) -> torch.Tensor:
@@ -335,7 +330,7 @@ class TemporalGroupingObjective(nn.Module):
         cut = paste(batch["video"], model.video_encoder.time, self.cfg.cut_min_steps, self.cfg.cut_max_steps,
                     batch.get("frame_mask"))
         n = self.cfg.temporal_clips  # drawn for every clip first, so that 0 and n >= B draw the same cuts
-        return cut.first(n) if 0 < n < len(cut.is_a) else cut
+        return take_rows(cut, slice(0, n)) if 0 < n < len(cut.is_a) else cut  # partners index the whole batch
 
     def _pairless(self, batch: dict) -> bool:
         return batch["video"].shape[0] < 2 and self.cfg.paste_source == "batch"  # no partner clip to paste from
