@@ -9,17 +9,20 @@ s/step(recipe) / s/step(baseline), measured side by side in one run, is what a u
 method on; the extra forward passes behind it are listed beside (CLOP: the constructed negative captions;
 S-ViLM: the cut-and-paste clips and the phrases; Clover: masked video, masked text, two fusion passes).
 
-Each s/step is the median of `--repeats` timings of `--steps` steps. GFLOP/step counts the matrix products
-of one forward + backward (torch's FlopCounterMode: every extra pass, padding included; a checkpointed
-forward's recomputation not counted), so its ratio is the floor the time ratio would reach if every FLOP cost
-the same: what batching and less padding can win, and what only fewer FLOPs can. MFU divides the step's FLOP/s
-by the matmul peak of the same dtype, measured before each recipe's timings in this run (the median shown); HFU
-also counts the forward that activation checkpointing recomputes. Where a recipe's HFU is below the baseline's,
-its extra work runs less efficiently than the baseline's, and that part of its cost is not FLOPs. `--unbatched`
-also times each recipe with its extra passes in calls of their own (`PretrainingModule(batch_passes=False)`,
-objectives/passes.py), side by side. `--tokens` also times, over the same steps, what the objectives' token
-caches (CLOP's constructed captions, S-ViLM's phrases: `data.text.TokenCache`) take per step against the plain
-tokenizer on the same texts: what caching them buys.
+Every recipe is built first; then `--repeats` interleaved rounds each time `--steps` steps of every recipe in
+turn, after a burst that measures the matmul peak. s/step is the median of a recipe's rounds, and its ratio over
+the baseline the median of its per-round ratios: a machine that drifts during the run (clock, a neighbour's
+load) moves both sides of each ratio alike. GFLOP/step counts the matrix products of one forward + backward
+(torch's FlopCounterMode: every extra pass, padding included; a checkpointed forward's recomputation not
+counted), so its ratio is the floor the time ratio would reach if every FLOP cost the same: what batching and
+less padding can win, and what only fewer FLOPs can. MFU divides the step's FLOP/s by the matmul peak of the
+same dtype measured in the same round (the median shown); HFU also counts the forward that activation
+checkpointing recomputes. Where a recipe's HFU is below the baseline's, its extra work runs less efficiently
+than the baseline's, and that part of its cost is not FLOPs. `--unbatched` also times each recipe with its
+extra passes in calls of their own (`PretrainingModule(batch_passes=False)`, objectives/passes.py), in the same
+rounds. `--tokens` then times, over `--steps` more steps, what the objectives' token caches (CLOP's constructed
+captions, S-ViLM's phrases: `data.text.TokenCache`) take per step against the plain tokenizer on the same
+texts: what caching them buys.
 
     python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
     python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
@@ -34,6 +37,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,7 +52,8 @@ from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 from structvl.runtime.precision import autocast_dtype, dtype_name
 
-from train_step import count_step_flops, make_step, matmul_peak  # benchmarks/ is on sys.path when run as a script
+# benchmarks/ is on sys.path when run as a script
+from train_step import Variant, count_step_flops, make_step, run_rounds
 
 # The demo's recipes and ablations (name -> config file); the five recipes run by default.
 RECIPES = {name: config for name, (_, config) in {**DEMO_RECIPES, **ABLATIONS}.items()}
@@ -108,9 +113,18 @@ def real_batch(cfg, data: Path, batch_size: int, run_dir: Path):
     return collator([dataset[i] for i in range(batch_size)]), context
 
 
-def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, work: Path, precision: str,
-            batch_passes: bool = True, overrides: tuple[str, ...] = (), tokens: bool = False) -> dict:
-    cfg = load_config(RECIPES[name], [f"data.root={data}", f"train.precision={precision}", *overrides])
+@dataclass
+class Recipe(Variant):
+    """A recipe (and `--variants` overrides, batched passes or not) built on the shared batch and warmed up."""
+    module: PretrainingModule | None = None
+    overrides: str = ""
+    batched: bool = True
+    objectives: list = field(default_factory=list)
+
+
+def build(name: str, data: Path, batch_size: int, work: Path, precision: str, batch_passes: bool = True,
+          overrides: str = "") -> Recipe:
+    cfg = load_config(RECIPES[name], [f"data.root={data}", f"train.precision={precision}", *overrides.split()])
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
     batch, context = real_batch(cfg, data, batch_size, run_dir)
     seed_everything(0)
@@ -119,19 +133,14 @@ def measure(name: str, data: Path, batch_size: int, steps: int, repeats: int, wo
     step = make_step(module, cfg, batch, dtype)
     flops, ran, _ = count_step_flops(step, module)  # also the warm-up step
     _, logs = step()
-    peak = matmul_peak(dtype or torch.float32)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        times.append((time.perf_counter() - t0) / steps)
-    seconds = statistics.median(times)
-    caches = token_cache_cost(module, step, steps) if tokens else None
-    params = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"recipe": name, "s_per_step": seconds, "gflop": flops / 1e9, "params_m": params / 1e6, "peak": peak,
-            "mfu": flops / seconds / peak, "hfu": ran / seconds / peak, "dtype": dtype_name(dtype),
-            "objectives": sorted({k.split("/")[0] for k in logs if "/" in k}), "tokens": caches}
+    return Recipe(name, RECIPES[name], dtype_name(dtype), batch_size, step, flops, ran, module=module,
+                  overrides=overrides, batched=batch_passes, objectives=sorted({k.split("/")[0] for k in logs
+                                                                                if "/" in k}))
+
+
+def ratio(recipe: Variant, base: Variant) -> float:
+    """The median over the rounds of recipe's s/step / the baseline's in the same round."""
+    return statistics.median([a / b for a, b in zip(recipe.times, base.times)])
 
 
 def main() -> None:
@@ -140,7 +149,7 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=list(DEMO_RECIPES), choices=list(RECIPES))
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3, help="timings per recipe; the median is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of timings; the medians are reported")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="train.precision for every recipe (auto: what the trainer picks on this machine)")
@@ -160,40 +169,39 @@ def main() -> None:
             from structvl.lab.synth import generate_corpus
             generate_corpus(data, num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
         names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
-        print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  repeats={args.repeats} (median)  "
-              f"corpus={data}")
+        print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  rounds={args.repeats} (median)  "
+              f"corpus={data}", flush=True)
+        recipes = [build(name, data, args.batch, work, args.precision, batched, variant)
+                   for name in names for variant in ([""] if name == "baseline" else args.variants)
+                   for batched in ([True, False] if args.unbatched else [True])]
+        peaks = run_rounds(recipes, args.repeats, peak_seconds=2.0, steps=args.steps)
         header = (f"{'recipe':<16}{'dtype':>6}{'s/step':>9}{'x baseline':>12}{'GFLOP/step':>12}{'x baseline':>12}"
                   f"{'MFU':>7}{'HFU':>7}"
                   + (f"{'unbatched s/step':>18}{'x baseline':>12}{'GFLOP/step':>12}" if args.unbatched else "")
                   + f"{'params (M)':>12}  extra passes / objectives")
         print(header)
         print("-" * len(header))
-        base: dict[bool, dict] = {}
-        peaks: list[float] = []
-        for name, variant in [(n, v) for n in names for v in ([""] if n == "baseline" else args.variants)]:
-            rows = {}
-            for batched in ([True, False] if args.unbatched else [True]):
-                rows[batched] = measure(name, data, args.batch, args.steps, args.repeats, work, args.precision,
-                                        batched, tuple(variant.split()), args.tokens and batched)
-                base.setdefault(batched, rows[batched])
-            r = rows[True]
-            peaks.append(r["peak"])
-            line = (f"{name:<16}{r['dtype']:>6}{r['s_per_step']:>9.2f}"
-                    f"{r['s_per_step'] / base[True]['s_per_step']:>12.2f}{r['gflop']:>12.1f}"
-                    f"{r['gflop'] / base[True]['gflop']:>12.2f}{r['mfu']:>7.1%}{r['hfu']:>7.1%}")
+        med = statistics.median
+        base = {r.batched: r for r in recipes if r.name == "baseline"}
+        for r in [r for r in recipes if r.batched]:
+            mfu = med(r.mfus)
+            line = (f"{r.name:<16}{r.precision:>6}{med(r.times):>9.2f}{ratio(r, base[True]):>12.2f}"
+                    f"{r.model_flops / 1e9:>12.1f}{r.model_flops / base[True].model_flops:>12.2f}"
+                    f"{mfu:>7.1%}{mfu * r.run_flops / r.model_flops:>7.1%}")
             if args.unbatched:
-                u = rows[False]
-                line += (f"{u['s_per_step']:>18.2f}{u['s_per_step'] / base[False]['s_per_step']:>12.2f}"
-                         f"{u['gflop']:>12.1f}")
-            print(line + f"{r['params_m']:>12.1f}  {EXTRA_PASSES.get(name, '-')}  [{', '.join(r['objectives'])}]"
-                  + (f"  + {variant}" if variant else ""), flush=True)
-            if r["tokens"]:
-                t = r["tokens"]
+                u = next(u for u in recipes if not u.batched and (u.name, u.overrides) == (r.name, r.overrides))
+                line += f"{med(u.times):>18.2f}{ratio(u, base[False]):>12.2f}{u.model_flops / 1e9:>12.1f}"
+            params = sum(p.numel() for p in r.module.parameters() if p.requires_grad) / 1e6
+            print(line + f"{params:>12.1f}  {EXTRA_PASSES.get(r.name, '-')}  [{', '.join(r.objectives)}]"
+                  + (f"  + {r.overrides}" if r.overrides else ""), flush=True)
+            t = token_cache_cost(r.module, r.step, args.steps) if args.tokens else None
+            if t:
                 print(f"{'':<16}token caches: {t['cached_ms']:.2f} ms/step for {t['texts']:.0f} texts; the plain "
                       f"tokenizer on the same texts {t['plain_ms']:.2f} ms ({t['plain_ms'] / t['cached_ms']:.1f}x, "
-                      f"{t['plain_ms'] / 1e3 / r['s_per_step']:.2%} of the step)", flush=True)
-        print(f"matmul peak of that dtype (2048^3, median of the {len(peaks)} bursts before each recipe's timings): "
-              f"{statistics.median(peaks) / 1e9:.0f} GFLOP/s")
+                      f"{t['plain_ms'] / 1e3 / med(r.times):.2%} of the step)", flush=True)
+        for dtype, values in peaks.items():
+            print(f"matmul peak {dtype} (2048^3, median of the {len(values)} rounds' bursts): "
+                  f"{med(values) / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

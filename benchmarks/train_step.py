@@ -185,24 +185,28 @@ def build_variant(config: str, precision: str, overrides: list[str], batch_size:
     return Variant(label, config, precision, batch_size, step, model_flops, run_flops, counts)
 
 
-def time_step(variant: Variant, device: str = "cpu") -> float:
+def time_step(variant: Variant, device: str = "cpu", steps: int = 1) -> float:
+    """Seconds per step over `steps` steps."""
     _sync(device)
     t0 = clock()
-    variant.step()
+    for _ in range(steps):
+        variant.step()
     _sync(device)
-    return clock() - t0
+    return (clock() - t0) / steps
 
 
-def run_rounds(variants: list[Variant], rounds: int, peak_seconds: float, device: str = "cpu") -> dict:
-    """Interleaved rounds: per round, the matmul peak of each precision in use, then one step of each variant.
-    Returns the per-round peaks; fills each variant's times and MFUs."""
+def run_rounds(variants: list[Variant], rounds: int, peak_seconds: float, device: str = "cpu",
+               steps: int = 1) -> dict:
+    """Interleaved rounds: per round, the matmul peak of each precision in use, then `steps` steps of each
+    variant, so a machine that drifts during the run moves every variant of a round alike. Returns the
+    per-round peaks; fills each variant's times (s/step) and MFUs."""
     peaks: dict[str, list[float]] = {v.precision: [] for v in variants}
     for _ in range(rounds):
         now = {p: matmul_peak(DTYPES[p], seconds=peak_seconds, device=device) for p in peaks}
         for p, value in now.items():
             peaks[p].append(value)
         for v in variants:
-            seconds = time_step(v, device)
+            seconds = time_step(v, device, steps)
             v.times.append(seconds)
             v.mfus.append(v.model_flops / seconds / now[v.precision])
     return peaks

@@ -164,3 +164,32 @@ def test_objective_cost_times_the_token_caches_against_the_plain_tokenizer():
         found = re.search(r"token caches: ([\d.]+) ms/step for (\d+) texts; the plain tokenizer on the same texts "
                           r"([\d.]+) ms", below[recipe])
         assert found and int(found.group(2)) > 0 and float(found.group(3)) > 0, done.stdout
+
+
+def test_objective_cost_interleaves_the_recipes_and_takes_the_median_of_per_round_ratios(monkeypatch):
+    # Each round measures the peak, then runs every recipe's steps in turn (train_step.run_rounds), so a drifting
+    # machine slows both sides of a round's ratio; objective_cost reports the median of the rounds' ratios, not a
+    # ratio of medians.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import objective_cost
+        import train_step
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    log, now = [], [0.0]
+    seconds = {"baseline": [1.0, 1.0, 4.0], "clop": [2.0, 3.0, 4.0]}  # a step's, in each round
+
+    def fake_step(name):
+        def step():
+            log.append(name)
+            now[0] += seconds[name][log.count("peak") - 1]
+        return step
+
+    monkeypatch.setattr(train_step, "clock", lambda: now[0])
+    monkeypatch.setattr(train_step, "matmul_peak", lambda dtype, seconds, device: log.append("peak") or 100.0)
+    recipes = [train_step.Variant(n, "", "fp32", 1, fake_step(n), 1.0, 1.0) for n in seconds]
+    peaks = train_step.run_rounds(recipes, rounds=3, peak_seconds=0.1, steps=2)
+    assert log == ["peak", "baseline", "baseline", "clop", "clop"] * 3 and peaks == {"fp32": [100.0] * 3}
+    base, clop = recipes
+    assert base.times == seconds["baseline"] and clop.times == seconds["clop"]
+    assert objective_cost.ratio(clop, base) == 2.0  # the rounds' ratios are 2, 3, 1; the medians' would be 3
