@@ -380,7 +380,8 @@ def test_mlm_alone_runs_one_fusion_pass_and_every_parameter_it_builds_gets_a_gra
 @pytest.mark.parametrize("batch_passes", [True, False])
 def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, tokenizer, batch_passes):
     """`clover.masked_clips: 3` of a batch of 4: the masked clips and captions are the first 3 of those every pair
-    would get (the same draws), and alignment, ranking and MLM read 3 masked items each."""
+    would get (the same draws), alignment, ranking and MLM read 3 masked items each, and ranking and MLM weigh
+    the 3 pairs as Clover's loss over the 4 does: their mean x 3/4."""
     cfg = _tiny_clover()
     batch, tok = _batch(cfg, tokenizer, knowledge)
     seen = {}
@@ -395,6 +396,18 @@ def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, to
         p = module.objectives["clover_align"].clover._passes
         seen[n] = {"tm": p.masked_text()[1], "vm": p.masked_video().embed, "f_vm": p.fused_masked_video()}
         assert torch.isfinite(loss) and {"clover_align/loss", "clover_rank/loss", "clover_mlm/loss"} <= set(logs)
+        if n == 0:  # the full batch's terms, to weigh the first 3 pairs' share of them by hand below
+            v, t, scale = p.outputs.video.embed, p.outputs.text.embed, module.model.logit_scale
+            tm, labels = p.masked_text()[0].embed, p.masked_text()[1]
+            states = p.fused_masked_text_output().text_states
+            margin, gamma = p.core.cfg.rank_margin, p.core.cfg.focal_gamma
+            rank3 = (pairwise_ranking(v[:3], t[:3], tm[:3], scale, margin)
+                     + pairwise_ranking(t[:3], v[:3], p.masked_video().embed[:3], scale, margin))
+            where = labels[:3] != -100
+            mlm3 = focal_mlm_loss(module.model.mlm_logits(states[:3][where]), labels[:3][where], gamma)
+        else:  # each masked pair weighs what it weighs in Clover's loss: the mean over the 3 pairs x 3/4
+            assert logs["clover_rank/loss"].item() == pytest.approx(0.75 * rank3.item(), rel=1e-5, abs=1e-6)
+            assert logs["clover_mlm/loss"].item() == pytest.approx(0.75 * mlm3.item(), rel=1e-5)
     assert [len(x) for x in seen[3].values()] == [3, 3, 3] and [len(x) for x in seen[0].values()] == [4, 4, 4]
     assert torch.equal(seen[3]["tm"], seen[0]["tm"][:3])  # the same text masks
     assert torch.allclose(seen[3]["vm"], seen[0]["vm"][:3], atol=1e-5)  # the same video masks, the same weights
