@@ -62,6 +62,8 @@ EXTRA_PASSES = {"baseline": "-", "clop": "text: constructed negatives",
                 "svilm": "video: cut-and-paste clips; text: phrases",
                 "clover": "video: masked; text: masked; fusion x2", "all": "all of the above",
                 "clop_neg1": "text: 1 constructed negative a caption",
+                "clop_neg1_action": "text: 1 action swap a caption",
+                "clop_neg2_action": "text: 2 action swaps a caption",
                 "svilm_cut4": "video: 4 cut-and-paste clips; text: phrases",
                 "clover_mask6": "video: 6 masked; text: 6 masked; fusion x2 of 6",
                 "all_lean": "all of the above, lean"}

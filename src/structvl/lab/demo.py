@@ -62,6 +62,8 @@ ABLATIONS = {
     "clop_motion_sampling": ("+ CLOP SKP on actions from the encoder + KCL sampling by attributes [extension]",
                              "ablations/clop_motion_sampling.yaml"),
     "clop_neg1": ("+ CLOP, one swapped caption each", "ablations/clop_neg1.yaml"),
+    "clop_neg1_action": ("+ CLOP, one action swap each [extension]", "ablations/clop_neg1_action.yaml"),
+    "clop_neg2_action": ("+ CLOP, two action swaps each [extension]", "ablations/clop_neg2_action.yaml"),
     "svilm_span": ("+ S-ViLM, phrases as caption spans [extension]", "ablations/svilm_span.yaml"),
     "svilm_cut4": ("+ S-ViLM, cut-and-paste on 4 clips a batch [extension]", "ablations/svilm_cut4.yaml"),
     "clover_random": ("+ Clover, random-token masking", "ablations/clover_random.yaml"),
