@@ -22,13 +22,16 @@ than the baseline's, and that part of its cost is not FLOPs. `--unbatched` also 
 extra passes in calls of their own (`PretrainingModule(batch_passes=False)`, objectives/passes.py), in the same
 rounds. `--tokens` then times, over `--steps` more steps, what the objectives' token caches (CLOP's constructed
 captions, S-ViLM's phrases: `data.text.TokenCache`) take per step against the plain tokenizer on the same
-texts: what caching them buys.
+texts: what caching them buys. `--profile` then profiles `--steps` more steps of each recipe (torch.profiler)
+and prints the milliseconds each operator takes a step, side by side: where a recipe's time goes that its FLOPs
+do not explain.
 
     python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
     python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
     python benchmarks/objective_cost.py --unbatched --threads 1               # batched vs unbatched passes
     python benchmarks/objective_cost.py --recipes clop --variants "" "clop.kcl_negatives_train_text=false"
     python benchmarks/objective_cost.py --recipes clop svilm --tokens          # what the token caches buy
+    python benchmarks/objective_cost.py --recipes svilm_cut4 --profile         # its operators beside the baseline's
 """
 
 from __future__ import annotations
@@ -145,6 +148,23 @@ def ratio(recipe: Variant, base: Variant) -> float:
     return statistics.median([a / b for a, b in zip(recipe.times, base.times)])
 
 
+def operator_profile(recipes: list[Variant], steps: int, top: int = 20) -> None:
+    """ms per step in each operator (torch.profiler's self CPU time) over `steps` more steps of every recipe,
+    side by side: where a recipe's time goes beyond the baseline's. The `top` operators by their largest figure."""
+    times = {}
+    for r in recipes:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                r.step()
+        times[r.name + (f" {r.overrides}" if r.overrides else "")] = {
+            e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+    names = sorted(set().union(*times.values()), key=lambda k: -max(t.get(k, 0.0) for t in times.values()))
+    print(f"\n{'operator (self CPU ms/step)':<60}" + "".join(f"{n[:16]:>18}" for n in times))
+    for op in ["total"] + names[:top]:
+        row = [sum(t.values()) if op == "total" else t.get(op, 0.0) for t in times.values()]
+        print(f"{op[:60]:<60}" + "".join(f"{x:>18.1f}" for x in row), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="structured corpus directory (default: a 64-clip one in a temp dir)")
@@ -159,6 +179,8 @@ def main() -> None:
                     help="also time each recipe with its extra passes in calls of their own")
     ap.add_argument("--tokens", action="store_true",
                     help="also time the objectives' token caches against the plain tokenizer on the same texts")
+    ap.add_argument("--profile", action="store_true",
+                    help="then profile --steps more steps of each recipe: ms per step in each operator, side by side")
     ap.add_argument("--variants", nargs="*", default=[""], metavar="OVERRIDES",
                     help="config overrides (space-separated in one string; \"\" = as configured): every recipe but "
                          "the baseline is measured once per variant, side by side")
@@ -204,6 +226,8 @@ def main() -> None:
         for dtype, values in peaks.items():
             print(f"matmul peak {dtype} (2048^3, median of the {len(values)} rounds' bursts): "
                   f"{med(values) / 1e9:.0f} GFLOP/s")
+        if args.profile:
+            operator_profile([r for r in recipes if r.batched], args.steps)
 
 
 if __name__ == "__main__":

@@ -152,10 +152,21 @@ def test_eval_cost_times_each_measure_both_ways_and_finds_the_same_metrics(tiny_
 def test_objective_cost_times_the_token_caches_against_the_plain_tokenizer():
     # CLOP's constructed captions and S-ViLM's phrases go through a TokenCache: --tokens adds a line under each of
     # those recipes with the texts tokenised per step, and none under the baseline (it tokenises nothing per step).
+    # --profile then prints each operator's ms a step, a column per recipe: the matrix products among them, and
+    # more of them where the recipe has extra passes.
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "objective_cost.py"), "--recipes", "clop", "svilm",
                            "--batch", "4", "--steps", "1", "--repeats", "1", "--threads", "1", "--precision", "fp32",
-                           "--tokens"], env=_env(), capture_output=True, text=True, timeout=900, check=False)
+                           "--tokens", "--profile"], env=_env(), capture_output=True, text=True, timeout=900,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    header = re.search(r"^operator \(self CPU ms/step\)\s+baseline\s+clop\s+svilm$", done.stdout, re.MULTILINE)
+    assert header, done.stdout
+    ops = {m.group(1): [float(x) for x in m.group(2).split()]
+           for m in re.finditer(r"^(total|aten::mm|aten::addmm)\s+([\d.]+\s+[\d.]+\s+[\d.]+)$", done.stdout,
+                                re.MULTILINE)}
+    assert set(ops) == {"total", "aten::mm", "aten::addmm"}, done.stdout
+    base, clop, svilm = ops["total"]
+    assert 0 < base < min(clop, svilm) and all(0 < x for x in ops["aten::mm"]), done.stdout
     lines = done.stdout.splitlines()
     below = {lines[i].split()[0]: lines[i + 1] for i in range(len(lines) - 1)
              if lines[i].split() and lines[i].split()[0] in ("baseline", "clop", "svilm")}
