@@ -56,7 +56,7 @@ from structvl.objectives.pretraining import PretrainingModule
 from structvl.runtime.precision import autocast_dtype, dtype_name
 
 # benchmarks/ is on sys.path when run as a script
-from train_step import Variant, count_step_flops, make_step, run_rounds
+from train_step import Variant, count_step_flops, make_step, round_ratio, run_rounds
 
 # The demo's recipes and ablations (name -> config file); the five recipes run by default.
 RECIPES = {name: config for name, (_, config) in {**DEMO_RECIPES, **ABLATIONS}.items()}
@@ -143,11 +143,6 @@ def build(name: str, data: Path, batch_size: int, work: Path, precision: str, ba
                                                                                 if "/" in k}))
 
 
-def ratio(recipe: Variant, base: Variant) -> float:
-    """The median over the rounds of recipe's s/step / the baseline's in the same round."""
-    return statistics.median([a / b for a, b in zip(recipe.times, base.times)])
-
-
 def operator_profile(recipes: list[Variant], steps: int, top: int = 20) -> None:
     """ms per step in each operator (torch.profiler's self CPU time) over `steps` more steps of every recipe,
     side by side: where a recipe's time goes beyond the baseline's. The `top` operators by their largest figure."""
@@ -209,12 +204,12 @@ def main() -> None:
         base = {r.batched: r for r in recipes if r.name == "baseline"}
         for r in [r for r in recipes if r.batched]:
             mfu = med(r.mfus)
-            line = (f"{r.name:<16}{r.precision:>6}{med(r.times):>9.2f}{ratio(r, base[True]):>12.2f}"
+            line = (f"{r.name:<16}{r.precision:>6}{med(r.times):>9.2f}{round_ratio(r, base[True]):>12.2f}"
                     f"{r.model_flops / 1e9:>12.1f}{r.model_flops / base[True].model_flops:>12.2f}"
                     f"{mfu:>7.1%}{mfu * r.run_flops / r.model_flops:>7.1%}")
             if args.unbatched:
                 u = next(u for u in recipes if not u.batched and (u.name, u.overrides) == (r.name, r.overrides))
-                line += f"{med(u.times):>18.2f}{ratio(u, base[False]):>12.2f}{u.model_flops / 1e9:>12.1f}"
+                line += f"{med(u.times):>18.2f}{round_ratio(u, base[False]):>12.2f}{u.model_flops / 1e9:>12.1f}"
             params = sum(p.numel() for p in r.module.parameters() if p.requires_grad) / 1e6
             print(line + f"{params:>12.1f}  {EXTRA_PASSES.get(r.name, '-')}  [{', '.join(r.objectives)}]"
                   + (f"  + {r.overrides}" if r.overrides else ""), flush=True)

@@ -212,6 +212,11 @@ def run_rounds(variants: list[Variant], rounds: int, peak_seconds: float, device
     return peaks
 
 
+def round_ratio(variant: Variant, base: Variant) -> float:
+    """The median over the rounds of variant's s/step / base's in the same round: drift between rounds cancels."""
+    return statistics.median([a / b for a, b in zip(variant.times, base.times)])
+
+
 def report(variants: list[Variant], peaks: dict) -> None:
     med = statistics.median
     print("matmul peak (median of the rounds): " + ", ".join(f"{p} {med(x) / 1e9:.0f} GFLOP/s"
@@ -223,7 +228,7 @@ def report(variants: list[Variant], peaks: dict) -> None:
     first: dict[tuple, Variant] = {}
     for v in variants:
         base = first.setdefault((v.config, v.precision), v)
-        ratio = med([a / b for a, b in zip(v.times, base.times)])
+        ratio = round_ratio(v, base)
         hfu = med([m * v.run_flops / v.model_flops for m in v.mfus])
         print(f"{v.config:<16}{v.precision:<6}{v.batch_size:>6}{med(v.times):>9.3f}{v.batch_size / med(v.times):>9.2f}"
               f"{v.model_flops / v.batch_size / 1e9:>12.2f}{med(v.mfus):>7.1%}{hfu:>7.1%}{ratio:>9.2f}  {v.name}",

@@ -85,7 +85,6 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
     return {"loss": anchor_side + reverse_side, "anchor_side": anchor_side, "reverse_side": reverse_side}
 
 
-
 def pairwise_ranking(anchor: torch.Tensor, complete: torch.Tensor, masked: torch.Tensor,
                      logit_scale: torch.Tensor, margin: float) -> torch.Tensor:
     """mean_i max(0, margin - (s(anchor_i, complete_i) - s(anchor_i, masked_i))), s = scaled cosine."""
