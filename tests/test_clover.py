@@ -77,12 +77,10 @@ def test_exclusive_nce_matches_direct_small_batch_computation():
     assert float(plain) > float(anchor_side) + 1e-3
 
 
-def _exclusive_nce_by_hand(anchors, sets, scale, r, weights=None):
+def _exclusive_nce_by_hand(anchors, sets, scale, r):
     """Rank r's exclusive NCE from the definition: anchors[q] (B, E) of rank q, sets[k][q] (n_k, E) of rank q,
-    row i of every set belonging to that rank's anchor i; each pair's term weighs 1 / B (1 / (K B) reversed),
-    times its set's weight."""
+    row i of every set belonging to that rank's anchor i; each pair's term weighs 1 / B (1 / (K B) reversed)."""
     b, ranks = anchors[0].shape[0], len(anchors)
-    weights = weights or [1.0] * len(sets)
     pool = [(k, q, s) for k in range(len(sets)) for q in range(ranks) for s in range(len(sets[k][q]))]
     anchor_side = torch.zeros(())
     for k in range(len(sets)):
@@ -92,18 +90,16 @@ def _exclusive_nce_by_hand(anchors, sets, scale, r, weights=None):
             logits = torch.stack([scale * anchors[r][i] @ sets[j][q][s] for j, q, s in allowed])
             terms.append(-torch.log_softmax(logits, 0)[allowed.index((k, r, i))])
         if terms:
-            anchor_side = anchor_side + weights[k] * torch.stack(terms).sum() / b
+            anchor_side = anchor_side + torch.stack(terms).sum() / b
     every_anchor = torch.cat(anchors)
-    reverse = [-weights[k] * torch.log_softmax(scale * item @ every_anchor.t(), 0)[r * b + s]
+    reverse = [-torch.log_softmax(scale * item @ every_anchor.t(), 0)[r * b + s]
                for k in range(len(sets)) for s, item in enumerate(sets[k][r])]
     return anchor_side, torch.stack(reverse).sum() / (len(sets) * b)
 
 
-@pytest.mark.parametrize("ranks,sizes,weights", [(1, (3, 2, 1), None), (2, (3, 2, 0), None), (2, (3, 3, 3), None),
-                                                  (2, (3, 2, 2), [1.0, 1.0, 1.5])])
-def test_exclusive_nce_with_fewer_masked_items_matches_the_definition(ranks, sizes, weights, monkeypatch):
-    """`clover.masked_clips`: sets shorter than the anchors, each rank's first rows; every rank's loss as defined,
-    also with the sets weighted (`clover.fused_full_weight`)."""
+@pytest.mark.parametrize("ranks,sizes", [(1, (3, 2, 1)), (2, (3, 2, 0)), (2, (3, 3, 3))])
+def test_exclusive_nce_with_fewer_masked_items_matches_the_definition(ranks, sizes, monkeypatch):
+    """`clover.masked_clips`: sets shorter than the anchors, each rank's first rows; every rank's loss as defined."""
     import structvl.objectives.clover as clover
     g = torch.Generator().manual_seed(2)
     b, e, scale = 3, 5, torch.tensor(4.0)
@@ -113,8 +109,8 @@ def test_exclusive_nce_with_fewer_masked_items_matches_the_definition(ranks, siz
     monkeypatch.setattr(clover, "all_gather_with_grad", lambda t: gathered[id(t)])
     for r in range(ranks):
         monkeypatch.setattr(clover, "rank", lambda r=r: r)
-        out = exclusive_nce(anchors[r], [per_rank[r] for per_rank in sets], scale, weights)
-        anchor_side, reverse = _exclusive_nce_by_hand(anchors, sets, scale, r, weights)
+        out = exclusive_nce(anchors[r], [per_rank[r] for per_rank in sets], scale)
+        anchor_side, reverse = _exclusive_nce_by_hand(anchors, sets, scale, r)
         assert float(out["anchor_side"]) == pytest.approx(float(anchor_side), rel=1e-5)
         assert float(out["reverse_side"]) == pytest.approx(float(reverse), rel=1e-5)
 
@@ -382,19 +378,15 @@ def test_mlm_alone_runs_one_fusion_pass_and_every_parameter_it_builds_gets_a_gra
 
 
 @pytest.mark.parametrize("batch_passes", [True, False])
-def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, tokenizer, batch_passes, monkeypatch):
+def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, tokenizer, batch_passes):
     """`clover.masked_clips: 3` of a batch of 4: the masked clips and captions are the first 3 of those every pair
     would get (the same draws), alignment, ranking and MLM read 3 masked items each, and ranking and MLM weigh
-    the 3 pairs as Clover's loss over the 4 does: their mean x 3/4. With `clover.fused_full_weight` MLM is their
-    mean, and the alignment's fused sets weigh 4/3 what they weigh without it."""
-    import structvl.objectives.clover as clover
+    the 3 pairs as Clover's loss over the 4 does: their mean x 3/4."""
     cfg = _tiny_clover()
     batch, tok = _batch(cfg, tokenizer, knowledge)
-    seen, nce = {}, []
-    real_nce = clover.exclusive_nce
-    monkeypatch.setattr(clover, "exclusive_nce", lambda a, pos, s, w=None: nce.append(w) or real_nce(a, pos, s, w))
-    for n, full in ((0, False), (3, False), (3, True)):
-        module = _module(_tiny_clover(f"clover.masked_clips={n}", f"clover.fused_full_weight={full}"), tok)
+    seen = {}
+    for n in (0, 3):
+        module = _module(_tiny_clover(f"clover.masked_clips={n}"), tok)
         module.batch_passes = batch_passes
         for m in module.modules():  # dropout draws by tensor size: off, so that only the masks are random
             if isinstance(m, nn.Dropout):
@@ -415,8 +407,7 @@ def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, to
             mlm3 = focal_mlm_loss(module.model.mlm_logits(states[:3][where]), labels[:3][where], gamma)
         else:  # each masked pair weighs what it weighs in Clover's loss: the mean over the 3 pairs x 3/4
             assert logs["clover_rank/loss"].item() == pytest.approx(0.75 * rank3.item(), rel=1e-5, abs=1e-6)
-            assert logs["clover_mlm/loss"].item() == pytest.approx((1 if full else 0.75) * mlm3.item(), rel=1e-5)
-            assert nce[-2:] == [[1.0, 1.0, 4 / 3 if full else 1.0]] * 2  # both anchors: t, tm, f_vm / v, vm, f_tm
+            assert logs["clover_mlm/loss"].item() == pytest.approx(0.75 * mlm3.item(), rel=1e-5)
     assert [len(x) for x in seen[3].values()] == [3, 3, 3] and [len(x) for x in seen[0].values()] == [4, 4, 4]
     assert torch.equal(seen[3]["tm"], seen[0]["tm"][:3])  # the same text masks
     assert torch.allclose(seen[3]["vm"], seen[0]["vm"][:3], atol=1e-5)  # the same video masks, the same weights
@@ -433,8 +424,7 @@ def test_alignment_pools_hold_the_specified_fused_items(knowledge, tokenizer, mo
     made, calls = {}, []
     real_fused, real_nce = core.fused_embedding, clover.exclusive_nce
     monkeypatch.setattr(core, "fused_embedding", lambda out, which: made.setdefault(which, real_fused(out, which)))
-    monkeypatch.setattr(clover, "exclusive_nce",
-                        lambda a, pos, s, w=None: calls.append((a, pos)) or real_nce(a, pos, s, w))
+    monkeypatch.setattr(clover, "exclusive_nce", lambda a, pos, s: calls.append((a, pos)) or real_nce(a, pos, s))
     module(batch)
     (v_anchor, v_pool), (t_anchor, t_pool) = calls
     masked_video, (masked_text, _) = core._passes.masked_video(), core._passes.masked_text()

@@ -401,10 +401,6 @@ class CloverConfig:
     # [extension] Masked samples (vm, tm and the two fused passes) for the first N pairs of each rank's batch only
     # (0: every pair, the released code): their passes shrink with N (objectives/clover.py).
     masked_clips: int = 0
-    # [extension] With masked_clips N: the terms that train the fusion encoder (the alignment's f_vm and f_tm sets,
-    # MLM) averaged over the N pairs, so they weigh in the loss what they weigh in Clover's, while the masked
-    # clips and captions (vm, tm, ranking) weigh N / B of theirs. false: every masked term N / B.
-    fused_full_weight: bool = False
     eval_max_captions: int = 0  # clover_mlm evaluation: test captions used (0 = all)
 
 

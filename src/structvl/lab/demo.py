@@ -70,8 +70,6 @@ ABLATIONS = {
     "clover_norank": ("+ Clover, no ranking loss", "ablations/clover_norank.yaml"),
     "clover_mlm_only": ("+ fusion MLM only", "ablations/clover_mlm_only.yaml"),
     "clover_mask6": ("+ Clover, masked samples of 6 pairs a batch [extension]", "ablations/clover_mask6.yaml"),
-    "clover_mask6_fused": ("+ Clover, masked samples of 6 pairs a batch, fused terms at full weight [extension]",
-                           "ablations/clover_mask6_fused.yaml"),
     "all_lean": ("+ CLOP + S-ViLM + Clover, lean passes [extension]", "ablations/all_lean.yaml"),
 }
 

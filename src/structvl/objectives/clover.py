@@ -23,9 +23,7 @@ only the positives it has, ranking and MLM read the N pairs. Each masked pair's 
 Clover's loss (sums over the N pairs divided by B, MLM's token mean scaled by N / B), so the masked terms together
 weigh N / B of theirs (averaged over the N pairs instead, they cost retrieval on val: docs/findings.md, "Lean
 recipes"). The masked video pass and the two fusion passes are what make Clover's step cost three times the
-baseline's. 0, every pair, is the released code's setup. [extension] `clover.fused_full_weight` averages the
-terms that train the fusion encoder (f_vm, f_tm and MLM) over the N pairs instead: they then weigh what they
-weigh in Clover's loss, and only the masked clips and captions (vm, tm, ranking) weigh N / B of theirs.
+baseline's. 0, every pair, is the released code's setup.
 """
 
 from __future__ import annotations
@@ -51,8 +49,7 @@ from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
 
 
 # ---------------------------------------------------------------- losses (pure functions, all-gathered)
-def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_scale: torch.Tensor,
-                  weights: list[float] | None = None) -> dict:
+def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_scale: torch.Tensor) -> dict:
     """Clover's "exclusive NCE" for local, L2-normalised `anchor` (B, E) and K local positive sets (n_k, E) each,
     row i of every set belonging to anchor i (n_k = B in Clover; fewer with `clover.masked_clips`).
 
@@ -62,11 +59,9 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
     by B, and the K sets' terms summed. Reverse side: every item of every set is an anchor against all B_global
     anchors (plain InfoNCE), summed and divided by K x B. With n_k = B these are Clover's means; with fewer
     items each pair's term weighs what it weighs there, and a set of n_k items n_k / B of its whole weight.
-    `weights` (one per set, default 1) multiply each set's anchor-side and reverse-side terms.
     Returns {"loss": anchor side + reverse side, "anchor_side", "reverse_side"}.
     """
     b, r = anchor.shape[0], rank()
-    weights = weights or [1.0] * len(positives)
     all_anchor = all_gather_with_grad(anchor)
     sizes = [p.shape[0] for p in positives]
     sims = [(logit_scale * anchor @ all_gather_with_grad(p).t()).float() for p in positives]  # K x (B, n_k W)
@@ -82,11 +77,10 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
         logits = torch.cat([s if j == k else s.masked_fill(o, float("-inf"))
                             for j, (s, o) in enumerate(zip(sims, own))], 1)
         if n:
-            anchor_side = anchor_side + weights[k] * F.cross_entropy(logits[:n], offset + r * n + rows[:n],
-                                                                     reduction="sum") / b
+            anchor_side = anchor_side + F.cross_entropy(logits[:n], offset + r * n + rows[:n], reduction="sum") / b
         offset += sims[k].shape[1]
-    reverse = [w * F.cross_entropy((logit_scale * p @ all_anchor.t()).float(), r * b + rows[:n], reduction="sum")
-               for p, n, w in zip(positives, sizes, weights)]
+    reverse = [F.cross_entropy((logit_scale * p @ all_anchor.t()).float(), r * b + rows[:n], reduction="sum")
+               for p, n in zip(positives, sizes)]
     reverse_side = torch.stack(reverse).sum() / (len(positives) * b)
     return {"loss": anchor_side + reverse_side, "anchor_side": anchor_side, "reverse_side": reverse_side}
 
@@ -133,9 +127,6 @@ class CloverPasses:
         # What those pairs weigh of the batch: `clover.masked_clips` scales ranking and MLM by it, so that each pair
         # weighs what it does in Clover's loss.
         self.share = self.n / batch["video"].shape[0]
-        # What the fused terms (f_vm, f_tm, MLM) weigh of theirs: the same share, or all of it with
-        # `clover.fused_full_weight`.
-        self.fused_share = 1.0 if core.cfg.fused_full_weight else self.share
         self._memo: dict = {}
 
     def _first(self, out):
@@ -333,12 +324,8 @@ class CloverAlignObjective(_CloverObjective):
         # The fused passes first: unbatched, each pass draws its masks when first asked for, and the batched
         # path (objectives/passes.py) draws them in this order too.
         f_vm, f_tm = p.fused_masked_video(), p.fused_masked_text()
-        # A set of n items weighs n / B of its weight in Clover's loss; the fused sets are scaled to `fused_share`.
-        weights = [1.0, 1.0, p.fused_share / p.share]
-        v_anchor = exclusive_nce(outputs.video.embed, [outputs.text.embed, p.masked_text()[0].embed, f_vm], scale,
-                                 weights)
-        t_anchor = exclusive_nce(outputs.text.embed, [outputs.video.embed, p.masked_video().embed, f_tm], scale,
-                                 weights)
+        v_anchor = exclusive_nce(outputs.video.embed, [outputs.text.embed, p.masked_text()[0].embed, f_vm], scale)
+        t_anchor = exclusive_nce(outputs.text.embed, [outputs.video.embed, p.masked_video().embed, f_tm], scale)
         return {"loss": v_anchor["loss"] + t_anchor["loss"], "video_anchor": v_anchor["loss"].detach(),
                 "text_anchor": t_anchor["loss"].detach()}
 
@@ -374,7 +361,7 @@ class CloverMlmObjective(_CloverObjective):
         where = labels != -100
         logits = model.mlm_logits(fused.text_states[where])
         target = labels[where]
-        loss = p.fused_share * focal_mlm_loss(logits, target, self.clover.cfg.focal_gamma)
+        loss = p.share * focal_mlm_loss(logits, target, self.clover.cfg.focal_gamma)
         with torch.no_grad():
             acc = (logits.argmax(-1) == target).float().mean() if target.numel() else loss.new_zeros(())
         return {"loss": loss, "accuracy": acc, "masked_tokens": torch.tensor(float(target.numel()))}
