@@ -71,6 +71,8 @@ ABLATIONS = {
     "clover_mlm_only": ("+ fusion MLM only", "ablations/clover_mlm_only.yaml"),
     "clover_mask6": ("+ Clover, masked samples of 6 pairs a batch [extension]", "ablations/clover_mask6.yaml"),
     "all_lean": ("+ CLOP + S-ViLM + Clover, lean passes [extension]", "ablations/all_lean.yaml"),
+    "all_lean_action": ("+ CLOP + S-ViLM + Clover, lean passes, two action swaps [extension]",
+                        "ablations/all_lean_action.yaml"),
 }
 
 # --quick: the same pipeline on a smaller corpus with fewer steps (a smoke test).
