@@ -24,7 +24,8 @@ rounds. `--tokens` then times, over `--steps` more steps, what the objectives' t
 captions, S-ViLM's phrases: `data.text.TokenCache`) take per step against the plain tokenizer on the same
 texts: what caching them buys. `--profile` then profiles `--steps` more steps of each recipe (torch.profiler)
 and prints the milliseconds each operator takes a step, side by side: where a recipe's time goes that its FLOPs
-do not explain.
+do not explain. `--model CONFIG` layers a config file over every recipe (an architecture: what the objectives
+cost there), and `--flops-only` counts the FLOPs without timing anything (a model too slow to time here).
 
     python benchmarks/objective_cost.py --data /tmp/demodata/structured       # the demo corpus
     python benchmarks/objective_cost.py                                        # a small corpus in a temp dir
@@ -32,6 +33,7 @@ do not explain.
     python benchmarks/objective_cost.py --recipes clop --variants "" "clop.kcl_negatives_train_text=false"
     python benchmarks/objective_cost.py --recipes clop svilm --tokens          # what the token caches buy
     python benchmarks/objective_cost.py --recipes svilm_cut4 --profile         # its operators beside the baseline's
+    python benchmarks/objective_cost.py --model configs/model/vit_b16.yaml --batch 2 --flops-only  # at ViT-B/16
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ class Recipe(Variant):
 
 
 def build(name: str, data: Path, batch_size: int, work: Path, precision: str, batch_passes: bool = True,
-          overrides: str = "") -> Recipe:
-    cfg = load_config(RECIPES[name], [f"data.root={data}", f"train.precision={precision}", *overrides.split()])
+          overrides: str = "", model: str | None = None) -> Recipe:
+    files = [RECIPES[name]] + ([model] if model else [])
+    cfg = load_config(files, [f"data.root={data}", f"train.precision={precision}", *overrides.split()])
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
     batch, context = real_batch(cfg, data, batch_size, run_dir)
     seed_everything(0)
@@ -161,6 +164,17 @@ def operator_profile(recipes: list[Variant], steps: int, top: int = 20) -> None:
         print(f"{op[:60]:<60}" + "".join(f"{x:>18.1f}" for x in row), flush=True)
 
 
+def print_flops(recipes: list[Recipe], model: str | None) -> None:
+    """GFLOP per step (forward + backward) of each recipe and its ratio over the baseline's: `--flops-only`."""
+    base = next(r for r in recipes if r.name == "baseline" and r.batched)
+    print(f"{'recipe':<20}{'GFLOP/step':>12}{'x baseline':>12}  extra passes / objectives"
+          + (f"   (model: {model})" if model else ""))
+    for r in [r for r in recipes if r.batched]:
+        print(f"{r.name:<20}{r.model_flops / 1e9:>12.1f}{r.model_flops / base.model_flops:>12.2f}  "
+              f"{EXTRA_PASSES.get(r.name, '-')}  [{', '.join(r.objectives)}]"
+              + (f"  + {r.overrides}" if r.overrides else ""), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="structured corpus directory (default: a 64-clip one in a temp dir)")
@@ -177,6 +191,12 @@ def main() -> None:
                     help="also time the objectives' token caches against the plain tokenizer on the same texts")
     ap.add_argument("--profile", action="store_true",
                     help="then profile --steps more steps of each recipe: ms per step in each operator, side by side")
+    ap.add_argument("--model", default=None, metavar="CONFIG",
+                    help="a config file layered over every recipe, e.g. configs/model/vit_b16.yaml: what the "
+                         "objectives cost at that architecture")
+    ap.add_argument("--flops-only", action="store_true",
+                    help="count each recipe's GFLOP per step and its ratio over the baseline's, without timing "
+                         "(for a model too slow to time on this machine)")
     ap.add_argument("--variants", nargs="*", default=[""], metavar="OVERRIDES",
                     help="config overrides (space-separated in one string; \"\" = as configured): every recipe but "
                          "the baseline is measured once per variant, side by side")
@@ -189,11 +209,14 @@ def main() -> None:
             from structvl.lab.synth import generate_corpus
             generate_corpus(data, num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
         names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
-        print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  rounds={args.repeats} (median)  "
-              f"corpus={data}", flush=True)
-        recipes = [build(name, data, args.batch, work, args.precision, batched, variant)
+        timing = "" if args.flops_only else f"steps={args.steps}  rounds={args.repeats} (median)  "
+        print(f"threads={args.threads}  batch={args.batch}  {timing}corpus={data}", flush=True)
+        recipes = [build(name, data, args.batch, work, args.precision, batched, variant, args.model)
                    for name in names for variant in ([""] if name == "baseline" else args.variants)
                    for batched in ([True, False] if args.unbatched else [True])]
+        if args.flops_only:
+            print_flops(recipes, args.model)
+            return
         peaks = run_rounds(recipes, args.repeats, peak_seconds=2.0, steps=args.steps)
         header = (f"{'recipe':<16}{'dtype':>6}{'s/step':>9}{'x baseline':>12}{'GFLOP/step':>12}{'x baseline':>12}"
                   f"{'MFU':>7}{'HFU':>7}"

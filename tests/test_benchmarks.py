@@ -123,6 +123,28 @@ def test_objective_cost_times_each_recipe_in_the_precision_asked_with_its_mfu():
 
 
 @pytest.mark.slow
+def test_objective_cost_counts_flops_only_with_a_model_config_layered_over_each_recipe(tmp_path):
+    # --flops-only: GFLOP per step and the ratio over the baseline's, nothing timed (no matmul peak). --model: a
+    # config file over every recipe, here a video tower of 1 block instead of 4: fewer FLOPs for both recipes.
+    shallow = tmp_path / "shallow.yaml"
+    shallow.write_text("model:\n  video:\n    depth: 1\n")
+    counts = {}
+    for model in ([], ["--model", str(shallow)]):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "objective_cost.py"), "--recipes", "clover",
+                               "--batch", "2", "--threads", "1", "--precision", "fp32", "--flops-only", *model],
+                              env=_env(), capture_output=True, text=True, timeout=900, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "matmul peak" not in done.stdout and ("(model: " in done.stdout) == bool(model), done.stdout
+        rows = dict((m.group(1), (float(m.group(2)), float(m.group(3)))) for m in re.finditer(
+            r"^(baseline|clover)\s+([\d.]+)\s+([\d.]+)\s", done.stdout, re.MULTILINE))
+        assert set(rows) == {"baseline", "clover"} and rows["baseline"][1] == 1.0, done.stdout
+        assert rows["clover"][1] == pytest.approx(rows["clover"][0] / rows["baseline"][0], rel=0.02), done.stdout
+        counts[bool(model)] = rows
+    assert counts[True]["baseline"][0] < counts[False]["baseline"][0]
+    assert counts[True]["clover"][0] < counts[False]["clover"][0]
+
+
+@pytest.mark.slow
 def test_eval_cost_times_each_measure_both_ways_and_finds_the_same_metrics(tiny_corpus, tmp_path):
     # A one-step tiny Clover run evaluated with one shared feature pass and with a pass per measure: a row per
     # zero-shot measure (masked words because the model has a fusion encoder) and per downstream task, and both
