@@ -39,6 +39,7 @@ cost there), and `--flops-only` counts the FLOPs without timing anything (a mode
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -211,9 +212,14 @@ def main() -> None:
         names = ["baseline"] + [r for r in args.recipes if r != "baseline"]
         timing = "" if args.flops_only else f"steps={args.steps}  rounds={args.repeats} (median)  "
         print(f"threads={args.threads}  batch={args.batch}  {timing}corpus={data}", flush=True)
-        recipes = [build(name, data, args.batch, work, args.precision, batched, variant, args.model)
-                   for name in names for variant in ([""] if name == "baseline" else args.variants)
-                   for batched in ([True, False] if args.unbatched else [True])]
+        recipes = []
+        for name in names:
+            for variant in [""] if name == "baseline" else args.variants:
+                for batched in [True, False] if args.unbatched else [True]:
+                    recipes.append(build(name, data, args.batch, work, args.precision, batched, variant, args.model))
+                    if args.flops_only:  # counted: let the model and its optimizer go before the next is built
+                        recipes[-1].module = recipes[-1].step = None
+                        gc.collect()
         if args.flops_only:
             print_flops(recipes, args.model)
             return
