@@ -142,6 +142,10 @@ def test_objective_cost_counts_flops_only_with_a_model_config_layered_over_each_
         counts[bool(model)] = rows
     assert counts[True]["baseline"][0] < counts[False]["baseline"][0]
     assert counts[True]["clover"][0] < counts[False]["clover"][0]
+    wrong = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "objective_cost.py"), "--flops-only",
+                            "--model", str(tmp_path / "nope.yaml")], env=_env(), capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert wrong.returncode == 2 and "--model: config file not found" in wrong.stderr.splitlines()[-1], wrong.stderr
 
 
 @pytest.mark.slow
