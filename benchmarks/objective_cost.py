@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from structvl.config import ConfigError, load_config, resolve_config_path
+from structvl.config import ConfigError, load_config
 from structvl.data.text import TokenCache
 from structvl.engine.pretrain import build_objective_context, build_train_data, seed_everything
 from structvl.lab.demo import ABLATIONS
@@ -203,8 +203,8 @@ def main() -> None:
                          "the baseline is measured once per variant, side by side")
     args = ap.parse_args()
     if args.model:
-        try:  # a file, or a shipped config by name ("model/vit_b16"); a wrong one ends here, in one line
-            resolve_config_path(args.model)
+        try:  # a file, or a shipped config by name ("model/vit_b16"); a missing or wrong one ends here, in one line
+            load_config([RECIPES["baseline"], args.model])
         except ConfigError as err:
             ap.error(f"--model: {err}")
     torch.set_num_threads(args.threads)

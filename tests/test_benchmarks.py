@@ -146,6 +146,12 @@ def test_objective_cost_counts_flops_only_with_a_model_config_layered_over_each_
                             "--model", str(tmp_path / "nope.yaml")], env=_env(), capture_output=True, text=True,
                            timeout=300, check=False)
     assert wrong.returncode == 2 and "--model: config file not found" in wrong.stderr.splitlines()[-1], wrong.stderr
+    (tmp_path / "typo.yaml").write_text("model:\n  video:\n    depthh: 1\n")  # a key the config does not have
+    wrong = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "objective_cost.py"), "--flops-only",
+                            "--model", str(tmp_path / "typo.yaml")], env=_env(), capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert wrong.returncode == 2 and "--model: " in wrong.stderr.splitlines()[-1], wrong.stderr
+    assert "'model.video.depthh'" in wrong.stderr.splitlines()[-1] and "Traceback" not in wrong.stderr, wrong.stderr
 
 
 @pytest.mark.slow
