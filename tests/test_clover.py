@@ -77,12 +77,10 @@ def test_exclusive_nce_matches_direct_small_batch_computation():
     assert float(plain) > float(anchor_side) + 1e-3
 
 
-def _exclusive_nce_by_hand(anchors, sets, scale, r, weights=None):
+def _exclusive_nce_by_hand(anchors, sets, scale, r):
     """Rank r's exclusive NCE from the definition: anchors[q] (B, E) of rank q, sets[k][q] (n_k, E) of rank q,
-    row i of every set belonging to that rank's anchor i; each pair's term weighs 1 / B (1 / (K B) reversed),
-    times its set's weight."""
+    row i of every set belonging to that rank's anchor i; each pair's term weighs 1 / B (1 / (K B) reversed)."""
     b, ranks = anchors[0].shape[0], len(anchors)
-    weights = weights or [1.0] * len(sets)
     pool = [(k, q, s) for k in range(len(sets)) for q in range(ranks) for s in range(len(sets[k][q]))]
     anchor_side = torch.zeros(())
     for k in range(len(sets)):
@@ -92,17 +90,16 @@ def _exclusive_nce_by_hand(anchors, sets, scale, r, weights=None):
             logits = torch.stack([scale * anchors[r][i] @ sets[j][q][s] for j, q, s in allowed])
             terms.append(-torch.log_softmax(logits, 0)[allowed.index((k, r, i))])
         if terms:
-            anchor_side = anchor_side + weights[k] * torch.stack(terms).sum() / b
+            anchor_side = anchor_side + torch.stack(terms).sum() / b
     every_anchor = torch.cat(anchors)
-    reverse = [-weights[k] * torch.log_softmax(scale * item @ every_anchor.t(), 0)[r * b + s]
+    reverse = [-torch.log_softmax(scale * item @ every_anchor.t(), 0)[r * b + s]
                for k in range(len(sets)) for s, item in enumerate(sets[k][r])]
     return anchor_side, torch.stack(reverse).sum() / (len(sets) * b)
 
 
 @pytest.mark.parametrize("ranks,sizes", [(1, (3, 2, 1)), (2, (3, 2, 0)), (2, (3, 3, 3))])
 def test_exclusive_nce_with_fewer_masked_items_matches_the_definition(ranks, sizes, monkeypatch):
-    """`clover.masked_clips`: sets shorter than the anchors, each rank's first rows; every rank's loss as defined,
-    each pair weighing 1 / B or (`clover.masked_terms: mean`) its set's mean."""
+    """`clover.masked_clips`: sets shorter than the anchors, each rank's first rows; every rank's loss as defined."""
     import structvl.objectives.clover as clover
     g = torch.Generator().manual_seed(2)
     b, e, scale = 3, 5, torch.tensor(4.0)
@@ -110,10 +107,10 @@ def test_exclusive_nce_with_fewer_masked_items_matches_the_definition(ranks, siz
     sets = [[_unit(torch.randn(n, e, generator=g)) for _ in range(ranks)] for n in sizes]
     gathered = {id(t): torch.cat(per_rank) for per_rank in [anchors, *sets] for t in per_rank}
     monkeypatch.setattr(clover, "all_gather_with_grad", lambda t: gathered[id(t)])
-    for r, weights in [(r, w) for r in range(ranks) for w in (None, [b / max(n, 1) for n in sizes])]:
+    for r in range(ranks):
         monkeypatch.setattr(clover, "rank", lambda r=r: r)
-        out = exclusive_nce(anchors[r], [per_rank[r] for per_rank in sets], scale, weights)
-        anchor_side, reverse = _exclusive_nce_by_hand(anchors, sets, scale, r, weights)
+        out = exclusive_nce(anchors[r], [per_rank[r] for per_rank in sets], scale)
+        anchor_side, reverse = _exclusive_nce_by_hand(anchors, sets, scale, r)
         assert float(out["anchor_side"]) == pytest.approx(float(anchor_side), rel=1e-5)
         assert float(out["reverse_side"]) == pytest.approx(float(reverse), rel=1e-5)
 
@@ -388,9 +385,8 @@ def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, to
     cfg = _tiny_clover()
     batch, tok = _batch(cfg, tokenizer, knowledge)
     seen = {}
-    for n in (0, 3, "3 mean"):
-        module = _module(_tiny_clover(f"clover.masked_clips={str(n)[0]}",
-                                      f"clover.masked_terms={'mean' if n == '3 mean' else 'share'}"), tok)
+    for n in (0, 3):
+        module = _module(_tiny_clover(f"clover.masked_clips={n}"), tok)
         module.batch_passes = batch_passes
         for m in module.modules():  # dropout draws by tensor size: off, so that only the masks are random
             if isinstance(m, nn.Dropout):
@@ -409,10 +405,8 @@ def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, to
                      + pairwise_ranking(t[:3], v[:3], p.masked_video().embed[:3], scale, margin))
             where = labels[:3] != -100
             mlm3 = focal_mlm_loss(module.model.mlm_logits(states[:3][where]), labels[:3][where], gamma)
-        else:  # each masked pair weighs what it weighs in Clover's loss: the mean over the 3 pairs x 3/4; with
-            # masked_terms: mean the ranking is the mean over them, MLM (it trains the fusion) keeps its 3/4
-            share = 1.0 if n == "3 mean" else 0.75
-            assert logs["clover_rank/loss"].item() == pytest.approx(share * rank3.item(), rel=1e-5, abs=1e-6)
+        else:  # each masked pair weighs what it weighs in Clover's loss: the mean over the 3 pairs x 3/4
+            assert logs["clover_rank/loss"].item() == pytest.approx(0.75 * rank3.item(), rel=1e-5, abs=1e-6)
             assert logs["clover_mlm/loss"].item() == pytest.approx(0.75 * mlm3.item(), rel=1e-5)
     assert [len(x) for x in seen[3].values()] == [3, 3, 3] and [len(x) for x in seen[0].values()] == [4, 4, 4]
     assert torch.equal(seen[3]["tm"], seen[0]["tm"][:3])  # the same text masks
