@@ -462,7 +462,7 @@ def test_alignment_pools_hold_the_specified_fused_items(knowledge, tokenizer, mo
     made, calls = {}, []
     real_fused, real_nce = core.fused_embedding, clover.exclusive_nce
     monkeypatch.setattr(core, "fused_embedding", lambda out, which: made.setdefault(which, real_fused(out, which)))
-    monkeypatch.setattr(clover, "exclusive_nce", lambda a, pos, s, w: calls.append((a, pos)) or real_nce(a, pos, s, w))
+    monkeypatch.setattr(clover, "exclusive_nce", lambda a, pos, s: calls.append((a, pos)) or real_nce(a, pos, s))
     module(batch)
     (v_anchor, v_pool), (t_anchor, t_pool) = calls
     masked_video, (masked_text, _) = core._passes.masked_video(), core._passes.masked_text()

@@ -405,10 +405,6 @@ class CloverConfig:
     # at least `masked_clips` of them: a caption's text pass costs a fifth of a pair's masked clip and two fused
     # passes at the demo's sizes. 0: the pairs `masked_clips` gives.
     masked_captions: int = 0
-    # [extension] How the masked clips' and captions' terms (their alignment sets, the ranking) weigh with
-    # masked_clips / masked_captions: "share" (each pair what it weighs in Clover's loss, N / B of the whole) or
-    # "mean" (averaged over the pairs that have them: the whole weight). The fused sets and MLM keep their share.
-    masked_terms: str = "share"
     eval_max_captions: int = 0  # clover_mlm evaluation: test captions used (0 = all)
 
 

@@ -276,7 +276,6 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "clover.video_mask_min_block": COUNT,
         "clover.masked_clips": COUNT0,
         "clover.masked_captions": COUNT0,
-        "clover.masked_terms": Choice(("share", "mean")),
         "clover.video_mask_min_aspect": Number(0, 1, lo_open=True),
         "clover.rank_margin": Number(0, 1e3),
         "clover.focal_gamma": Number(0, 100),

@@ -53,8 +53,7 @@ from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
 
 
 # ---------------------------------------------------------------- losses (pure functions, all-gathered)
-def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_scale: torch.Tensor,
-                  set_weights: list[float] | None = None) -> dict:
+def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_scale: torch.Tensor) -> dict:
     """Clover's "exclusive NCE" for local, L2-normalised `anchor` (B, E) and K local positive sets (n_k, E) each,
     row i of every set belonging to anchor i (n_k = B in Clover; fewer with `clover.masked_clips`).
 
@@ -64,13 +63,11 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
     by B, and the K sets' terms summed. Reverse side: every item of every set is an anchor against all B_global
     anchors (plain InfoNCE), summed and divided by K x B. With n_k = B these are Clover's means; with fewer
     items each pair's term weighs what it weighs there, and a set of n_k items n_k / B of its whole weight.
-    `set_weights` multiplies each set's terms on both sides (B / n_k: the set's mean over its items).
     Returns {"loss": anchor side + reverse side, "anchor_side", "reverse_side"}.
     """
     b, r = anchor.shape[0], rank()
     all_anchor = all_gather_with_grad(anchor)
     sizes = [p.shape[0] for p in positives]
-    weights = set_weights or [1.0] * len(positives)
     sims = [(logit_scale * anchor @ all_gather_with_grad(p).t()).float() for p in positives]  # K x (B, n_k W)
     rows = torch.arange(b, device=anchor.device)
     # Each anchor's positive column in every block (none where the set has no row for it).
@@ -84,11 +81,10 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
         logits = torch.cat([s if j == k else s.masked_fill(o, float("-inf"))
                             for j, (s, o) in enumerate(zip(sims, own))], 1)
         if n:
-            anchor_side = anchor_side + weights[k] * F.cross_entropy(logits[:n], offset + r * n + rows[:n],
-                                                                     reduction="sum") / b
+            anchor_side = anchor_side + F.cross_entropy(logits[:n], offset + r * n + rows[:n], reduction="sum") / b
         offset += sims[k].shape[1]
-    reverse = [w * F.cross_entropy((logit_scale * p @ all_anchor.t()).float(), r * b + rows[:n], reduction="sum")
-               for p, n, w in zip(positives, sizes, weights)]
+    reverse = [F.cross_entropy((logit_scale * p @ all_anchor.t()).float(), r * b + rows[:n], reduction="sum")
+               for p, n in zip(positives, sizes)]
     reverse_side = torch.stack(reverse).sum() / (len(positives) * b)
     return {"loss": anchor_side + reverse_side, "anchor_side": anchor_side, "reverse_side": reverse_side}
 
@@ -347,12 +343,8 @@ class CloverAlignObjective(_CloverObjective):
         # The fused passes first: unbatched, each pass draws its masks when first asked for, and the batched
         # path (objectives/passes.py) draws them in this order too.
         f_vm, f_tm = p.fused_masked_video(), p.fused_masked_text()
-        # `clover.masked_terms: mean`: the masked captions' and clips' sets weigh what a whole set does in Clover.
-        text_w, video_w = (1 / p.text_share, 1 / p.share) if p.core.cfg.masked_terms == "mean" else (1.0, 1.0)
-        v_anchor = exclusive_nce(outputs.video.embed, [outputs.text.embed, p.masked_text()[0].embed, f_vm], scale,
-                                 [1.0, text_w, 1.0])
-        t_anchor = exclusive_nce(outputs.text.embed, [outputs.video.embed, p.masked_video().embed, f_tm], scale,
-                                 [1.0, video_w, 1.0])
+        v_anchor = exclusive_nce(outputs.video.embed, [outputs.text.embed, p.masked_text()[0].embed, f_vm], scale)
+        t_anchor = exclusive_nce(outputs.text.embed, [outputs.video.embed, p.masked_video().embed, f_tm], scale)
         return {"loss": v_anchor["loss"] + t_anchor["loss"], "video_anchor": v_anchor["loss"].detach(),
                 "text_anchor": t_anchor["loss"].detach()}
 
@@ -369,9 +361,8 @@ class CloverRankObjective(_CloverObjective):
         v, t = outputs.video.embed, outputs.text.embed
         tm, vm = p.masked_text()[0].embed, p.masked_video().embed
         m, n = p.n_text, p.n
-        mean = p.core.cfg.masked_terms == "mean"  # the ranking averaged over the pairs it has
-        text_side = (1.0 if mean else p.text_share) * pairwise_ranking(v[:m], t[:m], tm, scale, margin)
-        video_side = (1.0 if mean else p.share) * pairwise_ranking(t[:n], v[:n], vm, scale, margin)
+        text_side = p.text_share * pairwise_ranking(v[:m], t[:m], tm, scale, margin)
+        video_side = p.share * pairwise_ranking(t[:n], v[:n], vm, scale, margin)
         with torch.no_grad():  # how often the complete pair already wins by the margin
             sat = ((scale * ((v[:m] * t[:m]).sum(-1) - (v[:m] * tm).sum(-1)) >= margin).float().mean())
         return {"loss": text_side + video_side, "t_vs_tm": text_side.detach(), "v_vs_vm": video_side.detach(),
