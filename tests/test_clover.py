@@ -414,44 +414,6 @@ def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, to
     assert torch.allclose(seen[3]["f_vm"], seen[0]["f_vm"][:3], atol=1e-5)
 
 
-@pytest.mark.parametrize("batch_passes", [True, False])
-def test_masked_captions_reach_more_pairs_than_the_masked_clips(knowledge, tokenizer, batch_passes):
-    """`clover.masked_clips: 2, masked_captions: 3` of a batch of 4: the first 3 pairs get masked captions (the
-    alignment's tm set, the ranking's text side, weighed 3/4), the first 2 the masked clips, both fused passes, MLM
-    and the ranking's video side (weighed 2/4); every item is the one every pair would get."""
-    batch, tok = _batch(_tiny_clover(), tokenizer, knowledge)
-    seen = {}
-    for overrides in ((), ("clover.masked_clips=2", "clover.masked_captions=3")):
-        module = _module(_tiny_clover(*overrides), tok)
-        module.batch_passes = batch_passes
-        for m in module.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
-        seed_everything(5)
-        loss, logs = module(batch)
-        p = module.objectives["clover_align"].clover._passes
-        seen[len(overrides)] = {"tm": p.masked_text()[0].embed, "labels": p.mlm_labels(),
-                                "vm": p.masked_video().embed, "f_vm": p.fused_masked_video(),
-                                "f_tm": p.fused_masked_text(), "logs": logs}
-        assert torch.isfinite(loss)
-        if not overrides:
-            v, t, scale = p.outputs.video.embed, p.outputs.text.embed, module.model.logit_scale
-            margin, gamma = p.core.cfg.rank_margin, p.core.cfg.focal_gamma
-            rank = (0.75 * pairwise_ranking(v[:3], t[:3], p.masked_text()[0].embed[:3], scale, margin)
-                    + 0.5 * pairwise_ranking(t[:2], v[:2], p.masked_video().embed[:2], scale, margin))
-            labels = p.mlm_labels()[:2]
-            states = p.fused_masked_text_output().text_states[:2]
-            mlm = 0.5 * focal_mlm_loss(module.model.mlm_logits(states[labels != -100]), labels[labels != -100], gamma)
-    full, lean = seen[0], seen[2]
-    assert {k: len(lean[k]) for k in ("tm", "labels", "vm", "f_vm", "f_tm")} == \
-        {"tm": 3, "labels": 2, "vm": 2, "f_vm": 2, "f_tm": 2}
-    for key, rows in (("tm", 3), ("vm", 2), ("f_vm", 2), ("f_tm", 2)):
-        assert torch.allclose(lean[key], full[key][:rows], atol=1e-5), key
-    assert torch.equal(lean["labels"], full["labels"][:2])
-    assert lean["logs"]["clover_rank/loss"].item() == pytest.approx(rank.item(), rel=1e-5, abs=1e-6)
-    assert lean["logs"]["clover_mlm/loss"].item() == pytest.approx(mlm.item(), rel=1e-5)
-
-
 def test_alignment_pools_hold_the_specified_fused_items(knowledge, tokenizer, monkeypatch):
     """Video anchor vs {t, tm, f_vm}, text anchor vs {v, vm, f_tm} (the spec, and the released code's wiring)."""
     import structvl.objectives.clover as clover

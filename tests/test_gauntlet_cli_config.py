@@ -97,8 +97,6 @@ CROSS_KEY_MISTAKES = [
     (["svilm.cut_min_steps=3", "svilm.cut_max_steps=2"], "svilm.cut_min_steps", "3"),  # reversed range
     (["clover.mask_replace_prob=0.8", "clover.mask_random_prob=0.5"], "clover.mask_random_prob", "0.5"),
     (["clop.kcl_sampler_groups=1000"], "clop.kcl_sampler_groups", "1000"),
-    (["clover.masked_clips=6", "clover.masked_captions=4"], "clover.masked_captions", "4"),  # fewer than the clips
-    (["clover.masked_captions=16"], "clover.masked_captions", "16"),  # the clips would be every pair
     (["data.sampling=fps"], "data.target_fps", "null"),
     (["objectives.contrastive=0"], "objectives", "weight 0"),
     (["objectives.bogus=1"], "objectives.bogus", "bogus"),

@@ -401,10 +401,6 @@ class CloverConfig:
     # [extension] Masked samples (vm, tm and the two fused passes) for the first N pairs of each rank's batch only
     # (0: every pair, the released code): their passes shrink with N (objectives/clover.py).
     masked_clips: int = 0
-    # [extension] Masked captions (tm: the alignment's tm set and the ranking's text side) for the first N pairs,
-    # at least `masked_clips` of them: a caption's text pass costs a fifth of a pair's masked clip and two fused
-    # passes at the demo's sizes. 0: the pairs `masked_clips` gives.
-    masked_captions: int = 0
     eval_max_captions: int = 0  # clover_mlm evaluation: test captions used (0 = all)
 
 

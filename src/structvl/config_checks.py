@@ -275,7 +275,6 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "clover.video_mask_ratio": Number(0, 1, hi_open=True),
         "clover.video_mask_min_block": COUNT,
         "clover.masked_clips": COUNT0,
-        "clover.masked_captions": COUNT0,
         "clover.video_mask_min_aspect": Number(0, 1, lo_open=True),
         "clover.rank_margin": Number(0, 1e3),
         "clover.focal_gamma": Number(0, 100),
@@ -414,11 +413,6 @@ def validate(cfg, check_init: bool = True) -> None:
     if cfg.clop.kcl_sampler_groups > cfg.train.batch_size:
         raise _error("clop.kcl_sampler_groups", cfg.clop.kcl_sampler_groups,
                      f"at most train.batch_size ({cfg.train.batch_size})")
-    clips, captions = cfg.clover.masked_clips, cfg.clover.masked_captions
-    if captions and not 0 < clips <= captions:
-        raise ConfigError(f"config key 'clover.masked_captions': {captions} with clover.masked_clips {clips}; "
-                          f"expected masked_clips >= 1 and at most masked_captions (the fused "
-                          f"passes read masked captions), or masked_captions 0")
     if cfg.svilm.cut_max_steps and cfg.svilm.cut_min_steps > cfg.svilm.cut_max_steps:
         raise ConfigError(f"config key 'svilm.cut_min_steps': {cfg.svilm.cut_min_steps} is above svilm.cut_max_steps "
                           f"{cfg.svilm.cut_max_steps}; expected min <= max (or cut_max_steps 0: all steps but one)")

@@ -24,10 +24,6 @@ Clover's loss (sums over the N pairs divided by B, MLM's token mean scaled by N 
 weigh N / B of theirs (averaged over the N pairs instead, they cost retrieval on val: docs/findings.md, "Lean
 recipes"). The masked video pass and the two fusion passes are what make Clover's step cost three times the
 baseline's. 0, every pair, is the released code's setup.
-[extension] `clover.masked_captions: M` (M >= N) gives the first M pairs their masked caption tm: the alignment's
-tm set and the ranking's text side read M items, weighed the same way (M / B); vm, f_vm, f_tm, the ranking's
-video side and MLM stay at N. A masked caption is one text pass; a masked clip with its two fused passes costs
-about five times that at the demo's sizes.
 """
 
 from __future__ import annotations
@@ -127,12 +123,10 @@ class CloverPasses:
     def __init__(self, core: "CloverCore", batch: dict, outputs, model):
         self.core, self.batch, self.outputs, self.model = core, batch, outputs, model
         self.extra = getattr(outputs, "extra", {})
-        self.n = core.masked_count(batch)  # the pairs that get masked clips and fused passes: the batch's first n
-        self.n_text = core.caption_count(batch)  # the pairs that get masked captions: the first n_text >= n
+        self.n = core.masked_count(batch)  # the pairs that get masked samples: the batch's first n
         # What those pairs weigh of the batch: `clover.masked_clips` scales ranking and MLM by it, so that each pair
         # weighs what it does in Clover's loss.
         self.share = self.n / batch["video"].shape[0]
-        self.text_share = self.n_text / batch["video"].shape[0]
         self._memo: dict = {}
 
     def _first(self, out):
@@ -156,19 +150,11 @@ class CloverPasses:
             return self.extra[MASKED_TEXT].output, self.extra[MASKED_TEXT].input.meta
         return self._once("tm", lambda: self.core.encode_masked_text(self.batch, self.model))
 
-    def _fused_masked_text_input(self):
-        """The masked captions' encoder output of the pairs that get fused passes (the first n of n_text)."""
-        return take_rows(self.masked_text()[0].encoder, slice(0, self.n))
-
-    def mlm_labels(self) -> torch.Tensor:
-        """MLM labels of the captions the fused (V, T masked) pass reads."""
-        return self.masked_text()[1][:self.n]
-
     def _fused_pair(self):
         """(fuse(video(V masked), text(T)), fuse(video(V), text(T masked))) from one fusion call over both pairs:
         the fusion encoder treats each row on its own, and T and T masked share their length and mask."""
         vm, v = self.masked_video().encoder, self._first(self.outputs.video.encoder)
-        t, tm = self._first(self.outputs.text.encoder), self._fused_masked_text_input()
+        t, tm = self._first(self.outputs.text.encoder), self.masked_text()[0].encoder
         video = VideoEncoderOutput(pooled=torch.cat([vm.pooled, v.pooled]), tokens=torch.cat([vm.tokens, v.tokens]),
                                    frame_mask=torch.cat([vm.frame_mask, v.frame_mask]))
         text = TextEncoderOutput(pooled=torch.cat([t.pooled, tm.pooled]), tokens=torch.cat([t.tokens, tm.tokens]),
@@ -196,7 +182,7 @@ class CloverPasses:
         if self._paired():
             return self._once("pair", self._fused_pair)[1]
         return self._once("fuse_tm", lambda: self.model.fuse(self._first(self.outputs.video.encoder),
-                                                               self._fused_masked_text_input()))
+                                                               self.masked_text()[0].encoder))
 
     def fused_masked_text(self) -> torch.Tensor:
         """f_tm = head(fuse(video(V), text(T masked))), (B, E) normalised (only the alignment has the head)."""
@@ -234,7 +220,7 @@ class CloverCore(nn.Module):
         encoded with the batch's own (objectives/passes.py). They are drawn in the order the unbatched passes draw
         them: the clips' mask first where the alignment runs (it reads vm first), else the captions'."""
         if self._requested is None or self._requested[0] is not batch:
-            asked, n, n_text = {}, self.masked_count(batch), self.caption_count(batch)
+            asked, n = {}, self.masked_count(batch)
             for draw in (("video", "text") if self.aligned else ("text", "video")):
                 if draw == "video" and self.masks_video:
                     frame_mask = batch.get("frame_mask")
@@ -242,7 +228,7 @@ class CloverCore(nn.Module):
                                                      from_main=self.draw_video_mask(batch, model))
                 elif draw == "text":
                     masked_ids, labels = self.draw_text_mask(batch)
-                    asked[MASKED_TEXT] = TextInput(masked_ids, batch["attention_mask"][:n_text], keep_tokens=True,
+                    asked[MASKED_TEXT] = TextInput(masked_ids, batch["attention_mask"][:n], keep_tokens=True,
                                                    meta=labels)
             self._requested = (batch, asked)
         return self._requested[1]
@@ -257,11 +243,6 @@ class CloverCore(nn.Module):
         """How many of the batch's pairs (its first ones) get masked samples: `clover.masked_clips`, 0 = all."""
         b, n = batch["video"].shape[0], self.cfg.masked_clips
         return n if 0 < n < b else b
-
-    def caption_count(self, batch: dict) -> int:
-        """How many pairs (the first ones) get masked captions: `clover.masked_captions`, 0 = `masked_count`'s."""
-        b, n = batch["video"].shape[0], self.cfg.masked_captions
-        return max(min(n, b), self.masked_count(batch)) if n else self.masked_count(batch)
 
     def draw_video_mask(self, batch: dict, model):
         """A block/tube mask for each clip, as the function that applies it to the first `masked_count` clips'
@@ -289,8 +270,8 @@ class CloverCore(nn.Module):
         return random_selection(ids, self.tokenizer.special_token_ids, self.cfg.random_mask_prob)
 
     def draw_text_mask(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(masked input_ids, MLM labels) of the first `caption_count` captions (drawn for every caption)."""
-        tok, n = self.tokenizer, self.caption_count(batch)
+        """(masked input_ids, MLM labels) of the first `masked_count` captions (drawn for every caption)."""
+        tok, n = self.tokenizer, self.masked_count(batch)
         selected = self.select_text(batch) & batch["attention_mask"].bool().cpu()
         masked, labels = corrupt_tokens(batch["input_ids"], selected, tok.mask_token_id, tok.vocab_size,
                                         tok.special_token_ids, self.cfg.mask_replace_prob, self.cfg.mask_random_prob)
@@ -358,13 +339,12 @@ class CloverRankObjective(_CloverObjective):
     def forward(self, batch, outputs, model) -> dict:
         p = self.clover.passes(batch, outputs, model)
         scale, margin = model.logit_scale, self.clover.cfg.rank_margin
-        v, t = outputs.video.embed, outputs.text.embed
+        v, t = outputs.video.embed[:p.n], outputs.text.embed[:p.n]
         tm, vm = p.masked_text()[0].embed, p.masked_video().embed
-        m, n = p.n_text, p.n
-        text_side = p.text_share * pairwise_ranking(v[:m], t[:m], tm, scale, margin)
-        video_side = p.share * pairwise_ranking(t[:n], v[:n], vm, scale, margin)
+        text_side = p.share * pairwise_ranking(v, t, tm, scale, margin)
+        video_side = p.share * pairwise_ranking(t, v, vm, scale, margin)
         with torch.no_grad():  # how often the complete pair already wins by the margin
-            sat = ((scale * ((v[:m] * t[:m]).sum(-1) - (v[:m] * tm).sum(-1)) >= margin).float().mean())
+            sat = ((scale * ((v * t).sum(-1) - (v * tm).sum(-1)) >= margin).float().mean())
         return {"loss": text_side + video_side, "t_vs_tm": text_side.detach(), "v_vs_vm": video_side.detach(),
                 "t_vs_tm_satisfied": sat}
 
@@ -376,7 +356,7 @@ class CloverMlmObjective(_CloverObjective):
 
     def forward(self, batch, outputs, model) -> dict:
         p = self.clover.passes(batch, outputs, model)
-        labels = p.mlm_labels()
+        _, labels = p.masked_text()
         fused = p.fused_masked_text_output()
         where = labels != -100
         logits = model.mlm_logits(fused.text_states[where])
