@@ -81,13 +81,13 @@ def count_step_flops(step, module: PretrainingModule) -> tuple[float, float, dic
         step()
     ran = counter.get_total_flops()
     model = module.model
-    if model.video_encoder.activation_checkpointing:
+    if model.recomputes:
         model.set_activation_checkpointing(False)
         try:
             with FlopCounterMode(display=False) as counter:
                 step()
         finally:
-            model.set_activation_checkpointing(True)
+            model.set_activation_checkpointing(None)  # as configured
     return float(counter.get_total_flops()), float(ran), counter.get_flop_counts()
 
 

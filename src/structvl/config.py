@@ -93,6 +93,10 @@ class VideoEncoderConfig:
     # always sees every token. Grouping and per-time-step features then work on the kept tokens; the fusion
     # encoder reads the whole grid, so it refuses token_keep < 1 (config check).
     token_keep: float = 1.0
+    # Recompute the video blocks' activations in the backward pass instead of keeping them: the video tower's
+    # share of `model.activation_checkpointing`. At the ViT-B scale users pre-train it keeps the most (the text
+    # tower is a few percent of the step); same numbers either way, off by default.
+    activation_checkpointing: bool = False
     # CLIP's architecture details (set them to what the checkpoint in `init` was trained with):
     pre_norm: bool = False  # a LayerNorm over the token sequence before the first block (CLIP's ln_pre)
     act: str = "gelu"  # MLP activation: "gelu" (timm, LAION CLIP) or "quick_gelu" (OpenAI CLIP: x*sigmoid(1.702x))

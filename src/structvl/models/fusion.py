@@ -93,10 +93,9 @@ class FusionEncoder(nn.Module):
                 layer.apply(_bert_init)
                 layers.append(layer)
         self.layers = nn.ModuleList(layers)
-        # model.activation_checkpointing, set by VideoTextModel.set_activation_checkpointing: every fusion layer
-        # recomputes its activations in the backward, as the towers' blocks do (cfg.activation_checkpointing: the
-        # fusion's alone).
-        self.model_checkpointing = False
+        # Whether every fusion layer recomputes its activations in the backward: cfg.activation_checkpointing (the
+        # fusion's alone), and in a VideoTextModel whatever its `set_activation_checkpointing` says.
+        self.recompute = cfg.activation_checkpointing
         self.mlm_head = MLMHead(self.width, bert_config.vocab_size, eps)
 
     def forward(self, video, text) -> FusionOutput:
@@ -120,8 +119,7 @@ class FusionEncoder(nn.Module):
         masks.append(text.attention_mask.bool())
         x = torch.cat(parts, dim=1)
         attend = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, S) True = may be attended to
-        recompute = ((self.cfg.activation_checkpointing or self.model_checkpointing) and self.training
-                     and torch.is_grad_enabled())
+        recompute = self.recompute and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:
                 out = checkpoint(layer, x, attention_mask=attend, use_reentrant=False)

@@ -162,7 +162,7 @@ class VideoEncoder(nn.Module):
         self.grid = cfg.image_size // cfg.patch_size
         self.time = cfg.num_frames // cfg.tubelet_size
         self.width = cfg.width
-        self.activation_checkpointing = activation_checkpointing
+        self.activation_checkpointing = activation_checkpointing or cfg.activation_checkpointing
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(
             3, cfg.width, kernel_size=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size),

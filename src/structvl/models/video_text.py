@@ -51,9 +51,8 @@ class VideoTextModel(nn.Module):
     def __init__(self, cfg: ModelConfig, load_pretrained: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.video_encoder = VideoEncoder(cfg.video, cfg.activation_checkpointing)
+        self.video_encoder = VideoEncoder(cfg.video)
         self.text_encoder = TextEncoder(cfg.text, load_weights=load_pretrained)
-        self.text_encoder.set_activation_checkpointing(cfg.activation_checkpointing)
         self.video_proj = projection_head(self.video_encoder.width, cfg.embed_dim, cfg.projection)
         self.text_proj = projection_head(self.text_encoder.width, cfg.embed_dim, cfg.projection)
         # Stored as log(1/tau) (CLIP's logit scale). Clamped in the parameter after each optimizer step
@@ -66,8 +65,7 @@ class VideoTextModel(nn.Module):
         # Clover's cross-modal fusion encoder (+ MLM head); None when model.fusion.layers == 0. Built after
         # everything else, so a model without it initialises exactly as the plain dual encoder.
         self.fusion = FusionEncoder(cfg.fusion, self.video_encoder, self.text_encoder) if cfg.fusion.layers else None
-        if self.fusion is not None:
-            self.fusion.model_checkpointing = cfg.activation_checkpointing
+        self.set_activation_checkpointing(None)
         # Parameter names (relative to this model) whose values come from a pretrained checkpoint: the optimizer
         # gives them optim.pretrained_lr / text_lr and the layer-wise decay (engine/optim.py).
         self.pretrained_parameters: set[str] = set()
@@ -84,13 +82,23 @@ class VideoTextModel(nn.Module):
             self.pretrained_parameters |= {n.replace("head.", "video_proj.", 1) if n.startswith("head.")
                                            else f"video_encoder.{n}" for n in loaded}
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute each video block's and text layer's activations in the backward pass instead of keeping them
-        (`model.activation_checkpointing`: memory for about a third more compute), and the fusion encoder's layers."""
-        self.video_encoder.activation_checkpointing = enabled
-        self.text_encoder.set_activation_checkpointing(enabled)
+    def set_activation_checkpointing(self, enabled: bool | None) -> None:
+        """Which layers recompute their activations in the backward pass instead of keeping them (memory for about
+        a third more compute): True every tower's (video blocks, text layers, fusion layers), False none, None what
+        the config says (`model.activation_checkpointing` all of them; `model.video.` and
+        `model.fusion.activation_checkpointing` that tower's)."""
+        cfg, configured = self.cfg, enabled is None
+        every = cfg.activation_checkpointing if configured else enabled
+        self.video_encoder.activation_checkpointing = every or (configured and cfg.video.activation_checkpointing)
+        self.text_encoder.set_activation_checkpointing(every)
         if self.fusion is not None:
-            self.fusion.model_checkpointing = enabled
+            self.fusion.recompute = every or (configured and cfg.fusion.activation_checkpointing)
+
+    @property
+    def recomputes(self) -> bool:
+        """Whether any layer recomputes its activations in the backward (`set_activation_checkpointing`; the text
+        layers only ever do with the video blocks)."""
+        return self.video_encoder.activation_checkpointing or bool(self.fusion is not None and self.fusion.recompute)
 
     def compile_towers(self) -> None:
         """`train.compile`: torch.compile the video and the text tower in place (`nn.Module.compile`, so parameter
