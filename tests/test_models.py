@@ -86,16 +86,23 @@ def test_scratch_text_encoder_and_dual_model_embeddings_are_normalised():
     assert float(model.logit_scale.detach()) == pytest.approx(100.0)  # clamped at 1 / min_temperature
 
 
-def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+def _checkpointed_model(every: bool = False, video: bool = False):
     from structvl.models.video_text import build_model
+
+    torch.manual_seed(0)
+    text = TextEncoderConfig(init=TextInitConfig(path="scratch"), width=32, depth=1, heads=2, intermediate_size=64)
+    cfg = ModelConfig(video=tiny_video_cfg(activation_checkpointing=video), text=text, embed_dim=16,
+                      activation_checkpointing=every)
+    return build_model(cfg).train()
+
+
+@pytest.mark.parametrize("every,video_only", [(True, False), (False, True)])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(every, video_only):
+    """model.activation_checkpointing (every tower) and model.video.activation_checkpointing (the video blocks)."""
     from structvl.objectives.contrastive import info_nce
 
     def run(checkpointing: bool):
-        torch.manual_seed(0)
-        cfg = ModelConfig(video=tiny_video_cfg(), text=TextEncoderConfig(init=TextInitConfig(path="scratch"), width=32, depth=1, heads=2,
-                                                                           intermediate_size=64),
-                          embed_dim=16, activation_checkpointing=checkpointing)
-        model = build_model(cfg).train()
+        model = _checkpointed_model(every and checkpointing, video_only and checkpointing)
         model.text_encoder.bert.config.hidden_dropout_prob = 0.0
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -114,3 +121,30 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_video_checkpointing_recomputes_the_video_blocks_alone():
+    """model.video.activation_checkpointing: each video block's forward runs twice a step (once more in the
+    backward), each text layer's once; set_activation_checkpointing switches every tower (False: none, the video
+    key included, what a FLOP count of the model needs; True: all) and None restores what the config says."""
+    model = _checkpointed_model(video=True)
+    runs = {"video": 0, "text": 0}
+    for block in model.video_encoder.blocks:
+        block.register_forward_pre_hook(lambda *a: runs.__setitem__("video", runs["video"] + 1))
+    for layer in model.text_encoder.layers:  # transformers checkpoints a layer's forward, inside its hooks
+        layer.attention.register_forward_pre_hook(lambda *a: runs.__setitem__("text", runs["text"] + 1))
+    video = torch.randn(2, 4, 3, 32, 32)
+    ids = torch.randint(1000, 2000, (2, 6))
+
+    def per_layer(enabled):
+        if enabled != "as built":
+            model.set_activation_checkpointing(enabled)
+        runs.update(video=0, text=0)
+        loss = (model.encode_video(video).embed * model.encode_text(ids, torch.ones_like(ids)).embed).sum()
+        loss.backward()
+        return runs["video"] / len(model.video_encoder.blocks), runs["text"] / len(model.text_encoder.layers)
+
+    assert per_layer("as built") == (2, 1) and model.recomputes
+    assert per_layer(False) == (1, 1) and not model.recomputes
+    assert per_layer(True) == (2, 2)
+    assert per_layer(None) == (2, 1)
