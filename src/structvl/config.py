@@ -94,8 +94,8 @@ class VideoEncoderConfig:
     # encoder reads the whole grid, so it refuses token_keep < 1 (config check).
     token_keep: float = 1.0
     # Recompute the video blocks' activations in the backward pass instead of keeping them: the video tower's
-    # share of `model.activation_checkpointing`. At the ViT-B scale users pre-train it keeps the most (the text
-    # tower is a few percent of the step); same numbers either way, off by default.
+    # share of `model.activation_checkpointing`, for models whose video tower is most of the step (ViT-B/16: the
+    # text tower is a few percent of its FLOPs). Same numbers either way; off by default.
     activation_checkpointing: bool = False
     # CLIP's architecture details (set them to what the checkpoint in `init` was trained with):
     pre_norm: bool = False  # a LayerNorm over the token sequence before the first block (CLIP's ln_pre)

@@ -156,13 +156,13 @@ class VideoEncoderOutput:
 
 
 class VideoEncoder(nn.Module):
-    def __init__(self, cfg: VideoEncoderConfig, activation_checkpointing: bool = False):
+    def __init__(self, cfg: VideoEncoderConfig):
         super().__init__()
         self.cfg = cfg
         self.grid = cfg.image_size // cfg.patch_size
         self.time = cfg.num_frames // cfg.tubelet_size
         self.width = cfg.width
-        self.activation_checkpointing = activation_checkpointing or cfg.activation_checkpointing
+        self.activation_checkpointing = cfg.activation_checkpointing  # VideoTextModel.set_activation_checkpointing
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(
             3, cfg.width, kernel_size=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size),
