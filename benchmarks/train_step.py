@@ -28,10 +28,12 @@ tensors: this measures the model step, not the data loader (benchmarks/decode.py
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
@@ -76,13 +78,18 @@ def _cpu_flash_backward_flop(grad_out, query, key, value, *args, out_shape=None,
 def count_step_flops(step, module: PretrainingModule) -> tuple[float, float, dict]:
     """(model FLOPs, FLOPs that run, the model FLOPs per operator) of one call of `step()`: the second includes
     the forward recomputed under activation checkpointing; the first is counted again with checkpointing off
-    (equal when it is off)."""
+    (equal when it is off), on the same random draws (the objectives' masks, cuts and swaps, which can change the
+    shapes): the generators are wound back to where the first call found them."""
+    generators = torch.get_rng_state(), random.getstate(), np.random.get_state()
     with FlopCounterMode(display=False) as counter:
         step()
     ran = counter.get_total_flops()
     model = module.model
     if model.recomputes:
         model.set_activation_checkpointing(False)
+        torch.set_rng_state(generators[0])
+        random.setstate(generators[1])
+        np.random.set_state(generators[2])
         try:
             with FlopCounterMode(display=False) as counter:
                 step()

@@ -235,3 +235,42 @@ def test_objective_cost_interleaves_the_recipes_and_takes_the_median_of_per_roun
     base, clop = recipes
     assert base.times == seconds["baseline"] and clop.times == seconds["clop"]
     assert train_step.round_ratio(clop, base) == 2.0  # the rounds' ratios are 2, 3, 1; the medians' would be 3
+
+
+def test_count_step_flops_counts_the_model_on_the_draws_that_ran():
+    # A checkpointed model's FLOPs are counted on a second call with checkpointing off; that call must see the same
+    # random draws as the first (an objective's swaps or masks can change the shapes), and the model is left as
+    # configured. Here each call multiplies a matrix of a random number of rows, so draws that differ count
+    # differently.
+    import random
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import train_step
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    class Model:
+        recomputes, states = True, []
+
+        def set_activation_checkpointing(self, enabled):
+            self.states.append(enabled)
+
+    class Module:
+        model = Model()
+
+    weight, rows = torch.randn(8, 8), []
+
+    def step():
+        rows.append(random.randint(1, 1000) + int(torch.randint(0, 1000, ())))
+        torch.randn(rows[-1], 8) @ weight
+
+    random.seed(0)
+    torch.manual_seed(0)
+    model_flops, ran, _ = train_step.count_step_flops(step, Module())
+    assert rows[0] == rows[1] and model_flops == ran == 2 * rows[0] * 8 * 8
+    assert Module.model.states == [False, None]  # off for the count, then as configured
+    step()
+    assert rows[2] != rows[0]  # the draws go on from there
