@@ -28,17 +28,16 @@ tensors: this measures the model step, not the data loader (benchmarks/decode.py
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from structvl.config import CONFIG_DIR as CONFIGS
 from structvl.config import load_config
+from structvl.engine.checkpoint import rng_state, set_rng_state
 from structvl.engine.optim import build_optimizer
 from structvl.engine.trainer import finite_flag, unscale_and_clip
 from structvl.models.video_text import build_model
@@ -80,16 +79,14 @@ def count_step_flops(step, module: PretrainingModule) -> tuple[float, float, dic
     the forward recomputed under activation checkpointing; the first is counted again with checkpointing off
     (equal when it is off), on the same random draws (the objectives' masks, cuts and swaps, which can change the
     shapes): the generators are wound back to where the first call found them."""
-    generators = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    generators = rng_state()  # torch's, NumPy's, Python's (and CUDA's), as a checkpoint holds them
     with FlopCounterMode(display=False) as counter:
         step()
     ran = counter.get_total_flops()
     model = module.model
     if model.recomputes:
         model.set_activation_checkpointing(False)
-        torch.set_rng_state(generators[0])
-        random.setstate(generators[1])
-        np.random.set_state(generators[2])
+        set_rng_state(generators)
         try:
             with FlopCounterMode(display=False) as counter:
                 step()
