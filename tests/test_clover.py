@@ -313,8 +313,9 @@ def test_model_checkpointing_switches_the_fusion_layers_too(knowledge, tokenizer
     fusion = module.model.fusion
     calls = {"fusion": 0, "layers": [0] * len(fusion.layers)}
     fusion.register_forward_pre_hook(lambda *a: calls.__setitem__("fusion", calls["fusion"] + 1))
-    for i, layer in enumerate(fusion.layers):
-        layer.register_forward_pre_hook(lambda *a, i=i: calls["layers"].__setitem__(i, calls["layers"][i] + 1))
+    for i, layer in enumerate(fusion.layers):  # its MLP: run whether the layer computes every row or those read
+        layer.intermediate.register_forward_pre_hook(
+            lambda *a, i=i: calls["layers"].__setitem__(i, calls["layers"][i] + 1))
 
     def runs_per_call(enabled: bool) -> list[float]:
         module.model.set_activation_checkpointing(enabled)
@@ -399,12 +400,12 @@ def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, to
         if n == 0:  # the full batch's terms, to weigh the first 3 pairs' share of them by hand below
             v, t, scale = p.outputs.video.embed, p.outputs.text.embed, module.model.logit_scale
             tm, labels = p.masked_text()[0].embed, p.masked_text()[1]
-            states = p.fused_masked_text_output().text_states
+            states = p.fused_masked_text_output().read_states  # the masked positions', row by row
             margin, gamma = p.core.cfg.rank_margin, p.core.cfg.focal_gamma
             rank3 = (pairwise_ranking(v[:3], t[:3], tm[:3], scale, margin)
                      + pairwise_ranking(t[:3], v[:3], p.masked_video().embed[:3], scale, margin))
             where = labels[:3] != -100
-            mlm3 = focal_mlm_loss(module.model.mlm_logits(states[:3][where]), labels[:3][where], gamma)
+            mlm3 = focal_mlm_loss(module.model.mlm_logits(states[:int(where.sum())]), labels[:3][where], gamma)
         else:  # each masked pair weighs what it weighs in Clover's loss: the mean over the 3 pairs x 3/4
             assert logs["clover_rank/loss"].item() == pytest.approx(0.75 * rank3.item(), rel=1e-5, abs=1e-6)
             assert logs["clover_mlm/loss"].item() == pytest.approx(0.75 * mlm3.item(), rel=1e-5)

@@ -71,7 +71,7 @@ class FusedModel(VideoTextModel):
         super().__init__(cfg)
         self.fusion = StandInFusion(self.video_encoder.width, self.text_encoder.width)
 
-    def fuse(self, video_out, text_out) -> FusionOutput:
+    def fuse(self, video_out, text_out, read=None) -> FusionOutput:
         return self.fusion(video_out, text_out)
 
 

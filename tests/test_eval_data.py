@@ -47,7 +47,8 @@ def test_measures_on_stored_clips_equal_their_own_loaders(trained_parts, one_thr
 
     fused_video = []  # what the masked-words measure feeds the fusion encoder (an untrained model's MLM accuracy
     fuse = module.model.fuse  # would not notice another clip's states)
-    monkeypatch.setattr(module.model, "fuse", lambda video, text: (fused_video.append(video.tokens), fuse(video, text))[1])
+    monkeypatch.setattr(module.model, "fuse", lambda video, text, **read: (fused_video.append(video.tokens),
+                                                                           fuse(video, text, **read))[1])
 
     clips = hold_eval_clips(module.model, cfg, tokenizer, torch.device("cpu"))
     stored = _all_measures(cfg, tokenizer, module, clips)

@@ -13,6 +13,11 @@ already reads them; `model.fusion.init_from_text_layers: top` copies its last `l
 vector is the output at the text [CLS] position (`FusionOutput.cls`); the output text states feed the MLM head
 and, downstream, the QA heads (`VideoTextModel.fuse`).
 
+A caller that reads only some outputs says so (`read`: the [CLS] alone, or the [CLS] and some text positions,
+such as MLM's masked ones): the last layer then computes every position's keys and values but the queries, the
+output projection and the MLP of those rows alone, the same numbers as the whole layer gives there. The last layer
+is a third of a 3-layer encoder, and all but its keys and values (2 of a BERT layer's 12 d^2 per token) is skipped.
+
 The MLM head is BERT's (dense -> GELU -> LayerNorm -> vocabulary) with the decoder tied to the text encoder's
 word embeddings (passed in at call time, so the weight has exactly one owner in the state dict).
 """
@@ -33,8 +38,9 @@ from structvl.config import ConfigError, FusionConfig
 @dataclass
 class FusionOutput:
     cls: torch.Tensor  # (B, D_fusion) output at the text [CLS] position: the fused vector
-    text_states: torch.Tensor  # (B, L, D_fusion) output text states (MLM, QA heads)
-    video_states: torch.Tensor  # (B, T' * N', D_fusion) output video token states
+    text_states: torch.Tensor | None = None  # (B, L, D_fusion) output text states (None when only some were read)
+    video_states: torch.Tensor | None = None  # (B, T' * N', D_fusion) output video token states (idem)
+    read_states: torch.Tensor | None = None  # (n, D_fusion) the states `read` asked for, in text_states[read]'s order
 
 
 class MLMHead(nn.Module):
@@ -98,9 +104,12 @@ class FusionEncoder(nn.Module):
         self.recompute = cfg.activation_checkpointing
         self.mlm_head = MLMHead(self.width, bert_config.vocab_size, eps)
 
-    def forward(self, video, text) -> FusionOutput:
+    def forward(self, video, text, read: str | torch.Tensor | None = None) -> FusionOutput:
         """video: a VideoEncoderOutput (tokens (B, T', N, Dv), frame_mask (B, T')); text: a TextEncoderOutput
-        (tokens (B, L, Dt), attention_mask (B, L))."""
+        (tokens (B, L, Dt), attention_mask (B, L)). read: which outputs the caller reads. None: every position's
+        (`.text_states`, `.video_states`); "cls": the fused vector alone; a (B, L) bool mask of text positions:
+        the fused vector and those positions' states, as `.read_states` (n, D) in the order `text_states[read]`
+        would give them. With "cls" or a mask the last layer computes only the rows read."""
         v = video.tokens
         b, t, n, d = v.shape
         if self.pool > 1:
@@ -120,15 +129,55 @@ class FusionEncoder(nn.Module):
         x = torch.cat(parts, dim=1)
         attend = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, S) True = may be attended to
         recompute = self.recompute and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
+        length = text.tokens.shape[1]
+        layers = list(self.layers) if read is None else list(self.layers)[:-1]
+        for layer in layers:
             if recompute:
                 out = checkpoint(layer, x, attention_mask=attend, use_reentrant=False)
             else:
                 out = layer(x, attention_mask=attend)
             x = out[0] if isinstance(out, tuple) else out
-        length = text.tokens.shape[1]
-        text_states = x[:, -length:]
-        return FusionOutput(cls=text_states[:, 0], text_states=text_states, video_states=x[:, :t * n])
+        if read is None:
+            text_states = x[:, -length:]
+            return FusionOutput(cls=text_states[:, 0], text_states=text_states, video_states=x[:, :t * n])
+        # The rows read: [CLS] (text position 0) and `read`'s positions, ascending, padded per row with positions
+        # not read (computed and dropped) up to the longest row's count.
+        wanted = torch.zeros(b, length, dtype=torch.bool, device=x.device)
+        if isinstance(read, str) and read != "cls":
+            raise ValueError(f"read: None, 'cls' or a mask of text positions, got '{read}'")
+        if not isinstance(read, str):
+            if read.shape != (b, length):
+                raise ValueError(f"read: a ({b}, {length}) mask of text positions, got {tuple(read.shape)}")
+            wanted |= read.to(x.device).bool()
+        wanted[:, 0] = True
+        count = int(wanted.sum(1).max())
+        positions = torch.argsort((~wanted).to(torch.int8), dim=1, stable=True)[:, :count]
+        rows = positions + (x.shape[1] - length)
+        last = self.layers[-1]
+        if recompute:
+            out = checkpoint(_layer_rows, last, x, rows, attend, use_reentrant=False)
+        else:
+            out = _layer_rows(last, x, rows, attend)
+        states = None if isinstance(read, str) else out[read.to(x.device).bool().gather(1, positions)]
+        return FusionOutput(cls=out[:, 0], read_states=states)
+
+
+def _layer_rows(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+    """A BERT layer's output (B, R, D) at `rows` (B, R) of its input x (B, S, D): every position's keys and
+    values, the queries, the output projection (with its residual and LayerNorm) and the MLP of those rows alone,
+    the numbers the whole layer gives there. Dropout as the layer's (attention dropout inside SDPA, as HF's)."""
+    att = layer.attention.self
+    b, r = rows.shape
+    x_rows = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
+
+    def heads(states):  # (B, S, D) -> (B, H, S, D / H)
+        return states.view(b, states.shape[1], att.num_attention_heads, att.attention_head_size).transpose(1, 2)
+
+    context = F.scaled_dot_product_attention(heads(att.query(x_rows)), heads(att.key(x)), heads(att.value(x)),
+                                             attn_mask=attend, dropout_p=att.dropout.p if att.training else 0.0,
+                                             scale=att.scaling)
+    context = context.transpose(1, 2).reshape(b, r, -1)
+    return layer.feed_forward_chunk(layer.attention.output(context, x_rows))
 
 
 def _bert_init(module: nn.Module) -> None:

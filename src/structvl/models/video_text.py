@@ -129,12 +129,15 @@ class VideoTextModel(nn.Module):
         out = self.text_encoder(input_ids, attention_mask)
         return TextEmbedding(F.normalize(self.text_proj(out.pooled), dim=-1), out)
 
-    def fuse(self, video: VideoEncoderOutput, text: TextEncoderOutput) -> FusionOutput:
+    def fuse(self, video: VideoEncoderOutput, text: TextEncoderOutput,
+             read: str | torch.Tensor | None = None) -> FusionOutput:
         """Video and text encoder outputs through the fusion encoder: `.cls` (B, D_fusion) is the fused vector
-        (QA heads, Clover's fused embeddings), `.text_states` (B, L, D_fusion) the fused token states."""
+        (QA heads, Clover's fused embeddings), `.text_states` (B, L, D_fusion) the fused token states. `read="cls"`
+        or a (B, L) mask of text positions: only the fused vector and those states (`.read_states`) are computed
+        in the last layer (`FusionEncoder.forward`)."""
         if self.fusion is None:
             raise RuntimeError("this model has no fusion encoder: set model.fusion.layers > 0")
-        return self.fusion(video, text)
+        return self.fusion(video, text, read)
 
     def mlm_logits(self, fused_text_states: torch.Tensor) -> torch.Tensor:
         """(..., D_fusion) fused text states -> (..., vocab) logits; the decoder is the text word-embedding table."""

@@ -150,20 +150,27 @@ class CloverPasses:
             return self.extra[MASKED_TEXT].output, self.extra[MASKED_TEXT].input.meta
         return self._once("tm", lambda: self.core.encode_masked_text(self.batch, self.model))
 
+    def _read_masked_text(self):
+        """What fuse(V, T masked) is read for: the fused vector, and MLM's masked positions where MLM runs."""
+        return self.masked_text()[1] != -100 if self.core.predicts_words else "cls"
+
     def _fused_pair(self):
         """(fuse(video(V masked), text(T)), fuse(video(V), text(T masked))) from one fusion call over both pairs:
-        the fusion encoder treats each row on its own, and T and T masked share their length and mask."""
+        the fusion encoder treats each row on its own, and T and T masked share their length and mask. The first
+        is read for its fused vector alone, the second for MLM's masked positions too."""
         vm, v = self.masked_video().encoder, self._first(self.outputs.video.encoder)
         t, tm = self._first(self.outputs.text.encoder), self.masked_text()[0].encoder
         video = VideoEncoderOutput(pooled=torch.cat([vm.pooled, v.pooled]), tokens=torch.cat([vm.tokens, v.tokens]),
                                    frame_mask=torch.cat([vm.frame_mask, v.frame_mask]))
         text = TextEncoderOutput(pooled=torch.cat([t.pooled, tm.pooled]), tokens=torch.cat([t.tokens, tm.tokens]),
                                  attention_mask=torch.cat([t.attention_mask, tm.attention_mask]))
-        fused = self.model.fuse(video, text)
+        read = self._read_masked_text()
+        if not isinstance(read, str):  # the first half's rows read nothing but [CLS]
+            read = torch.cat([torch.zeros_like(read), read])
+        fused = self.model.fuse(video, text, read=read)
         b = v.tokens.shape[0]
-        halves = [FusionOutput(cls=fused.cls[rows], text_states=fused.text_states[rows],
-                               video_states=fused.video_states[rows]) for rows in (slice(0, b), slice(b, 2 * b))]
-        return halves[0], halves[1]
+        return (FusionOutput(cls=fused.cls[:b]),
+                FusionOutput(cls=fused.cls[b:], read_states=fused.read_states))
 
     def _paired(self) -> bool:
         # Both fusion passes are needed (the alignment) and the shared forward batches its passes.
@@ -175,14 +182,17 @@ class CloverPasses:
             return self._once("f_vm", lambda: self.core.fused_embedding(self._once("pair", self._fused_pair)[0],
                                                                           "video"))
         return self._once("f_vm", lambda: self.core.fused_embedding(
-            self.model.fuse(self.masked_video().encoder, self._first(self.outputs.text.encoder)), "video"))
+            self.model.fuse(self.masked_video().encoder, self._first(self.outputs.text.encoder), read="cls"),
+            "video"))
 
     def fused_masked_text_output(self):
-        """fuse(video(V), text(T masked)): the fusion output MLM reads (a FusionOutput)."""
+        """fuse(video(V), text(T masked)): the fusion output MLM reads (a FusionOutput; `.read_states` are the
+        masked positions' states, in the order labels[labels != -100] gives their targets)."""
         if self._paired():
             return self._once("pair", self._fused_pair)[1]
         return self._once("fuse_tm", lambda: self.model.fuse(self._first(self.outputs.video.encoder),
-                                                               self.masked_text()[0].encoder))
+                                                               self.masked_text()[0].encoder,
+                                                               read=self._read_masked_text()))
 
     def fused_masked_text(self) -> torch.Tensor:
         """f_tm = head(fuse(video(V), text(T masked))), (B, E) normalised (only the alignment has the head)."""
@@ -203,6 +213,7 @@ class CloverCore(nn.Module):
         # Only what an enabled objective uses is built: under DDP a parameter without a gradient is an error.
         weights = cfg.objectives
         self.aligned = weights.get("clover_align", 0) > 0
+        self.predicts_words = weights.get("clover_mlm", 0) > 0  # whether MLM reads fuse(V, T masked)'s states
         self.masks_video = self.aligned or weights.get("clover_rank", 0) > 0  # whether any objective reads vm
         if self.masks_video:
             # BEiT-style learned mask token: it replaces a masked cell's patch content; the cell keeps its position.
@@ -357,10 +368,8 @@ class CloverMlmObjective(_CloverObjective):
     def forward(self, batch, outputs, model) -> dict:
         p = self.clover.passes(batch, outputs, model)
         _, labels = p.masked_text()
-        fused = p.fused_masked_text_output()
-        where = labels != -100
-        logits = model.mlm_logits(fused.text_states[where])
-        target = labels[where]
+        logits = model.mlm_logits(p.fused_masked_text_output().read_states)  # the masked positions' states
+        target = labels[labels != -100]
         loss = p.share * focal_mlm_loss(logits, target, self.clover.cfg.focal_gamma)
         with torch.no_grad():
             acc = (logits.argmax(-1) == target).float().mean() if target.numel() else loss.new_zeros(())

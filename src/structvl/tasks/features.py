@@ -243,4 +243,4 @@ def fuse_cached(model, video_pooled: torch.Tensor, video_tokens: torch.Tensor, t
     longest = max(1, int(mask.sum(1).max())) if len(mask) else mask.shape[1]
     text_out = TextEncoderOutput(pooled=text.pooled[rows].to(device), tokens=text.tokens[rows, :longest].to(device),
                                  attention_mask=mask[:, :longest].to(device))
-    return model.fuse(video_out, text_out).cls
+    return model.fuse(video_out, text_out, read="cls").cls

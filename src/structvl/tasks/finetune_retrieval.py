@@ -87,7 +87,7 @@ class RetrievalFinetuneModule(nn.Module):
                                      self.model.encode_text(ids, torch.ones_like(ids)).encoder, head=False).shape[-1]
 
     def match_logits(self, video_out, text_out, head: bool = True) -> torch.Tensor:
-        cls = self.model.fuse(video_out, text_out).cls
+        cls = self.model.fuse(video_out, text_out, read="cls").cls
         return self.match_head(cls) if head else cls
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:

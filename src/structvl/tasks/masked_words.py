@@ -82,10 +82,10 @@ def evaluate_masked_words(model, cfg: RunConfig, tokenizer, device=torch.device(
                     owner = torch.tensor(owners, device=device)
                     if shuffled:  # the next clip's video in the batch: a different scene
                         owner = (owner + 1) % n
-                    fused = model.fuse(VideoEncoderOutput(pooled=video.pooled[owner], tokens=video.tokens[owner],
-                                                          frame_mask=video.frame_mask[owner]), text)
                     where = labels.to(device) != -100
-                    hit = top1_hits(model.mlm_logits(fused.text_states[where]).float(), labels.to(device)[where],
+                    fused = model.fuse(VideoEncoderOutput(pooled=video.pooled[owner], tokens=video.tokens[owner],
+                                                          frame_mask=video.frame_mask[owner]), text, read=where)
+                    hit = top1_hits(model.mlm_logits(fused.read_states).float(), labels.to(device)[where],
                                     tally).cpu()  # a non-finite logit: a miss
                     row_of = where.nonzero()[:, 0].cpu()
                     if shuffled:
