@@ -72,7 +72,6 @@ EXTRA_PASSES = {"baseline": "-", "clop": "text: constructed negatives",
                 "clop_neg2_action": "text: 2 action swaps a caption",
                 "svilm_cut4": "video: 4 cut-and-paste clips; text: phrases",
                 "clover_mask6": "video: 6 masked; text: 6 masked; fusion x2 of 6",
-                "clover_mask8": "video: 8 masked; text: 8 masked; fusion x2 of 8",
                 "all_lean": "all of the above, lean",
                 "all_lean_action": "all of the above, lean, 2 action swaps"}
 

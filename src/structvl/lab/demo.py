@@ -70,7 +70,6 @@ ABLATIONS = {
     "clover_norank": ("+ Clover, no ranking loss", "ablations/clover_norank.yaml"),
     "clover_mlm_only": ("+ fusion MLM only", "ablations/clover_mlm_only.yaml"),
     "clover_mask6": ("+ Clover, masked samples of 6 pairs a batch [extension]", "ablations/clover_mask6.yaml"),
-    "clover_mask8": ("+ Clover, masked samples of 8 pairs a batch [extension]", "ablations/clover_mask8.yaml"),
     "all_lean": ("+ CLOP + S-ViLM + Clover, lean passes [extension]", "ablations/all_lean.yaml"),
     "all_lean_action": ("+ CLOP + S-ViLM + Clover, lean passes, two action swaps [extension]",
                         "ablations/all_lean_action.yaml"),
