@@ -253,13 +253,17 @@ def test_count_step_flops_counts_the_model_on_the_draws_that_ran():
         sys.path.remove(str(ROOT / "benchmarks"))
 
     class Model:
-        recomputes, states = True, []
+        recomputes = True
+
+        def __init__(self):
+            self.states = []  # what set_activation_checkpointing was told, in order
 
         def set_activation_checkpointing(self, enabled):
             self.states.append(enabled)
 
     class Module:
-        model = Model()
+        def __init__(self):
+            self.model = Model()
 
     weight, rows = torch.randn(8, 8), []
 
@@ -269,8 +273,9 @@ def test_count_step_flops_counts_the_model_on_the_draws_that_ran():
 
     random.seed(0)
     torch.manual_seed(0)
-    model_flops, ran, _ = train_step.count_step_flops(step, Module())
+    module = Module()
+    model_flops, ran, _ = train_step.count_step_flops(step, module)
     assert rows[0] == rows[1] and model_flops == ran == 2 * rows[0] * 8 * 8
-    assert Module.model.states == [False, None]  # off for the count, then as configured
+    assert module.model.states == [False, None]  # off for the count, then as configured
     step()
     assert rows[2] != rows[0]  # the draws go on from there
