@@ -14,9 +14,9 @@ vector is the output at the text [CLS] position (`FusionOutput.cls`); the output
 and, downstream, the QA heads (`VideoTextModel.fuse`).
 
 A caller that reads only some outputs says so (`read`: the [CLS] alone, or the [CLS] and some text positions,
-such as MLM's masked ones): the last layer then computes every position's keys and values but the queries, the
-output projection and the MLP of those rows alone, the same numbers as the whole layer gives there. The last layer
-is a third of a 3-layer encoder, and all but its keys and values (2 of a BERT layer's 12 d^2 per token) is skipped.
+such as MLM's masked ones): the last layer then computes the keys and values of every position, and the queries,
+the output projection and the MLP of those rows alone: the same numbers as the whole layer gives there. The last
+layer is a third of a 3-layer encoder; for the rows not read, 10 of a BERT layer's 12 d^2 a token are skipped.
 
 The MLM head is BERT's (dense -> GELU -> LayerNorm -> vocabulary) with the decoder tied to the text encoder's
 word embeddings (passed in at call time, so the weight has exactly one owner in the state dict).
