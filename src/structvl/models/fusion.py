@@ -112,6 +112,11 @@ class FusionEncoder(nn.Module):
         would give them. With "cls" or a mask the last layer computes only the rows read."""
         v = video.tokens
         b, t, n, d = v.shape
+        length = text.tokens.shape[1]
+        if isinstance(read, str) and read != "cls":
+            raise ValueError(f"read: None, 'cls' or a mask of text positions, got '{read}'")
+        if isinstance(read, torch.Tensor) and read.shape != (b, length):
+            raise ValueError(f"read: a ({b}, {length}) mask of text positions, got {tuple(read.shape)}")
         if self.pool > 1:
             g = int(round(n ** 0.5))
             v = F.avg_pool2d(v.reshape(b * t, g, g, d).permute(0, 3, 1, 2), self.pool)
@@ -129,7 +134,6 @@ class FusionEncoder(nn.Module):
         x = torch.cat(parts, dim=1)
         attend = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, S) True = may be attended to
         recompute = self.recompute and self.training and torch.is_grad_enabled()
-        length = text.tokens.shape[1]
         layers = list(self.layers) if read is None else list(self.layers)[:-1]
         for layer in layers:
             if recompute:
@@ -142,13 +146,9 @@ class FusionEncoder(nn.Module):
             return FusionOutput(cls=text_states[:, 0], text_states=text_states, video_states=x[:, :t * n])
         # The rows read: [CLS] (text position 0) and `read`'s positions, ascending, padded per row with positions
         # not read (computed and dropped) up to the longest row's count.
-        wanted = torch.zeros(b, length, dtype=torch.bool, device=x.device)
-        if isinstance(read, str) and read != "cls":
-            raise ValueError(f"read: None, 'cls' or a mask of text positions, got '{read}'")
-        if not isinstance(read, str):
-            if read.shape != (b, length):
-                raise ValueError(f"read: a ({b}, {length}) mask of text positions, got {tuple(read.shape)}")
-            wanted |= read.to(x.device).bool()
+        states_read = None if isinstance(read, str) else read.to(x.device).bool()
+        wanted = (torch.zeros(b, length, dtype=torch.bool, device=x.device) if states_read is None
+                  else states_read.clone())
         wanted[:, 0] = True
         count = int(wanted.sum(1).max())
         positions = torch.argsort((~wanted).to(torch.int8), dim=1, stable=True)[:, :count]
@@ -158,7 +158,7 @@ class FusionEncoder(nn.Module):
             out = checkpoint(_layer_rows, last, x, rows, attend, use_reentrant=False)
         else:
             out = _layer_rows(last, x, rows, attend)
-        states = None if isinstance(read, str) else out[read.to(x.device).bool().gather(1, positions)]
+        states = None if states_read is None else out[states_read.gather(1, positions)]
         return FusionOutput(cls=out[:, 0], read_states=states)
 
 
