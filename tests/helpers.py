@@ -41,6 +41,15 @@ def tiny_cfg(root, *extra):
     return load_config("demo", TINY + [f"data.root={root}", *extra])
 
 
+def without_dropout(module: nn.Module) -> nn.Module:
+    """Every dropout of `module` set to p = 0 (dropout draws by tensor size, so two computations that should agree
+    would not share its masks); returns the module."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return module
+
+
 def write_video(path: Path, num_frames: int = 16, size: tuple[int, int] = (48, 64), fps: int = 8,
                 codec: str = "libx264", keyint: int | None = None, container_format: str | None = None,
                 container_options: dict | None = None, bit_rate: int | None = None) -> np.ndarray:

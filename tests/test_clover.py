@@ -25,7 +25,7 @@ from structvl.engine.pretrain import seed_everything
 from structvl.objectives.clover import exclusive_nce, focal_mlm_loss, pairwise_ranking
 from two_ranks import run_on_ranks
 
-from helpers import TINY
+from helpers import TINY, without_dropout
 
 CAPTIONS = [
     "in this video a small green cross is flashing while the big green ring is moving up",
@@ -389,9 +389,7 @@ def test_masked_clips_builds_the_masked_samples_of_the_first_pairs(knowledge, to
     for n in (0, 3):
         module = _module(_tiny_clover(f"clover.masked_clips={n}"), tok)
         module.batch_passes = batch_passes
-        for m in module.modules():  # dropout draws by tensor size: off, so that only the masks are random
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
+        without_dropout(module)  # so that only the masks are random
         seed_everything(5)  # the masks draw from Python's and torch's generators
         loss, logs = module(batch)
         p = module.objectives["clover_align"].clover._passes

@@ -2,24 +2,19 @@
 
 import pytest
 import torch
-import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from structvl.config import load_config
 from structvl.models.video_text import build_model
 
-from helpers import TINY
+from helpers import TINY, without_dropout
 
 
 def _model(*extra):
     """A tiny model with a 2-layer fusion encoder (a layer copied from the text tower, a fresh one), dropout off."""
     torch.manual_seed(0)
     cfg = load_config("demo", TINY + ["data.root=unused", "model.fusion.layers=2", *extra])
-    model = build_model(cfg.model)
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-    return model
+    return without_dropout(build_model(cfg.model))
 
 
 def _inputs(model, lengths=(6, 3, 5, 2)):

@@ -4,6 +4,8 @@ import torch
 from structvl.config import ModelConfig, TextEncoderConfig, TextInitConfig, VideoEncoderConfig
 from structvl.models.video_encoder import VideoEncoder
 
+from helpers import without_dropout
+
 
 def tiny_video_cfg(**kw) -> VideoEncoderConfig:
     base = dict(image_size=32, num_frames=4, patch_size=8, tubelet_size=2, width=32, depth=2, heads=2)
@@ -104,9 +106,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(every, video
     def run(checkpointing: bool):
         model = _checkpointed_model(every and checkpointing, video_only and checkpointing)
         model.text_encoder.bert.config.hidden_dropout_prob = 0.0
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        without_dropout(model)
         g = torch.Generator().manual_seed(1)
         video = torch.randn(3, 4, 3, 32, 32, generator=g)
         ids = torch.randint(1000, 2000, (3, 6), generator=g)

@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-import torch.nn as nn
 
 from structvl.config import load_config
 from structvl.data.text import TokenCache, Tokenizer
@@ -17,7 +16,7 @@ from structvl.models.video_text import build_model
 from structvl.objectives.passes import TextInput, encode_texts, length_buckets
 from structvl.objectives.pretraining import PretrainingModule
 
-from helpers import SHAPE_CAPTIONS, TINY
+from helpers import SHAPE_CAPTIONS, TINY, without_dropout
 
 # The paper recipes and the ablations whose passes differ from them (Clover without alignment or ranking draws
 # its masks in another order and fuses once; S-ViLM's "span" phrases need no extra text pass).
@@ -32,10 +31,7 @@ def _step(cfg, context, batch, batch_passes: bool):
     randomness whose order batching changes)."""
     seed_everything(0)
     context.__dict__.pop("clover_core", None)  # each module builds (and owns) its own Clover core
-    module = PretrainingModule(build_model(cfg.model), cfg, context, batch_passes=batch_passes).train()
-    for m in module.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    module = without_dropout(PretrainingModule(build_model(cfg.model), cfg, context, batch_passes=batch_passes).train())
     seed_everything(1)  # the objectives' own draws (swaps, cut-and-paste, masks) start from the same state
     loss, logs = module(batch)
     loss.backward()
