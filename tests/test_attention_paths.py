@@ -2,7 +2,8 @@
 memory-efficient kernels): the video blocks (joint, and divided's temporal + spatial steps), S-ViLM's grouping
 blocks, Clover's fusion layers and the text tower. Counted per layer in one forward of a model with all of them.
 The one exception is asked for: `model.video.matmul_attention_max_len` sends the video's short sequences to
-two matmuls and a soft-max (`matmul_attention`), which must give SDPA's result."""
+two matmuls and a soft-max (`matmul_attention`), which must give SDPA's result; the demo's tiny model asks for it
+(model/tiny.yaml), so the count below sets it back to the default, 0."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class CountSDPA:
 @pytest.mark.parametrize("attention", ["joint", "divided"])
 def test_every_attention_reaches_sdpa(attention, monkeypatch, one_thread):
     cfg = load_config("demo", TINY + [f"model.video.attention={attention}", "model.video.depth=2",
+                                      "model.video.matmul_attention_max_len=0",
                                       "model.video.num_group_tokens=4", "model.video.group_layers=[0,1]",
                                       "model.text.depth=2", "model.fusion.layers=1"])
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
-"""train.precision: "auto" resolves by what the hardware computes natively, an explicit choice is kept, and the
-evaluation loops follow the run's choice instead of a precision of their own (engine/precision.py)."""
+"""train.precision: "auto" resolves by what the hardware computes natively and fast, an explicit choice is kept,
+and the evaluation loops follow the run's choice instead of a precision of their own (runtime/precision.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,23 @@ from structvl.runtime import precision
 from structvl.runtime.precision import autocast_dtype, native_bf16, resolved_name
 
 
-def _cpu_has_bf16(monkeypatch, supported: bool) -> None:
+def _cpu_has_bf16(monkeypatch, supported: bool, speedup: float | None = None) -> None:
+    """A CPU without AMX, with or without AVX512-BF16, whose bf16 matmuls measure `speedup` times fp32's
+    (None: the measurement must not be taken)."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: supported)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
 
+    def measured():
+        assert speedup is not None, "auto measured bf16 on a CPU that does not compute it natively"
+        return speedup
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", measured)
 
-@pytest.mark.parametrize("supported", [True, False])
-def test_auto_keeps_fp32_on_a_cpu_without_amx(monkeypatch, supported):
-    """AVX512-BF16 alone is native bf16 (no emulation warning) but slower than fp32: auto keeps fp32."""
-    _cpu_has_bf16(monkeypatch, supported)
+
+@pytest.mark.parametrize("supported,speedup", [(True, 0.54), (True, 1.4), (False, None)])
+def test_auto_keeps_fp32_on_a_cpu_without_amx_where_bf16_is_not_faster(monkeypatch, supported, speedup):
+    """AVX512-BF16 alone is native bf16 (no emulation warning); where its matmuls measure slower than fp32 or
+    under CPU_BF16_MIN_SPEEDUP times faster (a Xeon: 0.54x), auto keeps fp32; an emulating CPU is not measured."""
+    _cpu_has_bf16(monkeypatch, supported, speedup)
     assert native_bf16("cpu") is supported
     assert autocast_dtype("auto", "cpu") is None
     assert resolved_name("auto", "cpu") == "fp32"
@@ -28,10 +36,31 @@ def test_auto_keeps_fp32_on_a_cpu_without_amx(monkeypatch, supported):
     assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # an explicit choice is kept
 
 
+def test_auto_takes_bf16_on_a_cpu_whose_bf16_matmuls_measure_faster(monkeypatch):
+    _cpu_has_bf16(monkeypatch, True, speedup=2.3)  # an AMD EPYC with AVX512-BF16, no AMX
+    assert autocast_dtype("auto", "cpu") == torch.bfloat16
+    assert resolved_name("auto", "cpu") == "bf16"
+
+
 def test_auto_takes_bf16_on_a_cpu_with_amx(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("AMX is taken without measuring"))
     assert autocast_dtype("auto", "cpu") == torch.bfloat16
+
+
+def test_the_bf16_measurement_is_a_ratio_and_leaves_the_run_s_random_stream_alone(one_thread):
+    """The probe draws its matrices from a generator of its own: when auto first resolves must not change what
+    the run's seed gives afterwards. Its answer is a positive time ratio, measured once a process."""
+    precision.cpu_bf16_speedup.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ratio = precision.cpu_bf16_speedup(n=64, rounds=2)
+    assert torch.equal(torch.rand(3), expected)
+    assert 0.0 < ratio < float("inf")
+    assert precision.cpu_bf16_speedup(n=64, rounds=2) == ratio  # cached: the run keeps one answer
+    precision.cpu_bf16_speedup.cache_clear()
 
 
 def test_explicit_bf16_on_an_emulating_cpu_warns_once(monkeypatch, caplog):

@@ -1,10 +1,12 @@
 """`train.precision` -> the autocast dtype, decided in one place for training and every evaluation loop.
 
-"auto" (the default) takes bf16 where it is the faster (`fast_bf16`): a CUDA GPU with bf16, a CPU with AMX tiles;
-fp32 elsewhere. On a CPU without AVX512-BF16 or AMX, bf16 autocast is emulated and several times slower than fp32;
-with AVX512-BF16 alone it is native but oneDNN's bf16 matmuls still measured slower than fp32's (a 2-core Xeon:
-141 vs 262 GFLOP/s, demo step 1.61 vs 1.18 s; docs/findings.md, Performance), so no fixed choice suits every
-CPU (benchmarks/train_step.py prints both peaks and what `auto` picks).
+"auto" (the default) takes bf16 where it is the faster (`fast_bf16`): a CUDA GPU with bf16, a CPU with AMX tiles,
+or a CPU with AVX512-BF16 whose bf16 matmuls measure at least `CPU_BF16_MIN_SPEEDUP` times fp32's; fp32
+elsewhere. On a CPU without AVX512-BF16 or AMX, bf16 autocast is emulated and several times slower than fp32.
+AVX512-BF16 alone splits: a 2-core Xeon's oneDNN bf16 matmuls ran 0.54x fp32's (demo step 1.36x slower), a
+2-core AMD EPYC's 2.3x (demo step 0.70x; docs/findings.md, Performance), so for those CPUs `auto` measures
+(`cpu_bf16_speedup`, once a process, ~0.1 s) instead of guessing from the flags. benchmarks/train_step.py prints
+both peaks and what `auto` picks.
 The resolved precision is logged and recorded in the run's metrics.json (`train/bf16`, `train/fp16`), because
 bf16 and fp32 runs of the same config give different numbers.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import torch
 
@@ -39,13 +42,39 @@ def native_bf16(device: torch.device | str) -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+# bf16 autocast also pays for casts and fp32 soft-max and norms that do not speed up, so matmuls only a little
+# faster in bf16 do not make the step faster; 1.5x leaves room either side of the two CPUs measured (0.54x, 2.3x).
+CPU_BF16_MIN_SPEEDUP = 1.5
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup(n: int = 1024, rounds: int = 4) -> float:
+    """How many times faster an n^3 matmul runs in bf16 than in fp32 on this CPU, with this process's threads.
+    The dtypes alternate over `rounds` and each keeps its fastest time, so load from elsewhere moves both alike.
+    Measured once a process (cached): the answer is the same for the whole run."""
+    g = torch.Generator().manual_seed(0)  # its own generator: the run's random stream is left where it was
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    operands = {dtype: (a.to(dtype), b.to(dtype)) for dtype in best}
+    for dtype in best:  # warm-up: oneDNN builds its kernels on the first product
+        torch.mm(*operands[dtype])
+    for _ in range(rounds):
+        for dtype in best:
+            t0 = time.perf_counter()
+            torch.mm(*operands[dtype])
+            best[dtype] = min(best[dtype], time.perf_counter() - t0)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
 def fast_bf16(device: torch.device | str) -> bool:
     """Whether bf16 autocast is faster than fp32 on `device`, which `auto` picks it on: a GPU computing bf16 in
-    hardware, or a CPU with AMX tiles (a CPU with AVX512-BF16 alone computes it natively, but slower; see above)."""
+    hardware, a CPU with AMX tiles, or a CPU with AVX512-BF16 whose bf16 matmuls measure fast enough (above)."""
     device = torch.device(device)
     if device.type == "cuda":
         return native_bf16(device)
-    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return True
+    return native_bf16(device) and cpu_bf16_speedup() >= CPU_BF16_MIN_SPEEDUP
 
 
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
