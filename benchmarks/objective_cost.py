@@ -4,7 +4,7 @@ Every recipe (demo.yaml = the baseline, clop.yaml, svilm.yaml, clover.yaml, all.
 batch of the structured corpus - decoded clips, tokenised captions and their cached spaCy knowledge, exactly
 what the trainer feeds it - and runs the trainer's step (benchmarks/train_step.py `make_step`: forward,
 backward, clipping, the finite checks, AdamW) in the precision the recipe's `train.precision` resolves to on
-this machine (`auto`: bf16 where it is native, fp32 on a CPU without AMX), or `--precision`. The ratio
+this machine (`auto`: bf16 where it is the faster, runtime/precision.py), or `--precision`. The ratio
 s/step(recipe) / s/step(baseline), measured side by side in one run, is what a user pays for switching a
 method on; the extra forward passes behind it are listed beside (CLOP: the constructed negative captions;
 S-ViLM: the cut-and-paste clips and the phrases; Clover: masked video, masked text, two fusion passes).

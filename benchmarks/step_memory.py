@@ -2,7 +2,9 @@
 
 Every recipe (demo.yaml = the baseline, clop.yaml, svilm.yaml, clover.yaml, all.yaml) takes the same real batch
 of the structured corpus (as benchmarks/objective_cost.py) and runs the trainer's step (forward, backward,
-gradient clipping, AdamW) in a process of its own, started by `spawn`, so that no recipe inherits another's heap.
+gradient clipping, AdamW) in the precision its `train.precision` resolves to on this machine (a variant
+`train.precision=fp32` forces fp32), in a process of its own, started by `spawn`, so that no recipe inherits
+another's heap.
 Printed per recipe and variant (config overrides, e.g. `model.activation_checkpointing=true`):
 
 * saved MiB: the bytes of the tensors the forward saves for the backward (`torch.autograd.graph.saved_tensors_hooks`,
@@ -42,6 +44,7 @@ from structvl.engine.pretrain import seed_everything
 from structvl.lab.demo import RECIPES as DEMO_RECIPES
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
+from structvl.runtime.precision import autocast_dtype
 from structvl.runtime.process import (ALLOCATORS, allocator_in_use, choose_allocator, preloaded,
                                       return_freed_memory)
 
@@ -103,7 +106,7 @@ def measure(name: str, overrides: list[str], data: str, batch_size: int, steps: 
     batch, context = real_batch(cfg, Path(data), batch_size, run_dir)
     seed_everything(0)
     module = PretrainingModule(build_model(cfg.model), cfg, context).train()
-    step = make_step(module, cfg, batch, None)  # fp32: what precision=auto is on a CPU without AMX
+    step = make_step(module, cfg, batch, autocast_dtype(cfg.train.precision, "cpu"))  # as the trainer resolves it
     before = _status_kib("VmRSS")
     with SavedTensors(module) as saved:
         step()
