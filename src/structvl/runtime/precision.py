@@ -126,9 +126,10 @@ def set_tf32(enabled: bool) -> None:
 @functools.lru_cache(maxsize=None)
 def attention_in_fp32(device_type: str) -> bool:
     """Whether attention under bf16/fp16 autocast should run in fp32 on `device_type` (models/video_encoder.py):
-    on a CPU without AMX tiles torch's flash-attention kernel runs about twice as fast in fp32 as in bf16, most of
-    it in the backward pass (docs/findings.md, Performance), and the inputs' cast costs a fraction of that. On
-    GPUs and AMX CPUs the low-precision kernels are the fast ones."""
+    on a CPU without AMX tiles torch's flash-attention kernel runs faster in fp32 than in bf16 (about 2x on a Xeon,
+    1.3x on an AVX512-BF16 EPYC, most of it in the backward pass; docs/findings.md, Performance), and the inputs'
+    cast costs a fraction of that. There, bf16 matmuls can beat both (`model.video.matmul_attention_max_len`, which
+    the tiny model sets). On GPUs and AMX CPUs the low-precision kernels are the fast ones."""
     return device_type == "cpu" and not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
