@@ -129,6 +129,20 @@ def test_pairwise_ranking_sign_and_margin():
     assert c.grad[0].abs().sum() == 0 and c.grad[1, 0] < 0 and m.grad[1, 0] > 0  # descent: +c, -m along a
 
 
+def test_alignment_and_ranking_logits_leave_bf16_autocast():
+    """Clover's logits are scaled by 1 / 0.05: under bf16 autocast they are still computed in fp32
+    (runtime.precision.full_precision), so both losses equal those of the same embeddings without autocast."""
+    g = torch.Generator().manual_seed(0)
+    anchor, *positives = (_unit(torch.randn(6, 32, generator=g)) for _ in range(4))
+    scale = torch.tensor(20.0)
+    expected = exclusive_nce(anchor, positives, scale)["loss"], pairwise_ranking(anchor, *positives[:2], scale, 5.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = exclusive_nce(anchor, positives, scale)["loss"], pairwise_ranking(anchor, *positives[:2], scale, 5.0)
+    for got, want in zip(out, expected):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_focal_mlm_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_tokens():
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
     labels = torch.tensor([0, 1])

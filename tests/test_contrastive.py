@@ -86,3 +86,19 @@ def test_two_rank_gathered_loss_equals_single_process(tmp_path):
     assert math.isclose(loss, float(out["loss"].detach()), rel_tol=1e-5)
     for name, param in ref.named_parameters():
         torch.testing.assert_close(grads[name], param.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_logits_leave_bf16_autocast():
+    """Under bf16 autocast the logits are still computed in fp32 (runtime.precision.full_precision): a bf16 logit
+    near 20 is rounded to steps of 0.125, which would move the loss by about that much; here it is the loss of
+    the same fp32 embeddings without autocast, extra negatives included."""
+    g = torch.Generator().manual_seed(0)
+    v, t = (F.normalize(torch.randn(8, 32, generator=g), dim=1) for _ in range(2))
+    extra = F.normalize(torch.randn(8, 3, 32, generator=g), dim=2)
+    scale = torch.tensor(20.0)
+    expected = info_nce(v, t, scale, extra_text_negatives=extra)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = info_nce(v, t, scale, extra_text_negatives=extra)
+    for key in ("loss", "v2t", "t2v"):
+        assert out[key].dtype == torch.float32
+        torch.testing.assert_close(out[key], expected[key], rtol=1e-6, atol=1e-6)

@@ -367,6 +367,20 @@ def test_scene_change_helpers():
 
 
 # ----------------------------------------------------------------------------- end to end
+def test_grounding_logits_leave_bf16_autocast():
+    """At S-ViLM's temperature 0.05 the phrase-group logits are computed in fp32 under bf16 autocast too
+    (runtime.precision.full_precision): the loss equals that of the same embeddings without autocast."""
+    g = torch.Generator().manual_seed(0)
+    phrases = F.normalize(torch.randn(4, 3, 32, generator=g), dim=-1)
+    groups = F.normalize(torch.randn(4, 5, 32, generator=g), dim=-1)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    expected = grounding_loss(phrases, mask, groups, 0.05)["loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = grounding_loss(phrases, mask, groups, 0.05)["loss"]
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_grounding_needs_group_tokens(tiny_corpus):
     from structvl.models.video_text import build_model
     from structvl.objectives.svilm import SpatialGroundingObjective

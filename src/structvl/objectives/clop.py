@@ -38,6 +38,7 @@ from structvl.data.text import TokenCache
 from structvl.objectives.contrastive import info_nce
 from structvl.objectives.passes import TextInput
 from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
+from structvl.runtime.precision import full_precision
 
 
 # ----------------------------------------------------------------------------- knowledge similarity
@@ -164,11 +165,12 @@ class KnowledgePredictionObjective(nn.Module):
             labels = multi_hot(batch["knowledge"], self.vocab, self.types).to(device)
             all_video = all_gather_with_grad(outputs.video.embed)
             all_labels = all_gather_no_grad(labels)
-            sim = outputs.video.embed @ all_video.t()
+            with full_precision(device.type):
+                sim = outputs.video.embed.float() @ all_video.float().t()
             knowledge_sim = jaccard(labels, all_labels)
             off_diagonal = (torch.eye(len(labels), all_video.shape[0], device=device,
                                       dtype=torch.bool).roll(rank() * len(labels), dims=1) == 0)
-            out["similarity"] = F.mse_loss(sim[off_diagonal].float(), knowledge_sim[off_diagonal])
+            out["similarity"] = F.mse_loss(sim[off_diagonal], knowledge_sim[off_diagonal])
             loss = loss + self.similarity_weight * out["similarity"]
         out["loss"] = loss
         return out
@@ -310,5 +312,6 @@ def text_shortcut_penalty(video: torch.Tensor, text: torch.Tensor, swapped: torc
         return video.new_zeros(())
     video = video.detach().float()
     others = (video.sum(0, keepdim=True) - video) / (batch - 1)  # (B, E): mean of the other clips' videos
-    gap = scale * torch.einsum("be,bke->bk", others, text.float().unsqueeze(1) - swapped.float())
+    with full_precision(video.device.type):  # fp32 logits (runtime/precision.py says why)
+        gap = scale * torch.einsum("be,bke->bk", others, text.float().unsqueeze(1) - swapped.float())
     return (gap.square() * mask).sum() / mask.sum().clamp(min=1)

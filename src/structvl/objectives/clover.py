@@ -47,6 +47,7 @@ from structvl.models.video_encoder import VideoEncoderOutput
 from structvl.models.video_text import projection_head
 from structvl.objectives.passes import TextInput, VideoInput, take_rows
 from structvl.runtime.distributed import all_gather_with_grad, rank, world_size
+from structvl.runtime.precision import full_precision
 
 
 # ---------------------------------------------------------------- losses (pure functions, all-gathered)
@@ -65,7 +66,8 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
     b, r = anchor.shape[0], rank()
     all_anchor = all_gather_with_grad(anchor)
     sizes = [p.shape[0] for p in positives]
-    sims = [(logit_scale * anchor @ all_gather_with_grad(p).t()).float() for p in positives]  # K x (B, n_k W)
+    with full_precision(anchor.device.type):  # fp32 logits (runtime/precision.py says why)
+        sims = [logit_scale * anchor.float() @ all_gather_with_grad(p).float().t() for p in positives]  # K x (B, n_k W)
     rows = torch.arange(b, device=anchor.device)
     # Each anchor's positive column in every block (none where the set has no row for it).
     own = []
@@ -80,8 +82,9 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
         if n:
             anchor_side = anchor_side + F.cross_entropy(logits[:n], offset + r * n + rows[:n], reduction="sum") / b
         offset += sims[k].shape[1]
-    reverse = [F.cross_entropy((logit_scale * p @ all_anchor.t()).float(), r * b + rows[:n], reduction="sum")
-               for p, n in zip(positives, sizes)]
+    with full_precision(anchor.device.type):
+        reverse = [F.cross_entropy(logit_scale * p.float() @ all_anchor.float().t(), r * b + rows[:n], reduction="sum")
+                   for p, n in zip(positives, sizes)]
     reverse_side = torch.stack(reverse).sum() / (len(positives) * b)
     return {"loss": anchor_side + reverse_side, "anchor_side": anchor_side, "reverse_side": reverse_side}
 
@@ -89,9 +92,10 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
 def pairwise_ranking(anchor: torch.Tensor, complete: torch.Tensor, masked: torch.Tensor,
                      logit_scale: torch.Tensor, margin: float) -> torch.Tensor:
     """mean_i max(0, margin - (s(anchor_i, complete_i) - s(anchor_i, masked_i))), s = scaled cosine."""
-    pos = logit_scale * (anchor * complete).sum(-1)
-    neg = logit_scale * (anchor * masked).sum(-1)
-    return F.margin_ranking_loss(pos.float(), neg.float(), torch.ones_like(pos, dtype=torch.float32), margin=margin)
+    anchor = anchor.float()  # fp32 logits, as every similarity of the objectives (runtime/precision.py)
+    pos = logit_scale * (anchor * complete.float()).sum(-1)
+    neg = logit_scale * (anchor * masked.float()).sum(-1)
+    return F.margin_ranking_loss(pos, neg, torch.ones_like(pos), margin=margin)
 
 
 def focal_mlm_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Each rank scores its local rows against the *global* columns (B_local x B_global logits, not B_global^2),
 so memory grows linearly with the number of ranks; `all_gather_with_grad` routes gradients back to the
-rank that owns each embedding, so the result equals the single-process loss on the global batch.
+rank that owns each embedding, so the result equals the single-process loss on the global batch. The logits are
+computed in fp32 whatever the autocast (`runtime.precision.full_precision`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from structvl.runtime.distributed import all_gather_with_grad, rank
+from structvl.runtime.precision import full_precision
 
 
 def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
@@ -31,22 +33,24 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
     all_text = all_gather_with_grad(text)
     b = video.shape[0]
     targets = torch.arange(b, device=video.device) + rank() * b
-    logits_v2t = logit_scale * video @ all_text.t()  # (B, B_global)
-    logits_t2v = logit_scale * text @ all_video.t()
+    with full_precision(video.device.type):
+        logits_v2t = logit_scale * video.float() @ all_text.float().t()  # (B, B_global)
+        logits_t2v = logit_scale * text.float() @ all_video.float().t()
+        if extra_text_negatives is not None:
+            extra = logit_scale * torch.einsum("be,bke->bk", video.float(), extra_text_negatives.float())
     if video_negative_weights is not None:
         # exp(l) * w == exp(l + log w); the positive's weight is forced to 1.
         w = video_negative_weights.clone()
         w[torch.arange(b), targets] = 1.0
         logits_v2t = logits_v2t + torch.log(w.clamp(min=1e-6))
     if extra_text_negatives is not None:
-        extra = logit_scale * torch.einsum("be,bke->bk", video, extra_text_negatives)
         if extra_negative_weight != 1.0:
             extra = extra + torch.log(torch.tensor(extra_negative_weight, device=extra.device))
         if extra_negative_mask is not None:
             extra = extra.masked_fill(~extra_negative_mask, float("-inf"))
         logits_v2t = torch.cat([logits_v2t, extra], dim=1)
-    v2t = F.cross_entropy(logits_v2t.float(), targets)
-    t2v = F.cross_entropy(logits_t2v.float(), targets)
+    v2t = F.cross_entropy(logits_v2t, targets)
+    t2v = F.cross_entropy(logits_t2v, targets)
     return {"loss": 0.5 * (v2t + t2v), "v2t": v2t, "t2v": t2v}
 
 

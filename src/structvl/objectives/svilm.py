@@ -51,6 +51,7 @@ from structvl.data.text import TokenCache, char_span_to_token_span
 from structvl.objectives.contrastive import info_nce
 from structvl.objectives.passes import TextInput, VideoInput, take_rows
 from structvl.runtime.distributed import all_gather_no_grad, all_gather_with_grad, rank
+from structvl.runtime.precision import full_precision
 
 
 # ----------------------------------------------------------------------------- phrases
@@ -132,7 +133,8 @@ def grounding_loss(phrases: torch.Tensor, phrase_mask: torch.Tensor, groups: tor
         return {"loss": zero, "p2v": zero.detach(), "accuracy": zero.detach()}
     all_groups = all_gather_with_grad(groups)
     own = torch.arange(b, device=groups.device) + rank() * b
-    scores = torch.einsum("bpe,cge->bpcg", phrases, all_groups).amax(-1).float() / temperature  # (B, P, B_all)
+    with full_precision(groups.device.type):  # fp32 logits (runtime/precision.py says why); (B, P, B_all)
+        scores = torch.einsum("bpe,cge->bpcg", phrases.float(), all_groups.float()).amax(-1) / temperature
     targets = own[:, None].expand(b, p)[phrase_mask]
     p2v = F.cross_entropy(scores[phrase_mask], targets)
     out = {"loss": p2v, "p2v": p2v.detach(),
@@ -140,7 +142,8 @@ def grounding_loss(phrases: torch.Tensor, phrase_mask: torch.Tensor, groups: tor
     if symmetric:
         all_phrases = all_gather_with_grad(phrases)  # (B_all, P, E)
         all_mask = all_gather_no_grad(phrase_mask)
-        rev = torch.einsum("cpe,bge->bcpg", all_phrases, groups).amax(-1).float() / temperature  # (B, B_all, P)
+        with full_precision(groups.device.type):  # (B, B_all, P)
+            rev = torch.einsum("cpe,bge->bcpg", all_phrases.float(), groups.float()).amax(-1) / temperature
         is_own = (torch.arange(all_mask.shape[0], device=groups.device)[None, :] == own[:, None])  # (B, B_all)
         negatives = rev.masked_fill(~all_mask[None] | is_own[:, :, None], float("-inf")).flatten(1)
         log_neg = torch.logsumexp(negatives, dim=1)  # (B,); -inf when there is no other phrase

@@ -97,6 +97,14 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
+def full_precision(device_type: str):
+    """Autocast off, for the objectives' similarity logits (their inputs cast to fp32 inside): under bf16 a logit
+    near 20 (Clover's 1 / 0.05; CLIP's learned scale grows to 100) is rounded to steps of 0.125, coarser than the
+    gap between a caption and its one-word twin that the losses are there to score. The products are B x B_global
+    x E: nothing beside the towers."""
+    return torch.autocast(device_type, enabled=False)
+
+
 def dtype_name(dtype: torch.dtype | None) -> str:
     """"bf16", "fp16" or "fp32" for an autocast dtype (None = fp32), as logs and the run's record name it."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
