@@ -22,9 +22,10 @@ rank's batch only: the alignment's pools then hold the B plain items and N of ea
 only the positives it has, ranking and MLM read the N pairs. Each masked pair's terms weigh what they weigh in
 Clover's loss (sums over the N pairs divided by B, MLM's token mean scaled by N / B), so the masked terms together
 weigh N / B of theirs (averaged over the N pairs instead, they cost retrieval on val: docs/findings.md, "Lean
-recipes"). The masked video pass and the two fusion passes are what make Clover's step cost 2.8 times the
+recipes"). The masked video pass and the two fusion passes are most of what Clover's step costs beyond the
 baseline's (the fusion passes' last layer computes only the rows read: the fused vectors and MLM's masked
-positions). 0, every pair, is the released code's setup.
+positions; docs/findings.md has the ratios, which move with the precision). 0, every pair, is the released
+code's setup.
 """
 
 from __future__ import annotations
