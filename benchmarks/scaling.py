@@ -34,8 +34,10 @@ SMOKE_POINTS = [(2, 32), (4, 32)]
 
 
 def attention_share(variant) -> float:
+    """The share of the step's FLOPs in attention: the fused kernels', or the batched matmuls' where attention
+    runs as matmuls (bf16 on a CPU without AMX; the towers' projections are mm/addmm, never bmm)."""
     counts = variant.flop_counts.get("Global", {})
-    attention = sum(v for op, v in counts.items() if "attention" in str(op))
+    attention = sum(v for op, v in counts.items() if "attention" in str(op) or str(op) == "aten.bmm")
     return attention / max(1, sum(counts.values()))
 
 

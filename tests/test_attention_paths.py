@@ -1,9 +1,9 @@
 """Every attention of the model goes through `F.scaled_dot_product_attention` (so a GPU can pick its flash or
 memory-efficient kernels): the video blocks (joint, and divided's temporal + spatial steps), S-ViLM's grouping
 blocks, Clover's fusion layers and the text tower. Counted per layer in one forward of a model with all of them.
-The one exception is asked for: `model.video.matmul_attention_max_len` sends the video's short sequences to
-two matmuls and a soft-max (`matmul_attention`), which must give SDPA's result; the demo's tiny model asks for it
-(model/tiny.yaml), so the count below sets it back to the default, 0."""
+The exceptions: `model.video.matmul_attention_max_len` sends the video's short sequences to two matmuls and a
+soft-max (`matmul_attention`), which must give SDPA's result, and so does bf16 autocast on a CPU without AMX whose
+bf16 matmuls are the fast ones (`runtime.precision.attention_path`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from structvl.config import load_config
+from structvl.models import video_encoder
 from structvl.models.video_encoder import Attention, VideoEncoder
 from structvl.models.video_text import build_model
 from structvl.runtime import precision
@@ -51,7 +52,6 @@ class CountSDPA:
 @pytest.mark.parametrize("attention", ["joint", "divided"])
 def test_every_attention_reaches_sdpa(attention, monkeypatch, one_thread):
     cfg = load_config("demo", TINY + [f"model.video.attention={attention}", "model.video.depth=2",
-                                      "model.video.matmul_attention_max_len=0",
                                       "model.video.num_group_tokens=4", "model.video.group_layers=[0,1]",
                                       "model.text.depth=2", "model.fusion.layers=1"])
     torch.manual_seed(0)
@@ -71,26 +71,35 @@ def test_every_attention_reaches_sdpa(attention, monkeypatch, one_thread):
                               "text.layer0": 1, "text.layer1": 1, "fusion.layer0": 1}
 
 
-@pytest.mark.parametrize("amx", [False, True])
-def test_video_attention_under_autocast_runs_in_the_dtype_the_cpu_is_fastest_in(amx, monkeypatch, one_thread):
-    """On a CPU without AMX the video attention leaves bf16 autocast for fp32 (that CPU's SDPA kernel is the
-    faster there) and hands bf16 back; with AMX it stays in bf16. Either way it is SDPA, and the block's output
-    agrees with the fp32 block's to bf16 accuracy."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    precision.attention_in_fp32.cache_clear()
+@pytest.mark.parametrize("cpu", ["amx", "fast_bf16", "slow_bf16", "fast_bf16_long"])
+def test_video_attention_under_bf16_autocast_takes_the_cpus_fastest_path(cpu, monkeypatch, one_thread):
+    """With AMX the video attention stays on SDPA in bf16; without AMX it runs as matmuls in bf16 where bf16
+    matmuls are the fast ones, and on SDPA in fp32 where they are not or where the scores would pass
+    MATMUL_ATTENTION_MAX_SCORES. Either way the block hands bf16 back and agrees with the fp32 block to bf16
+    accuracy, gradients included."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: cpu == "amx")
+    monkeypatch.setattr(precision, "fast_bf16", lambda device: cpu != "slow_bf16")
+    if cpu == "fast_bf16_long":
+        monkeypatch.setattr(video_encoder, "MATMUL_ATTENTION_MAX_SCORES", 2 * 2 * 9 * 9 - 1)  # batch x heads x 9^2
+    precision.attention_path.cache_clear()
     seen = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: seen.append(q.dtype) or sdpa(q, *a, **k))
     torch.manual_seed(0)
     attention = Attention(64, 2)
-    x = torch.randn(2, 9, 64)
+    x = torch.randn(2, 9, 64, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = attention(x)
+    precision.attention_path.cache_clear()  # the faked CPU stays in this test
+    (grad,) = torch.autograd.grad(out.float().square().sum(), x)
     reference = attention(x)
-    precision.attention_in_fp32.cache_clear()
-    assert seen == [torch.bfloat16 if amx else torch.float32, torch.float32]
+    (reference_grad,) = torch.autograd.grad(reference.square().sum(), x)
+    in_autocast = {"amx": [torch.bfloat16], "fast_bf16": [], "slow_bf16": [torch.float32],
+                   "fast_bf16_long": [torch.float32]}[cpu]
+    assert seen == in_autocast + [torch.float32]  # then the fp32 reference's own call
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(grad, reference_grad, atol=0.1, rtol=0.05)
 
 
 @pytest.mark.parametrize("attention", ["joint", "divided"])

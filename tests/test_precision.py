@@ -12,6 +12,14 @@ from structvl.runtime import precision
 from structvl.runtime.precision import autocast_dtype, native_bf16, resolved_name
 
 
+@pytest.fixture(autouse=True)
+def fresh_attention_path():
+    """attention_path is cached a process; these tests fake the CPU, so none of their answers outlives them."""
+    precision.attention_path.cache_clear()
+    yield
+    precision.attention_path.cache_clear()
+
+
 def _cpu_has_bf16(monkeypatch, supported: bool, speedup: float | None = None) -> None:
     """A CPU without AMX, with or without AVX512-BF16, whose bf16 matmuls measure `speedup` times fp32's
     (None: the measurement must not be taken)."""
@@ -61,6 +69,27 @@ def test_the_bf16_measurement_is_a_ratio_and_leaves_the_run_s_random_stream_alon
     assert 0.0 < ratio < float("inf")
     assert precision.cpu_bf16_speedup(n=64, rounds=2) == ratio  # cached: the run keeps one answer
     precision.cpu_bf16_speedup.cache_clear()
+
+
+def test_the_bf16_measurement_runs_outside_autocast(monkeypatch, one_thread):
+    """A first call from inside a bf16 step (train.precision=bf16 resolves no `auto`) must still time fp32
+    against bf16, not bf16 twice."""
+    precision.cpu_bf16_speedup.cache_clear()
+    seen = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a: seen.append(torch.is_autocast_enabled("cpu")) or mm(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        precision.cpu_bf16_speedup(n=32, rounds=1)
+    precision.cpu_bf16_speedup.cache_clear()
+    assert seen and not any(seen)
+
+
+def test_explicit_bf16_decides_the_attention_path_before_any_step(monkeypatch):
+    """autocast_dtype("bf16") measures the CPU then, so the video tower's first attention finds its path decided."""
+    _cpu_has_bf16(monkeypatch, True, speedup=2.3)
+    assert autocast_dtype("bf16", "cpu") == torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("measured again inside a step"))
+    assert precision.attention_path("cpu", torch.bfloat16) == "matmul"
 
 
 def test_explicit_bf16_on_an_emulating_cpu_warns_once(monkeypatch, caplog):

@@ -81,7 +81,8 @@ class VideoEncoderConfig:
     # Attention over at most this many tokens (divided attention's temporal step: one sequence of T' tokens per
     # patch position) is computed as two matmuls and a soft-max instead of the fused kernel: a flash kernel pads
     # each of those B*N tiny sequences to its tile (docs/findings.md, "The ViT-B/16 step on one H200", has what
-    # is measured so far). 0 = the fused kernel everywhere. Same maths either way.
+    # is measured so far). 0 = the fused kernel, except under bf16 on a CPU without AMX, where attention runs as
+    # matmuls at any length (`runtime.precision.attention_path`). Same maths either way.
     matmul_attention_max_len: int = 0
     # The clip vector: the final [CLS] state ("cls", ViT) or the mean of the valid patch states ("mean", the
     # global average pool of Video Swin, Clover's video encoder, and VideoMAE).

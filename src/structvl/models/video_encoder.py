@@ -8,9 +8,11 @@ patch positions goes through the blocks (FLIP/UMT token dropping) and N is the n
 
 Every attention is `F.scaled_dot_product_attention` on the fused QKV projection's output viewed per head (no
 copy; its output's transpose back is a view too), so each device picks its fastest kernel (flash attention on
-GPUs). Under bf16/fp16 autocast on a CPU without AMX it runs in fp32, where that CPU's kernel is the faster
-(`runtime.precision.attention_in_fp32`). Sequences of at most `model.video.matmul_attention_max_len` tokens (divided
-attention's temporal step) can instead run as two matmuls and a soft-max (`matmul_attention`).
+GPUs). Under bf16/fp16 autocast on a CPU without AMX that kernel is slow in low precision, so attention runs as
+two matmuls and a soft-max in bf16 where bf16 matmuls are fast, else the kernel in fp32
+(`runtime.precision.attention_path`; scores beyond `MATMUL_ATTENTION_MAX_SCORES` keep the kernel). Sequences of at
+most `model.video.matmul_attention_max_len` tokens (divided attention's temporal step) run as matmuls on any
+device and in any precision (`matmul_attention`).
 
 Parameter names follow timm's ViT (patch_embed.proj, cls_token, pos_embed, blocks.i.attn.qkv, ...). An image
 model (open_clip, timm or transformers' CLIP) is loaded into it by models/pretrained/, whose parts images don't
@@ -29,12 +31,18 @@ from torch.utils.checkpoint import checkpoint
 
 from structvl.config import VideoEncoderConfig
 from structvl.models.grouping import GroupingBlock
-from structvl.runtime.precision import attention_in_fp32
+from structvl.runtime.precision import attention_path
+
+
+# The matmul path keeps each call's B x H x N x N scores for the backward (about 6 bytes a score: the soft-max's
+# fp32 output and its bf16 copy); past this many scores (~0.8 GB) a call keeps the fused kernel, which keeps none.
+MATMUL_ATTENTION_MAX_SCORES = 1 << 27
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v written out: for short sequences, where a fused kernel's tiles are mostly padding.
-    Under autocast the matmuls run in the autocast dtype and the soft-max in fp32, as autocast does everywhere."""
+    """softmax(q k^T / sqrt(d)) v written out: for short sequences, where a fused kernel's tiles are mostly padding,
+    and for bf16 on CPUs whose fused kernel is slow in bf16. Under autocast the matmuls run in the autocast dtype
+    and the soft-max in fp32, as autocast does everywhere."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -54,9 +62,12 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         # key_padding_mask: (b, n) True = attend. SDPA wants a boolean mask broadcastable to (b, h, n, n).
         mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
-        if n <= self.matmul_max_len:
+        path = "kernel" if q.dtype == torch.float32 else attention_path(q.device.type, q.dtype)
+        if path == "matmul" and b * self.heads * n * n > MATMUL_ATTENTION_MAX_SCORES:
+            path = "fp32"
+        if n <= self.matmul_max_len or path == "matmul":
             out = matmul_attention(q, k, v, mask)
-        elif q.dtype != torch.float32 and attention_in_fp32(q.device.type):  # a CPU's faster kernel (see there)
+        elif path == "fp32":  # a CPU whose kernel is the faster in fp32 (runtime.precision.attention_path)
             with torch.autocast(q.device.type, enabled=False):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
         else:

@@ -51,18 +51,21 @@ CPU_BF16_MIN_SPEEDUP = 1.5
 def cpu_bf16_speedup(n: int = 1024, rounds: int = 4) -> float:
     """How many times faster an n^3 matmul runs in bf16 than in fp32 on this CPU, with this process's threads.
     The dtypes alternate over `rounds` and each keeps its fastest time, so load from elsewhere moves both alike.
-    Measured once a process (cached): the answer is the same for the whole run."""
+    Measured once a process (cached): the answer is the same for the whole run. Autocast is off while it runs (a
+    first call from inside a bf16 step would otherwise time bf16 twice); `autocast_dtype` makes that first call
+    before any step where bf16 is asked for, so no step pays for it."""
     g = torch.Generator().manual_seed(0)  # its own generator: the run's random stream is left where it was
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
     operands = {dtype: (a.to(dtype), b.to(dtype)) for dtype in best}
-    for dtype in best:  # warm-up: oneDNN builds its kernels on the first product
-        torch.mm(*operands[dtype])
-    for _ in range(rounds):
-        for dtype in best:
-            t0 = time.perf_counter()
+    with torch.autocast("cpu", enabled=False):
+        for dtype in best:  # warm-up: oneDNN builds its kernels on the first product
             torch.mm(*operands[dtype])
-            best[dtype] = min(best[dtype], time.perf_counter() - t0)
+        for _ in range(rounds):
+            for dtype in best:
+                t0 = time.perf_counter()
+                torch.mm(*operands[dtype])
+                best[dtype] = min(best[dtype], time.perf_counter() - t0)
     return best[torch.float32] / best[torch.bfloat16]
 
 
@@ -88,6 +91,7 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     if precision == "bf16":
         if not native_bf16(device):
             _warn_emulated(torch.device(device).type)
+        attention_path(torch.device(device).type, torch.bfloat16)  # decided (and measured) now, not in a step
         return torch.bfloat16
     return torch.bfloat16 if fast_bf16(device) else None
 
@@ -132,13 +136,17 @@ def set_tf32(enabled: bool) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def attention_in_fp32(device_type: str) -> bool:
-    """Whether attention under bf16/fp16 autocast should run in fp32 on `device_type` (models/video_encoder.py):
-    on a CPU without AMX tiles torch's flash-attention kernel runs faster in fp32 than in bf16 (about 2x on a Xeon,
-    1.3x on an AVX512-BF16 EPYC, most of it in the backward pass; docs/findings.md, Performance), and the inputs'
-    cast costs a fraction of that. There, bf16 matmuls can beat both (`model.video.matmul_attention_max_len`, which
-    the tiny model sets). On GPUs and AMX CPUs the low-precision kernels are the fast ones."""
-    return device_type == "cpu" and not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+def attention_path(device_type: str, dtype: torch.dtype) -> str:
+    """How attention under `dtype` autocast runs on `device_type` (models/video_encoder.py): "kernel", torch's
+    fused kernel in `dtype` (GPUs, AMX CPUs: the low-precision kernels are the fast ones there); on other CPUs
+    torch's flash kernel runs slower in bf16 than in fp32 (about 2x on a Xeon, 1.3x on an AVX512-BF16 EPYC, most
+    of it in the backward pass), so "matmul", two matmuls and a soft-max in bf16, where bf16 matmuls are the fast
+    ones (`fast_bf16`: the EPYC's ViT-B/16 step 0.91x, a 1,569-token joint layout's 0.63x the fp32 kernel's;
+    docs/findings.md, "Matmul attention"), else "fp32", the kernel on fp32 copies (the inputs' cast costs a
+    fraction of what the kernel gains)."""
+    if device_type != "cpu" or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "kernel"
+    return "matmul" if dtype == torch.bfloat16 and fast_bf16(device_type) else "fp32"
 
 
 @functools.lru_cache(maxsize=None)
