@@ -128,3 +128,14 @@ def test_short_sequences_leave_sdpa_only_when_asked_and_give_its_result(attentio
         grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None]))
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_a_compiled_attention_takes_its_path_in_without_a_graph_break(one_thread):
+    """attention_path is one answer a process: torch.compile bakes it into the graph instead of breaking there
+    (the CPU probe behind it is nothing a graph can hold)."""
+    torch._dynamo.reset()
+    attention = Attention(64, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explanation = torch._dynamo.explain(attention)(torch.randn(2, 9, 64))
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0

@@ -135,18 +135,26 @@ def set_tf32(enabled: bool) -> None:
         matmul.allow_tf32 = conv.allow_tf32 = enabled
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result  # one answer a process: a compiled graph takes it in, with no graph break
 def attention_path(device_type: str, dtype: torch.dtype) -> str:
     """How attention under `dtype` autocast runs on `device_type` (models/video_encoder.py): "kernel", torch's
     fused kernel in `dtype` (GPUs, AMX CPUs: the low-precision kernels are the fast ones there); on other CPUs
     torch's flash kernel runs slower in bf16 than in fp32 (about 2x on a Xeon, 1.3x on an AVX512-BF16 EPYC, most
     of it in the backward pass), so "matmul", two matmuls and a soft-max in bf16, where bf16 matmuls are the fast
-    ones (`fast_bf16`: the EPYC's ViT-B/16 step 0.91x, a 1,569-token joint layout's 0.63x the fp32 kernel's;
+    ones (`fast_bf16`: the EPYC's ViT-B/16 step 0.91x, a 1,569-token joint layout's 0.61x the fp32 kernel's;
     docs/findings.md, "Matmul attention"), else "fp32", the kernel on fp32 copies (the inputs' cast costs a
     fraction of what the kernel gains)."""
+    return _attention_path(device_type, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_path(device_type: str, dtype: torch.dtype) -> str:
     if device_type != "cpu" or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
         return "kernel"
     return "matmul" if dtype == torch.bfloat16 and fast_bf16(device_type) else "fp32"
+
+
+attention_path.cache_clear = _attention_path.cache_clear  # tests that fake a CPU forget its answer
 
 
 @functools.lru_cache(maxsize=None)
