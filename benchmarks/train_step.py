@@ -43,7 +43,7 @@ from structvl.engine.trainer import finite_flag, unscale_and_clip
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
 from structvl.runtime.nonfinite import all_finite
-from structvl.runtime.precision import attention_path, autocast, grad_scaler, native_bf16, resolved_name
+from structvl.runtime.precision import autocast, autocast_dtype, grad_scaler, native_bf16, resolved_name
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 clock = time.perf_counter  # --clock: what both the peak and the steps are timed with
@@ -175,9 +175,7 @@ def build_variant(config: str, precision: str, overrides: list[str], batch_size:
     torch.manual_seed(0)
     model = build_model(cfg.model, load_pretrained=False).to(device)
     module = PretrainingModule(model, cfg).to(device).train()
-    dtype = None if precision == "fp32" else DTYPES[precision]
-    if dtype is not None:  # the attention path's probe (a CPU's bf16 matmul rate) runs here, not counted or timed
-        attention_path(torch.device(device).type, dtype)
+    dtype = autocast_dtype(precision, device)  # as the trainer resolves it: bf16 settles the attention path here
     batch = synthetic_batch(cfg, batch_size, text_len, device)
     step = make_step(module, cfg, batch, dtype, device)
     model_flops, run_flops, counts = count_step_flops(step, module)  # also the first warm-up step

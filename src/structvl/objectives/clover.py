@@ -64,11 +64,12 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
     items each pair's term weighs what it weighs there, and a set of n_k items n_k / B of its whole weight.
     Returns {"loss": anchor side + reverse side, "anchor_side", "reverse_side"}.
     """
+    anchor, positives = anchor.float(), [p.float() for p in positives]  # fp32 logits (runtime/precision.py)
     b, r = anchor.shape[0], rank()
     all_anchor = all_gather_with_grad(anchor)
     sizes = [p.shape[0] for p in positives]
-    with full_precision(anchor.device.type):  # fp32 logits (runtime/precision.py says why)
-        sims = [logit_scale * anchor.float() @ all_gather_with_grad(p).float().t() for p in positives]  # K x (B, n_k W)
+    with full_precision(anchor.device.type):
+        sims = [logit_scale * anchor @ all_gather_with_grad(p).t() for p in positives]  # K x (B, n_k W)
     rows = torch.arange(b, device=anchor.device)
     # Each anchor's positive column in every block (none where the set has no row for it).
     own = []
@@ -84,7 +85,7 @@ def exclusive_nce(anchor: torch.Tensor, positives: list[torch.Tensor], logit_sca
             anchor_side = anchor_side + F.cross_entropy(logits[:n], offset + r * n + rows[:n], reduction="sum") / b
         offset += sims[k].shape[1]
     with full_precision(anchor.device.type):
-        reverse = [F.cross_entropy(logit_scale * p.float() @ all_anchor.float().t(), r * b + rows[:n], reduction="sum")
+        reverse = [F.cross_entropy(logit_scale * p @ all_anchor.t(), r * b + rows[:n], reduction="sum")
                    for p, n in zip(positives, sizes)]
     reverse_side = torch.stack(reverse).sum() / (len(positives) * b)
     return {"loss": anchor_side + reverse_side, "anchor_side": anchor_side, "reverse_side": reverse_side}

@@ -29,15 +29,16 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
         exp-logits (knowledge-guided re-weighting); the positive keeps weight 1.
     Returns {"loss", "v2t", "t2v"} where the losses are means over this rank's rows.
     """
+    video, text = video.float(), text.float()  # fp32 logits whatever the autocast (runtime/precision.py says why)
     all_video = all_gather_with_grad(video)
     all_text = all_gather_with_grad(text)
     b = video.shape[0]
     targets = torch.arange(b, device=video.device) + rank() * b
     with full_precision(video.device.type):
-        logits_v2t = logit_scale * video.float() @ all_text.float().t()  # (B, B_global)
-        logits_t2v = logit_scale * text.float() @ all_video.float().t()
+        logits_v2t = logit_scale * video @ all_text.t()  # (B, B_global)
+        logits_t2v = logit_scale * text @ all_video.t()
         if extra_text_negatives is not None:
-            extra = logit_scale * torch.einsum("be,bke->bk", video.float(), extra_text_negatives.float())
+            extra = logit_scale * torch.einsum("be,bke->bk", video, extra_text_negatives.float())
     if video_negative_weights is not None:
         # exp(l) * w == exp(l + log w); the positive's weight is forced to 1.
         w = video_negative_weights.clone()
