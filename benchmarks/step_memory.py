@@ -3,9 +3,10 @@
 Every recipe (demo.yaml = the baseline, clop.yaml, svilm.yaml, clover.yaml, all.yaml) takes the same real batch
 of the structured corpus (as benchmarks/objective_cost.py) and runs the trainer's step (forward, backward,
 gradient clipping, AdamW) in the precision its `train.precision` resolves to on this machine (a variant
-`train.precision=fp32` forces fp32), in a process of its own, started by `spawn`, so that no recipe inherits
-another's heap.
-Printed per recipe and variant (config overrides, e.g. `model.activation_checkpointing=true`):
+`train.precision=fp32` forces fp32; each row names the precision it ran in), in a process of its own, started by
+`spawn`, so that no recipe inherits another's heap.
+Printed per recipe and variant (config overrides, e.g. `model.activation_checkpointing=true`; `--set` overrides
+every variant alike):
 
 * saved MiB: the bytes of the tensors the forward saves for the backward (`torch.autograd.graph.saved_tensors_hooks`,
   each storage counted once, the weights themselves not counted): the activation memory, exact and independent of
@@ -25,6 +26,8 @@ Each process sets `train.mmap_threshold_kib` as `run_pretraining` does, so a var
     python benchmarks/step_memory.py --recipes all --variants "" "model.activation_checkpointing=true"
     python benchmarks/step_memory.py --recipes all --variants "train.mmap_threshold_kib=0" ""
     python benchmarks/step_memory.py --recipes all --steps 5 --allocators glibc tcmalloc jemalloc
+    python benchmarks/step_memory.py --recipes baseline --set model.video.activation_checkpointing=true \
+        --variants "" "model.video.checkpoint_blocks=2"
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from structvl.engine.pretrain import seed_everything
 from structvl.lab.demo import RECIPES as DEMO_RECIPES
 from structvl.models.video_text import build_model
 from structvl.objectives.pretraining import PretrainingModule
-from structvl.runtime.precision import autocast_dtype
+from structvl.runtime.precision import autocast_dtype, dtype_name
 from structvl.runtime.process import (ALLOCATORS, allocator_in_use, choose_allocator, preloaded,
                                       return_freed_memory)
 
@@ -106,7 +109,8 @@ def measure(name: str, overrides: list[str], data: str, batch_size: int, steps: 
     batch, context = real_batch(cfg, Path(data), batch_size, run_dir)
     seed_everything(0)
     module = PretrainingModule(build_model(cfg.model), cfg, context).train()
-    step = make_step(module, cfg, batch, autocast_dtype(cfg.train.precision, "cpu"))  # as the trainer resolves it
+    dtype = autocast_dtype(cfg.train.precision, "cpu")  # as the trainer resolves it
+    step = make_step(module, cfg, batch, dtype)
     before = _status_kib("VmRSS")
     with SavedTensors(module) as saved:
         step()
@@ -118,8 +122,9 @@ def measure(name: str, overrides: list[str], data: str, batch_size: int, steps: 
         step()
         times.append(time.perf_counter() - start)
     peak = _status_kib("VmHWM")
-    queue.put({"allocator": allocator_in_use(), "saved": dict(saved.bytes), "before": before,
-               "kept": kept - before, "step": peak - kept, "peak": peak, "seconds": statistics.median(times)})
+    queue.put({"allocator": allocator_in_use(), "precision": dtype_name(dtype), "saved": dict(saved.bytes),
+               "before": before, "kept": kept - before, "step": peak - kept, "peak": peak,
+               "seconds": statistics.median(times)})
 
 
 def main() -> None:
@@ -128,6 +133,8 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=list(DEMO_RECIPES), choices=list(RECIPES))
     ap.add_argument("--variants", nargs="*", default=[""], metavar="OVERRIDES",
                     help="space-separated config overrides per variant; \"\" is the config as it is")
+    ap.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE",
+                    help="config overrides applied to every variant (the variants' column stays short)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=2, help="steps measured after the first")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -148,15 +155,17 @@ def main() -> None:
             from structvl.lab.synth import generate_corpus
             data = str(Path(tmp) / "corpus")
             generate_corpus(Path(data), num_clips=max(64, args.batch * 2), num_untrimmed=0, seed=0)
-        print(f"fp32  threads={args.threads}  batch={args.batch}  steps={args.steps}  corpus={data}")
-        header = (f"{'recipe':<10}{'variant':<38}{'malloc':<10}{'saved':>8}{'before':>8}{'+kept':>8}{'+step':>8}"
-                  f"{'peak':>8}{'s/step':>8}{'x first':>8}  saved most (MiB)")
+        print(f"threads={args.threads}  batch={args.batch}  steps={args.steps}  corpus={data}"
+              + (f"  --set {' '.join(args.set)}" if args.set else ""))
+        header = (f"{'recipe':<10}{'variant':<38} {'malloc':<10}{'prec':<6}{'saved':>8}{'before':>8}{'+kept':>8}"
+                  f"{'+step':>8}{'peak':>8}{'s/step':>8}{'x first':>8}  saved most (MiB)")
         print(header + "\n" + "-" * (len(header) + 40))
         for name in args.recipes:
             first = None
             for variant, allocator in ((v, a) for v in args.variants for a in args.allocators):
                 queue = context.Queue()
-                child = context.Process(target=measure, args=(name, variant.split(), data, args.batch, args.steps,
+                overrides = [*args.set, *variant.split()]
+                child = context.Process(target=measure, args=(name, overrides, data, args.batch, args.steps,
                                                               args.threads, tmp, queue))
                 with preloaded(allocator):
                     child.start()
@@ -168,7 +177,7 @@ def main() -> None:
                 most = ", ".join(f"{k} {v / MIB:.0f}" for k, v in saved.most_common(3))
                 figures = [sum(saved.values()) / MIB] + [result[k] / 1024 for k in ("before", "kept", "step", "peak")]
                 first = first or result["seconds"]
-                print(f"{name:<10}{variant or '(as configured)':<38}{result['allocator']:<10}"
+                print(f"{name:<10}{variant or '(as configured)':<38} {result['allocator']:<10}{result['precision']:<6}"
                       + "".join(f"{f:>8.0f}" for f in figures)
                       + f"{result['seconds']:>8.2f}{result['seconds'] / first:>8.2f}  {most}", flush=True)
 

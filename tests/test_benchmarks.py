@@ -88,7 +88,8 @@ def test_step_memory_counts_what_activation_checkpointing_saves():
                            "--variants", "", "model.activation_checkpointing=true"],
                           env=_env(), capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    found = re.findall(r"^baseline\s+(\(as configured\)|model\.activation_checkpointing=true)\s+(\w+)\s+(\d+)\s+"
+    found = re.findall(r"^baseline\s+(\(as configured\)|model\.activation_checkpointing=true)\s+(\w+)\s+"
+                       r"(?:fp32|bf16)\s+(\d+)\s+"
                        r"(\d+)\s+(-?\d+)\s+(-?\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+(model\.\w+ \d+.*)$", done.stdout,
                        re.MULTILINE)
     assert [r[:2] for r in found] == [(v, a) for v in ("(as configured)", "model.activation_checkpointing=true")

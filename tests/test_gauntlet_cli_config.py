@@ -97,6 +97,7 @@ CROSS_KEY_MISTAKES = [
     (["svilm.cut_min_steps=3", "svilm.cut_max_steps=2"], "svilm.cut_min_steps", "3"),  # reversed range
     (["clover.mask_replace_prob=0.8", "clover.mask_random_prob=0.5"], "clover.mask_random_prob", "0.5"),
     (["clop.kcl_sampler_groups=1000"], "clop.kcl_sampler_groups", "1000"),
+    (["model.video.checkpoint_blocks=9"], "model.video.checkpoint_blocks", "9"),  # beyond the demo's depth
     (["data.sampling=fps"], "data.target_fps", "null"),
     (["objectives.contrastive=0"], "objectives", "weight 0"),
     (["objectives.bogus=1"], "objectives.bogus", "bogus"),

@@ -123,6 +123,29 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(every, video
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_checkpoint_blocks_recomputes_the_first_blocks_alone():
+    """model.video.checkpoint_blocks=1 of 2 blocks: the first block's forward runs twice a step, the second's once,
+    and loss and gradients are those of the model without checkpointing."""
+    from structvl.models.video_encoder import VideoEncoder
+
+    def run(**kw):
+        torch.manual_seed(0)
+        enc = VideoEncoder(tiny_video_cfg(**kw)).train()
+        runs = [0] * len(enc.blocks)
+        for i, block in enumerate(enc.blocks):
+            block.register_forward_pre_hook(lambda *a, i=i: runs.__setitem__(i, runs[i] + 1))
+        loss = enc(torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))).pooled.square().sum()
+        loss.backward()
+        return runs, loss.detach(), {n: p.grad for n, p in enc.named_parameters() if p.grad is not None}
+
+    plain, every = run(), run(activation_checkpointing=True)
+    first = run(activation_checkpointing=True, checkpoint_blocks=1)
+    assert (plain[0], first[0], every[0]) == ([1, 1], [2, 1], [2, 2])
+    torch.testing.assert_close(first[1], plain[1])
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(first[2][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_video_checkpointing_recomputes_the_video_blocks_alone():
     """model.video.activation_checkpointing: each video block's forward runs twice a step (once more in the
     backward), each text layer's once; set_activation_checkpointing switches every tower (False: none, the video

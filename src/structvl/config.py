@@ -98,6 +98,10 @@ class VideoEncoderConfig:
     # share of `model.activation_checkpointing`, for models whose video tower is most of the step (ViT-B/16: the
     # text tower is a few percent of its FLOPs). Same numbers either way; off by default.
     activation_checkpointing: bool = False
+    # Where the video blocks recompute (this key or `model.activation_checkpointing`), only the first N of them
+    # do, as UMT's checkpoint_num: each block left out keeps its activations (memory) and skips its second forward
+    # (about a quarter of its step). 0 = every block. Same numbers either way.
+    checkpoint_blocks: int = 0
     # CLIP's architecture details (set them to what the checkpoint in `init` was trained with):
     pre_norm: bool = False  # a LayerNorm over the token sequence before the first block (CLIP's ln_pre)
     act: str = "gelu"  # MLP activation: "gelu" (timm, LAION CLIP) or "quick_gelu" (OpenAI CLIP: x*sigmoid(1.702x))

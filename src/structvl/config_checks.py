@@ -168,6 +168,7 @@ def run_rules(annotation_formats: tuple, knowledge_types: tuple) -> dict[str, Ru
         "model.video.pooling": Choice(("cls", "mean")),
         "model.video.drop_path": Number(0, 1, hi_open=True),
         "model.video.token_keep": Number(0, 1, lo_open=True),
+        "model.video.checkpoint_blocks": Number(0, 1024, integer=True),
         "model.video.act": Choice(("gelu", "quick_gelu")),
         "model.video.layer_norm_eps": Number(0, 1, lo_open=True),
         "model.video.normalize": Choice(("auto", "imagenet", "clip", "inception")),
@@ -420,6 +421,9 @@ def validate(cfg, check_init: bool = True) -> None:
         raise ConfigError(f"config key 'clover.mask_random_prob': {cfg.clover.mask_random_prob!r} plus "
                           f"clover.mask_replace_prob {cfg.clover.mask_replace_prob!r} is above 1; they split one "
                           "probability")
+    if v.checkpoint_blocks > v.depth:
+        raise _error("model.video.checkpoint_blocks", v.checkpoint_blocks,
+                     f"at most model.video.depth ({v.depth}), or 0 for every block")
     if v.token_keep < 1 and cfg.model.fusion.layers:
         raise ConfigError(f"config key 'model.video.token_keep': {v.token_keep} drops patch tokens, but the fusion "
                           "encoder (model.fusion.layers > 0) reads the whole patch grid; use 1.0 with it")

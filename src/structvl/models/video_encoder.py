@@ -227,8 +227,9 @@ class VideoEncoder(nn.Module):
         if self.cfg.num_group_tokens:
             groups = self.group_token.expand(b, -1, -1)
             patch_mask = None if token_mask is None else token_mask[:, 1:]
+        recomputed = (self.cfg.checkpoint_blocks or len(self.blocks)) if self.activation_checkpointing else 0
         for i, block in enumerate(self.blocks):
-            if self.activation_checkpointing and self.training:
+            if i < recomputed and self.training:
                 x = checkpoint(block, x, t, token_mask, use_reentrant=False)
             else:
                 x = block(x, t, token_mask)
