@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.models.bert.modeling_bert import BertLayer
 
 from structvl.config import ConfigError, FusionConfig
 
@@ -59,8 +60,6 @@ class MLMHead(nn.Module):
 class FusionEncoder(nn.Module):
     def __init__(self, cfg: FusionConfig, video_encoder: nn.Module, text_encoder: nn.Module):
         super().__init__()
-        from transformers.models.bert.modeling_bert import BertLayer
-
         bert_config = copy.deepcopy(text_encoder.bert.config)
         bert_config._attn_implementation = "sdpa"  # the boolean attention mask below is SDPA's format
         self.cfg = cfg

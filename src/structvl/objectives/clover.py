@@ -31,6 +31,7 @@ code's setup.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -110,7 +111,6 @@ def focal_mlm_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> 
     loss = ((1 - torch.exp(-ce)) ** gamma * ce).sum() if gamma else ce.sum()
     count = torch.tensor(float(labels.numel()), device=logits.device)
     if world_size() > 1:
-        import torch.distributed as dist
         dist.all_reduce(count)
     return loss * world_size() / count.clamp(min=1.0)
 

@@ -34,6 +34,7 @@ features are not finite scores 0 on scene change; `grounding/nonfinite_scores` a
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import fields
 from math import comb
@@ -350,8 +351,6 @@ def evaluate_all(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
 def main(argv: list[str] | None = None) -> int:
     """`python -m structvl.tasks.grounding RUN_DIR... [--data DIR] [--out FILE]`: evaluate saved runs (e.g.
     the contrastive baseline's) and print/merge mean +- std over them."""
-    import argparse
-
 
     parser = argparse.ArgumentParser(prog="python -m structvl.tasks.grounding")
     parser.add_argument("runs", nargs="+")
