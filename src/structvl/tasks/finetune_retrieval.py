@@ -203,7 +203,6 @@ def evaluate_with_rerank(module: RetrievalFinetuneModule, records, tokenizer, ta
 def run_finetune_retrieval(model, run_cfg, task, root, out_dir: str | Path, *, device=torch.device("cpu"),
                            seed: int = 0, prefix: str = "finetune_retrieval") -> dict[str, float]:
     """Fine-tune (a copy of) `model` on the task's training split, save the run to `out_dir`, evaluate."""
-
     videos = video_root(task.data, root)
     train = read_task_records(task.data, root, "train")
     test = read_task_records(task.data, root, "test")

@@ -351,7 +351,6 @@ def evaluate_all(model, cfg: RunConfig, tokenizer, device=torch.device("cpu"),
 def main(argv: list[str] | None = None) -> int:
     """`python -m structvl.tasks.grounding RUN_DIR... [--data DIR] [--out FILE]`: evaluate saved runs (e.g.
     the contrastive baseline's) and print/merge mean +- std over them."""
-
     parser = argparse.ArgumentParser(prog="python -m structvl.tasks.grounding")
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--data", default=None, help="corpus directory (default: the run's data.root)")
