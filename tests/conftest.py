@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny structured corpus, tiny real video files, the real annotation files, one thread."""
+"""Shared fixtures: the tiny structured corpus, tiny real video files, the real annotation files, one thread, the
+demo with tiny parts."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from structvl.config import load_config
 from structvl.data.knowledge.rules import extract_knowledge
+from structvl.engine.pretrain import run_pretraining
+from structvl.lab import demo
 from structvl.lab.synth import generate_corpus
+from structvl.lab.synth.corpus import structured_corpus
 
 from helpers import SHAPE_CAPTIONS, TINY, write_video
 
@@ -51,6 +56,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def stubbed_demo(monkeypatch):
+    """The demo with tiny corpora (32 px, 40 clips), one pre-training step of a tiny model and a stub downstream
+    suite; returns the overrides that make the model tiny. Its runs must stay in the test's process
+    (`run_demo(..., isolate=False)`): a child process would not see the stubs."""
+    def tiny_corpus(root, arguments, *args, **kwargs):
+        tiny = {**arguments, "num_clips": 40, "size": 32, "num_frames": 8,
+                "num_untrimmed": min(arguments["num_untrimmed"], 3)}
+        return structured_corpus(root, tiny, *args, workers=1, progress=False, **kwargs)
+
+    def downstream(run_dir, data, metrics):
+        demo.write_json_merged(run_dir / "metrics.json", {"mcqa/accuracy": 40.0})
+        return {"mcqa/accuracy": 40.0}
+
+    monkeypatch.setattr(demo, "structured_corpus", tiny_corpus)
+    monkeypatch.setattr(demo, "downstream_metrics", downstream)
+    return TINY + ["train.max_steps=1", "train.checkpoint_every=0"]
 
 
 @pytest.fixture(scope="session")
@@ -108,15 +132,13 @@ def open_clip_lib():
 @pytest.fixture(scope="session")
 def timm_lib():
     return import_interop("timm")
+
+
 @pytest.fixture(scope="session")
 def search_run(tmp_path_factory) -> tuple[Path, Path]:
     """(corpus, run): 120 tiny structured clips (12 in the test split, 42 test captions) and a tiny model
     pre-trained on them for 100 steps of 16 clips in fp32 (seeded; ~1 CPU-minute): what the search tests embed,
     index and query. Captions fit its 32 tokens (the corpus's grammar keeps them within the demo's length)."""
-    from structvl.config import load_config
-    from structvl.engine.pretrain import run_pretraining
-    from structvl.lab.synth import generate_corpus
-
     corpus, run = tmp_path_factory.mktemp("search_corpus"), tmp_path_factory.mktemp("search_run")
     generate_corpus(corpus, num_clips=120, num_untrimmed=0, size=32, num_frames=8, seed=3, workers=1, progress=False)
     cfg = load_config("demo", TINY + [f"data.root={corpus}", "train.max_steps=100", "train.batch_size=16",

@@ -1,9 +1,11 @@
 """The demo's rows say what they are: an ablation that goes beyond its paper's setup is an [extension] in its
-config file and in its row label, which is what the table and the report print."""
+config file and in its row label, which is what the table and the report print. A corpus named by a relative or
+an absolute path is one corpus: its finished runs are reused either way."""
 
 import pytest
 
-from structvl.config import resolve_config_path
+from structvl.config import load_config, resolve_config_path
+from structvl.lab import demo
 from structvl.lab.demo import ABLATIONS, RECIPES, aggregate, format_table
 from structvl.lab.report import results_table_html
 
@@ -37,3 +39,17 @@ def test_the_table_and_the_report_print_the_tag():
     # A column without a chance figure (the MLM accuracy) shows "-" in the chance row, as a missing value does.
     assert table.splitlines()[-1].split() == ["chance", "1.0", "-"], table
     assert f"{label}</td>" in results_table_html(rows, ["retrieval/t2v/R@1"], {})
+
+
+def test_the_corpus_spelled_relative_or_absolute_is_one_config(stubbed_demo, tmp_path, monkeypatch, one_thread,
+                                                             capsys):
+    monkeypatch.chdir(tmp_path)
+    assert demo.run_demo(out="runs", data="structured", recipes=["baseline"], overrides=stubbed_demo,
+                         isolate=False) == 0
+    run = tmp_path / "runs" / "baseline" / "seed0"
+    assert load_config(run / "config.yaml", check_init=False).data.root == str(tmp_path / "structured")
+    capsys.readouterr()
+    assert demo.run_demo(out="runs", data=tmp_path / "structured", recipes=["baseline"], overrides=stubbed_demo,
+                         isolate=False) == 0
+    assert "finished before with this exact config and code" in capsys.readouterr().out
+    assert not list(run.parent.glob("seed0.replaced-*"))

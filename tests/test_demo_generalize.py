@@ -1,7 +1,6 @@
 """`structvl demo --generalize` adds each recipe's zero-shot retrieval and hard negatives on an unseen corpus (the next
 seed, held-out compositions, generated beside --data) as `unseen:` columns; `--split val` evaluates on val, in
-OUT-val. Pre-training is one step of a tiny model, the downstream suite a stub (so the runs stay in this process,
-`isolate=False`: a child process would not see the stub); the corpora are tiny."""
+OUT-val. Pre-training is one step of a tiny model, the downstream suite a stub (`stubbed_demo` in conftest.py)."""
 
 import json
 
@@ -11,30 +10,9 @@ import torch
 from structvl.config import load_config
 from structvl.engine.checkpoint import load_run_model
 from structvl.lab import demo
-from structvl.lab.synth.corpus import corpus_arguments, structured_corpus
+from structvl.lab.synth.corpus import corpus_arguments
 from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks.evaluate import evaluate_model
-
-from helpers import TINY
-
-
-@pytest.fixture
-def stubbed_demo(monkeypatch):
-    """The demo with tiny corpora (32 px, 40 clips), one pre-training step of a tiny model and a stub downstream
-    suite; returns the overrides that make the model tiny."""
-    def tiny_corpus(root, arguments, *args, **kwargs):
-        tiny = {**arguments, "num_clips": 40, "size": 32, "num_frames": 8,
-                "num_untrimmed": min(arguments["num_untrimmed"], 3)}
-        return structured_corpus(root, tiny, *args, workers=1, progress=False, **kwargs)
-
-    def downstream(run_dir, data, metrics):
-        demo.write_json_merged(run_dir / "metrics.json", {"mcqa/accuracy": 40.0})
-        return {"mcqa/accuracy": 40.0}
-
-    monkeypatch.setattr(demo, "structured_corpus", tiny_corpus)
-    monkeypatch.setattr(demo, "downstream_metrics", downstream)
-    return TINY + ["train.max_steps=1", "train.checkpoint_every=0"]
-
 
 def test_generalize_adds_the_unseen_corpus_columns(stubbed_demo, tmp_path, one_thread, capsys):
     data, out = tmp_path / "structured", tmp_path / "runs"

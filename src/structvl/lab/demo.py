@@ -303,7 +303,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data: str | Pat
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t_start = time.perf_counter()
-    out, data = Path(out), Path(data)
+    # The corpus's absolute path goes into every run's config: the same corpus spelled relative or absolute is
+    # one config (its finished runs are reused), and a relative spelling from another directory is another.
+    out, data = Path(out), Path(data).resolve()
     if split != "test":
         out = out.with_name(f"{out.name}-{split}")
     if quick:
