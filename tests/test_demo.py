@@ -47,7 +47,7 @@ def test_the_corpus_spelled_relative_or_absolute_is_one_config(stubbed_demo, tmp
     assert demo.run_demo(out="runs", data="structured", recipes=["baseline"], overrides=stubbed_demo,
                          isolate=False) == 0
     run = tmp_path / "runs" / "baseline" / "seed0"
-    assert load_config(run / "config.yaml", check_init=False).data.root == str(tmp_path / "structured")
+    assert load_config(run / "config.yaml", check_init=False).data.root == str((tmp_path / "structured").resolve())
     capsys.readouterr()
     assert demo.run_demo(out="runs", data=tmp_path / "structured", recipes=["baseline"], overrides=stubbed_demo,
                          isolate=False) == 0
