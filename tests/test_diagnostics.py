@@ -1,4 +1,5 @@
-"""The lab's diagnostics (structvl.lab.diagnostics): each question's arithmetic on hand-built cases."""
+"""The lab's diagnostics (structvl.lab.diagnostics): each question's arithmetic on hand-built cases, and the
+precision diagnostic on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import torch
 
 from structvl.data.masking import candidate_units, unit_token_groups
 from structvl.data.text import Tokenizer
+from structvl.engine.checkpoint import load_run_model
 from structvl.lab.diagnostics import (
     batch_appearance_twins,
     clover_rank_margin,
+    eval_precision,
     knowledge_probe,
     learnability,
     retrieval_errors,
 )
+
+from structvl.models.text_encoder import build_tokenizer
+from structvl.tasks import evaluate
 
 from helpers import SHAPE_CAPTIONS
 
@@ -138,3 +144,22 @@ def test_learnability_curve_learns_a_visible_multi_label_kind(monkeypatch):
                                   steps=40, lr=3e-3, every=20)
     assert [step for step, _ in curve] == [20, 40]
     assert curve[-1][1] > 95.0
+
+
+def test_eval_precision_evaluates_the_run_in_each_precision(search_run, monkeypatch):
+    """structvl.lab.diagnostics.eval_precision: each column encodes under its own precision's autocast, whatever the
+    run trained in (fp32 here), and the fp32 column is the run's own fp32 evaluation."""
+    corpus, run = search_run
+    seen, embed_texts = [], evaluate.embed_texts
+
+    def spy(*args, autocast_dtype=None, **kwargs):
+        seen.append(autocast_dtype)
+        return embed_texts(*args, autocast_dtype=autocast_dtype, **kwargs)
+
+    monkeypatch.setattr(evaluate, "embed_texts", spy)
+    by_precision = eval_precision.retrieval_by_precision(run)
+    assert list(by_precision) == ["fp32", "bf16"] and seen == [None, torch.bfloat16]
+    monkeypatch.setattr(evaluate, "embed_texts", embed_texts)
+    model, cfg, _ = load_run_model(run)
+    own = evaluate.evaluate_model(model.eval(), cfg, build_tokenizer(cfg.model.text), data_root=corpus)
+    assert by_precision["fp32"]["retrieval/t2v/R@1"] == own["retrieval/t2v/R@1"]
