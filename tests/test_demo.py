@@ -5,8 +5,7 @@ an absolute path is one corpus: its finished runs are reused either way."""
 import pytest
 
 from structvl.config import load_config, resolve_config_path
-from structvl.lab import demo
-from structvl.lab.demo import ABLATIONS, RECIPES, aggregate, format_table
+from structvl.lab.demo import ABLATIONS, RECIPES, aggregate, format_table, run_demo
 from structvl.lab.report import results_table_html
 
 EXTENSION = "[extension]"
@@ -44,12 +43,12 @@ def test_the_table_and_the_report_print_the_tag():
 def test_the_corpus_spelled_relative_or_absolute_is_one_config(stubbed_demo, tmp_path, monkeypatch, one_thread,
                                                              capsys):
     monkeypatch.chdir(tmp_path)
-    assert demo.run_demo(out="runs", data="structured", recipes=["baseline"], overrides=stubbed_demo,
-                         isolate=False) == 0
+    assert run_demo(out="runs", data="structured", recipes=["baseline"], overrides=stubbed_demo,
+                    isolate=False) == 0
     run = tmp_path / "runs" / "baseline" / "seed0"
     assert load_config(run / "config.yaml", check_init=False).data.root == str((tmp_path / "structured").resolve())
     capsys.readouterr()
-    assert demo.run_demo(out="runs", data=tmp_path / "structured", recipes=["baseline"], overrides=stubbed_demo,
-                         isolate=False) == 0
+    assert run_demo(out="runs", data=tmp_path / "structured", recipes=["baseline"], overrides=stubbed_demo,
+                    isolate=False) == 0
     assert "finished before with this exact config and code" in capsys.readouterr().out
     assert not list(run.parent.glob("seed0.replaced-*"))

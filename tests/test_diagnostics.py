@@ -17,7 +17,6 @@ from structvl.lab.diagnostics import (
     learnability,
     retrieval_errors,
 )
-
 from structvl.models.text_encoder import build_tokenizer
 from structvl.tasks import evaluate
 

@@ -32,12 +32,12 @@ def retrieval_by_precision(run: str | Path, precisions=PRECISIONS) -> dict[str, 
     model.eval()
     tokenizer, root = build_tokenizer(cfg.model.text), Path(cfg.data.root)
     records = read_annotations(cfg.data.format, root / eval_annotations(cfg))
+    videos = test_video_root(cfg, root)
     out = {}
     for precision in precisions:
         cfg.train.precision = precision
         with torch.no_grad():
-            out[precision] = evaluate_retrieval(model, cfg, tokenizer, records, test_video_root(cfg, root),
-                                                torch.device("cpu"))
+            out[precision] = evaluate_retrieval(model, cfg, tokenizer, records, videos, torch.device("cpu"))
     return out
 
 
