@@ -162,3 +162,9 @@ def test_eval_precision_evaluates_the_run_in_each_precision(search_run, monkeypa
     model, cfg, _ = load_run_model(run)
     own = evaluate.evaluate_model(model.eval(), cfg, build_tokenizer(cfg.model.text), data_root=corpus)
     assert by_precision["fp32"]["retrieval/t2v/R@1"] == own["retrieval/t2v/R@1"]
+
+
+def test_eval_precision_refuses_a_directory_without_a_finished_run_in_one_line(search_run, tmp_path, capsys):
+    assert eval_precision.main([str(search_run[1]), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"eval_precision: {tmp_path}: no metrics.json there; give finished run directories"

@@ -45,6 +45,10 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
+    unfinished = [run for run in argv if not (Path(run) / "metrics.json").is_file()]
+    if unfinished:  # before any run is evaluated
+        print(f"eval_precision: {unfinished[0]}: no metrics.json there; give finished run directories", file=sys.stderr)
+        return 2
     print(f"{'run':50s} {'trained':>7s} {'recorded':>8s} " + " ".join(f"{p + ' t2v':>9s} {p + ' v2t':>9s}"
                                                                      for p in PRECISIONS))
     for run in argv:
